@@ -1,0 +1,53 @@
+# The two commands of the README:
+#   make lab    set everything up, then start JupyterLab on 127.0.0.1:8888 with a random token
+#   make test   set everything up, then run unit, system and notebook tests
+# Both are idempotent: a second run only checks, then goes straight to its work.
+
+SHELL := /bin/bash
+# The system Python (Debian 12: 3.11, Ubuntu 24.04: 3.12), not a pyenv shim: learners have it.
+PYTHON ?= $(shell command -v /usr/bin/python3 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+PORT ?= 8888
+PYTEST_FLAGS ?=
+
+.PHONY: lab test provision venv test-unit test-system test-notebooks clean-venv
+
+provision:
+	@$(SUDO) scripts/provision.sh
+
+# The venv is rebuilt only when pyproject.toml changes.
+$(STAMP): pyproject.toml | provision
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+venv: provision $(STAMP)
+
+lab: venv
+	@LABHELPER_PORT=$(PORT) $(PY) scripts/lab.py
+
+# Tests change kernel state, so this machine is declared disposable for their duration only.
+test: export LABHELPER_DISPOSABLE = 1
+test: venv
+	$(PY) -m pytest $(PYTEST_FLAGS) tests/unit tests/system
+	$(PY) -m pytest $(PYTEST_FLAGS) --nbval --nbval-current-env \
+	    --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/
+
+test-unit: venv
+	$(PY) -m pytest $(PYTEST_FLAGS) tests/unit
+
+test-system: export LABHELPER_DISPOSABLE = 1
+test-system: venv
+	$(PY) -m pytest $(PYTEST_FLAGS) tests/system
+
+test-notebooks: export LABHELPER_DISPOSABLE = 1
+test-notebooks: venv
+	$(PY) -m pytest $(PYTEST_FLAGS) --nbval --nbval-current-env \
+	    --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,391 @@
+"""Facts about this machine that decide what the course can do here, and the safety guard.
+
+Every reader takes the root of the tree it reads (``proc``, ``sys``, ``etc``), so unit tests can
+point it at a fake tree in a temporary folder. :func:`facts` gathers them all; :func:`require`
+turns a missing piece into a :class:`~labhelper.errors.RequirementError` that says what is
+missing, which chapter needs it, and what to do.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import NotDisposableError, RequirementError
+
+__all__ = [
+    "Hierarchy", "CgroupInfo", "KvmInfo", "Facts", "facts", "require", "ready", "guard",
+    "disposable_reason", "cgroup_info", "kvm_info", "DISPOSABLE_MARKER", "NEEDS",
+]
+
+DISPOSABLE_MARKER = Path("/etc/labhelper/disposable")
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    """One mounted cgroup hierarchy: v1 has one per controller (or named), v2 has one for all."""
+    mountpoint: str
+    version: int                  # 1 or 2
+    controllers: tuple[str, ...]  # v1: from the mount options; v2: cgroup.controllers of the root
+
+    def __repr__(self) -> str:
+        ctl = ",".join(self.controllers) or "-"
+        return f"Hierarchy(v{self.version} {self.mountpoint} [{ctl}])"
+
+
+@dataclass(frozen=True)
+class CgroupInfo:
+    """``mode`` is "v2" (only cgroup2, with controllers), "v1" (only v1 hierarchies), "hybrid"
+    (v1 controllers plus a cgroup2 hierarchy, usually without controllers) or "none"."""
+    mode: str
+    hierarchies: tuple[Hierarchy, ...]
+
+    def controllers(self, version: int | None = None) -> tuple[str, ...]:
+        found = []
+        for h in self.hierarchies:
+            if version in (None, h.version):
+                found.extend(c for c in h.controllers if not c.startswith("name="))
+        return tuple(sorted(set(found)))
+
+
+@dataclass(frozen=True)
+class KvmInfo:
+    device: str                # the path probed, normally /dev/kvm
+    exists: bool
+    openable: bool
+    flavour: str               # kvm_intel, kvm_amd, kvm_pvm or none
+    cpu_flags: tuple[str, ...]  # vmx / svm / hypervisor, as /proc/cpuinfo lists them
+    nested: bool | None        # nested virtualization offered to our own guests (None: unknown)
+    error: str | None = None   # why it could not be opened
+
+    @property
+    def in_vm(self) -> bool:
+        """The CPU says it runs under a hypervisor (CPUID leaf 1, ECX bit 31)."""
+        return "hypervisor" in self.cpu_flags
+
+
+@dataclass(frozen=True)
+class Facts:
+    root: bool
+    disposable: bool
+    disposable_why: str
+    kernel: str
+    kernel_version: tuple[int, int]
+    machine: str
+    python: str
+    cgroup: CgroupInfo
+    overlayfs: bool
+    user_namespaces: bool
+    namespaces: tuple[str, ...]  # the namespace types /proc/self/ns shows
+    kvm: KvmInfo
+    dot: str | None
+    strace: str | None
+    extras: dict = field(default_factory=dict, compare=False)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Readers. Each is small and takes its root so that tests can use a fake tree.
+
+def _read(path: Path, default: str = "") -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return default
+
+
+def _unescape(field_: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as octal (\040 ...).
+    return field_.encode().decode("unicode_escape") if "\\" in field_ else field_
+
+
+def cgroup_info(proc: Path | str = "/proc", fs_root: Path | str = "/") -> CgroupInfo:
+    """Find every mounted cgroup hierarchy from /proc/self/mountinfo and say which mode this is.
+
+    ``fs_root`` is prefixed to the mount points to read cgroup.controllers (for fake trees).
+    """
+    proc, fs_root = Path(proc), Path(fs_root)
+    hierarchies = []
+    seen = set()
+    for line in _read(proc / "self" / "mountinfo").splitlines():
+        # "36 35 0:31 / /sys/fs/cgroup/memory rw,... shared:12 - cgroup cgroup rw,memory"
+        left, sep, right = line.partition(" - ")
+        if not sep:
+            continue
+        fields, rfields = left.split(), right.split()
+        if len(fields) < 5 or len(rfields) < 3:
+            continue
+        fstype, mountpoint = rfields[0], _unescape(fields[4])
+        if fstype not in ("cgroup", "cgroup2") or mountpoint in seen:
+            continue
+        seen.add(mountpoint)
+        if fstype == "cgroup":
+            opts = rfields[2].split(",")
+            known = {"rw", "ro", "nosuid", "nodev", "noexec", "relatime", "noatime", "xattr",
+                     "clone_children", "cpuset_v2_mode", "noprefix", "favordynmods"}
+            ctl = tuple(o for o in opts if o not in known and not o.startswith("release_agent"))
+            hierarchies.append(Hierarchy(mountpoint, 1, ctl))
+        else:
+            text = _read(fs_root / mountpoint.lstrip("/") / "cgroup.controllers")
+            hierarchies.append(Hierarchy(mountpoint, 2, tuple(text.split())))
+    v1 = [h for h in hierarchies if h.version == 1]
+    v2 = [h for h in hierarchies if h.version == 2]
+    if v1 and v2:
+        mode = "hybrid"
+    elif v1:
+        mode = "v1"
+    elif v2:
+        mode = "v2"
+    else:
+        mode = "none"
+    return CgroupInfo(mode, tuple(hierarchies))
+
+
+def _cpu_flags(proc: Path) -> tuple[str, ...]:
+    for line in _read(proc / "cpuinfo").splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return tuple(sorted(flags & {"vmx", "svm", "hypervisor"}))
+    return ()
+
+
+def kvm_info(device: str | None = None, proc: Path | str = "/proc", sys_: Path | str = "/sys") -> KvmInfo:
+    """What KVM offers here. ``LABHELPER_KVM_DEVICE`` overrides the device path (tests use it to
+    pretend /dev/kvm is absent)."""
+    device = device or os.environ.get("LABHELPER_KVM_DEVICE", "/dev/kvm")
+    proc, sys_ = Path(proc), Path(sys_)
+    modules = sys_ / "module"
+    flavour = next((m for m in ("kvm_intel", "kvm_amd", "kvm_pvm") if (modules / m).is_dir()), "none")
+    nested = None
+    if flavour in ("kvm_intel", "kvm_amd"):
+        value = _read(modules / flavour / "parameters" / "nested").strip()
+        nested = value in ("Y", "1") if value else None
+    elif flavour == "kvm_pvm":
+        nested = False  # PVM runs guests without hardware virtualization: no VMX to pass on
+    exists = os.path.exists(device)
+    openable, error = False, None
+    if exists:
+        try:
+            fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as exc:
+            error = f"open({device}): {exc.strerror}"
+        else:
+            os.close(fd)
+            openable = True
+    else:
+        error = f"{device} does not exist"
+    return KvmInfo(device, exists, openable, flavour, _cpu_flags(proc), nested, error)
+
+
+def disposable_reason(env: dict | None = None, marker: Path | str = DISPOSABLE_MARKER) -> str | None:
+    """Why this machine counts as disposable, or None if it does not."""
+    env = os.environ if env is None else env
+    if env.get("LABHELPER_DISPOSABLE") == "1":
+        return "LABHELPER_DISPOSABLE=1 is set"
+    if Path(marker).is_file():
+        return f"{marker} exists"
+    return None
+
+
+def _kernel_version(release: str) -> tuple[int, int]:
+    parts = release.split(".")
+    try:
+        return int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
+def facts(proc: Path | str = "/proc", sys_: Path | str = "/sys", env: dict | None = None,
+          marker: Path | str = DISPOSABLE_MARKER) -> Facts:
+    """Gather every fact at once (a few ms: it only reads small files)."""
+    proc = Path(proc)
+    release = platform.release()
+    why = disposable_reason(env, marker)
+    userns = _read(proc / "sys" / "user" / "max_user_namespaces", "0").strip()
+    try:
+        namespaces = tuple(sorted(os.listdir(proc / "self" / "ns")))
+    except OSError:
+        namespaces = ()
+    return Facts(
+        root=os.geteuid() == 0,
+        disposable=why is not None,
+        disposable_why=why or "not declared",
+        kernel=release,
+        kernel_version=_kernel_version(release),
+        machine=platform.machine(),
+        python=platform.python_version(),
+        cgroup=cgroup_info(proc),
+        overlayfs="overlay" in _read(proc / "filesystems").split(),
+        user_namespaces=userns.isdigit() and int(userns) > 0,
+        namespaces=namespaces,
+        kvm=kvm_info(proc=proc, sys_=sys_),
+        dot=shutil.which("dot"),
+        strace=shutil.which("strace"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# What each chapter needs, and what to do when it is missing.
+
+@dataclass(frozen=True)
+class Need:
+    name: str
+    what: str
+    chapters: str
+    fix: str
+    required: bool  # the course cannot run without it (doctor exits non-zero)
+
+
+NEEDS: dict[str, Need] = {n.name: n for n in (
+    Need("root", "running as root", "chapters 03-08 and the live parts of 00",
+         "run JupyterLab as root inside the lab VM (`vagrant up`), or `sudo make lab`", True),
+    Need("disposable", "this machine is declared disposable", "every chapter that changes kernel state",
+         f"inside a throw-away VM: `sudo mkdir -p {DISPOSABLE_MARKER.parent} && sudo touch {DISPOSABLE_MARKER}`"
+         " (the lab VM has it), or set LABHELPER_DISPOSABLE=1 for one session", True),
+    Need("python", "Python 3.11 or newer", "every chapter", "use the lab VM (Python 3.12) or Debian 12", True),
+    Need("namespaces", "mnt, pid, uts, ipc, net, user and cgroup namespaces", "chapters 03, 04, 07, 08",
+         "use a Linux kernel >= 4.6 (the lab VM has 6.8)", True),
+    Need("cgroups", "a mounted cgroup hierarchy with controllers", "chapters 05, 07, 08",
+         "boot with cgroups mounted (every systemd distribution does)", True),
+    Need("overlayfs", "the overlay filesystem", "chapters 06, 07", "`modprobe overlay`", True),
+    Need("userns", "user namespaces enabled", "chapter 03 (user namespaces)",
+         "`sysctl -w user.max_user_namespaces=10000`", False),
+    Need("kvm", "/dev/kvm openable", "chapter 02 (its live cells explain and skip without it)",
+         "enable nested virtualization for the lab VM (see README, troubleshooting)", False),
+    Need("strace", "strace installed", "chapter 01 (tracing)", "`apt-get install strace` (scripts/provision.sh does it)", False),
+    Need("dot", "graphviz's dot installed", "every diagram", "`apt-get install graphviz` (scripts/provision.sh does it)", False),
+)}
+
+
+def _has(name: str, f: Facts) -> tuple[bool, str]:
+    """(present?, what was found) for one need."""
+    if name == "root":
+        return f.root, "euid 0" if f.root else f"euid {os.geteuid()}"
+    if name == "disposable":
+        return f.disposable, f.disposable_why
+    if name == "python":
+        return sys.version_info >= (3, 11), f.python
+    if name == "namespaces":
+        want = {"mnt", "pid", "uts", "ipc", "net", "user", "cgroup"}
+        missing = want - set(f.namespaces)
+        return not missing, ", ".join(f.namespaces) if not missing else "missing " + ", ".join(sorted(missing))
+    if name == "cgroups":
+        ok = bool(f.cgroup.controllers())
+        return ok, f"{f.cgroup.mode}: {', '.join(f.cgroup.controllers()) or 'no controllers'}"
+    if name == "overlayfs":
+        return f.overlayfs, "in /proc/filesystems" if f.overlayfs else "not in /proc/filesystems"
+    if name == "userns":
+        return f.user_namespaces, "enabled" if f.user_namespaces else "max_user_namespaces is 0"
+    if name == "kvm":
+        k = f.kvm
+        return k.openable, f"{k.flavour}, {k.device} openable" if k.openable else (k.error or "absent")
+    if name in ("strace", "dot"):
+        path = getattr(f, name)
+        return path is not None, path or "not found"
+    raise KeyError(f"unknown requirement {name!r}; known: {', '.join(NEEDS)}")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    found: str
+    need: Need
+
+
+def checks(f: Facts | None = None) -> list[Check]:
+    f = f or facts()
+    return [Check(n, *_has(n, f), NEEDS[n]) for n in NEEDS]
+
+
+def ready(*names: str, f: Facts | None = None, quiet: bool = False) -> bool:
+    """True if everything named is present; otherwise print what is missing (unless quiet).
+
+    Notebooks use it to skip a live cell with an explanation instead of failing::
+
+        if host.ready("kvm"):
+            ...
+    """
+    f = f or facts()
+    missing = [n for n in names if not _has(n, f)[0]]
+    if missing and not quiet:
+        for n in missing:
+            need = NEEDS[n]
+            print(f"skipped: this needs {need.what} ({_has(n, f)[1]}). To get it: {need.fix}")
+    return not missing
+
+
+def require(*names: str, f: Facts | None = None) -> Facts:
+    """Raise RequirementError naming everything missing among ``names``, with the fixes."""
+    f = f or facts()
+    missing = [n for n in names if not _has(n, f)[0]]
+    if not missing:
+        return f
+    lines = [f"{NEEDS[n].what}: found {_has(n, f)[1]}; needed by {NEEDS[n].chapters}" for n in missing]
+    fixes = "; ".join(NEEDS[n].fix for n in missing)
+    cls = NotDisposableError if missing == ["disposable"] else RequirementError
+    return_msg = "this machine lacks what this step needs:\n  - " + "\n  - ".join(lines)
+    raise cls(return_msg, hint=fixes, missing=tuple(missing))
+
+
+def guard(action: str, env: dict | None = None, marker: Path | str = DISPOSABLE_MARKER) -> None:
+    """The safety guard: refuse a privileged ``action`` unless the machine is disposable.
+
+    labhelper changes kernel state as root (mounts, cgroups, network devices). On a laptop or a
+    server that is a risk to its other software, so it acts only where someone declared the
+    machine disposable.
+    """
+    if disposable_reason(env, marker) is None:
+        raise NotDisposableError(
+            f"refused to {action}: this machine is not declared disposable. labhelper changes kernel "
+            "state as root (mounts, cgroups, namespaces, network links); a mistake or a crash could "
+            "disturb other software here.",
+            hint=f"run the course in the lab VM (`vagrant up`), or, on a throw-away machine, "
+                 f"`sudo touch {DISPOSABLE_MARKER}` (after mkdir -p) or set LABHELPER_DISPOSABLE=1",
+            missing=("disposable",))
+
+
+# ---------------------------------------------------------------------------------------------
+# Which virtualization case the learner is in (README, troubleshooting).
+
+@dataclass(frozen=True)
+class VirtCase:
+    case: str         # short key
+    summary: str      # one line for the doctor
+    consequence: str  # what it means for chapter 02
+
+
+def virtualization_case(f: Facts | None = None) -> VirtCase:
+    """Classify this machine: bare metal or VM, and whether KVM (nested) works inside it.
+
+    The CPU's ``hypervisor`` flag (CPUID leaf 1, ECX bit 31) says "I run in a VM"; ``vmx``/``svm``
+    say the CPU offers hardware virtualization to *us*; the loaded module says who drives /dev/kvm.
+    """
+    f = f or facts()
+    k = f.kvm
+    hw = "vmx" in k.cpu_flags or "svm" in k.cpu_flags
+    if k.flavour == "kvm_pvm" and k.openable:
+        return VirtCase("pvm", "a VM whose KVM is PVM (kvm_pvm): guests run without VT-x/AMD-V, "
+                        "paravirtualized by the host kernel",
+                        "chapter 02 runs real-mode guests; features that need hardware assist may be refused")
+    if k.openable and hw and not k.in_vm:
+        return VirtCase("bare-metal", f"bare metal with hardware virtualization ({k.flavour})",
+                        "chapter 02 runs in full")
+    if k.openable and hw:
+        return VirtCase("nested", f"a VM with nested virtualization ({k.flavour}): this is the lab VM's normal case",
+                        "chapter 02 runs in full")
+    if k.in_vm and not hw:
+        return VirtCase("vm-no-nested", "a VM without nested virtualization: the hypervisor hides VT-x/AMD-V",
+                        "chapter 02 explains and skips its live cells; enable nested virtualization (README)")
+    if hw and not k.openable:
+        return VirtCase("kvm-not-loaded", f"the CPU offers {'VT-x' if 'vmx' in k.cpu_flags else 'AMD-V'} but "
+                        f"/dev/kvm is not usable ({k.error})",
+                        "chapter 02 skips its live cells; `modprobe kvm_intel` or `modprobe kvm_amd` as root")
+    return VirtCase("no-kvm", "no hardware virtualization and no /dev/kvm",
+                    "chapter 02 explains and skips its live cells")

@@ -1,0 +1,268 @@
+"""Run a Python function in a forked child and bring back its value or its exception.
+
+Why a child? A Jupyter kernel is multi-threaded (it talks ZeroMQ on other threads), and the
+kernel refuses some namespace changes in a threaded process (unshare(CLONE_NEWUSER) and setns
+into a user or mount namespace fail with EINVAL). Others would change the notebook kernel itself
+for good. So every isolation step happens in a fresh single-threaded child made by fork(2):
+
+    parent (notebook kernel)            child (one thread, copy of the parent)
+    ------------------------            --------------------------------------
+    fork() ---------------------------> prctl(PR_SET_PDEATHSIG, SIGKILL): die with the parent
+                                        close inherited fds it does not need
+                                        unshare(flags), if asked
+                                        value = fn(*args)
+    read the result pipe <------------- pickle(("ok", value, output)) | pickle(("err", exc, ...))
+    waitpid()                           _exit()
+
+What the child prints is captured and printed again by the parent, so it shows in the notebook.
+"""
+from __future__ import annotations
+
+import gc
+import io
+import os
+import pickle
+import select
+import signal
+import sys
+import time
+import traceback
+import warnings
+from dataclasses import dataclass
+
+from . import syscalls
+from .errors import ChildError, ChildTimeout
+from .flags import CloneFlags, Prctl
+
+__all__ = ["run_in_child", "spawn", "Child", "start_time", "is_same_process", "RemoteTraceback",
+           "lifetime_pid"]
+
+# In a child made by spawn(): the pid of the process whose life the child's work belongs to (the
+# notebook kernel). The ledger records it as the creator, so an object a short-lived child made
+# is not mistaken for an orphan once the child has exited.
+_lifetime_pid: int | None = None
+
+
+def lifetime_pid() -> int:
+    return _lifetime_pid or os.getpid()
+
+
+class RemoteTraceback(Exception):
+    """Carries the child's traceback text; attached as __cause__ of the re-raised exception."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def start_time(pid: int, proc: str = "/proc") -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), or None.
+
+    A pid alone does not name a process for long: the kernel reuses pids. (pid, start time) does.
+    """
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    # The command name (field 2) is in parentheses and may contain spaces or ')': split after the last ')'.
+    rest = data[data.rfind(b")") + 2:].split()
+    try:
+        return int(rest[19])  # fields 3.. start at index 0, so field 22 is index 19
+    except (IndexError, ValueError):
+        return None
+
+
+def is_same_process(pid: int, started: int | None, proc: str = "/proc") -> bool:
+    """True if ``pid`` is alive and is the process that started at ``started`` (not a reuse)."""
+    return started is not None and start_time(pid, proc) == started
+
+
+def _close_fds(keep: set[int]) -> None:
+    # A child inherits every fd without O_CLOEXEC: ZeroMQ sockets of the Jupyter kernel, /dev/kvm,
+    # netlink sockets. Close them so nothing leaks into what the child runs or execs.
+    # os.closerange uses close_range(2) where the kernel has it: one call per gap, no /proc scan.
+    low = 3
+    for fd in sorted(k for k in keep if k >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
+
+
+def _child_main(write_fd: int, parent_pid: int, fn, args, kwargs, unshare: CloneFlags,
+                keep_fds: set[int], gate_fd: int | None) -> None:
+    """Runs in the child and never returns (os._exit)."""
+    # Move every inherited object out of the garbage collector's sight: a collection would
+    # touch (and so copy, page by page) the whole parent heap that fork shares copy-on-write.
+    gc.freeze()
+    global _lifetime_pid
+    _lifetime_pid = _lifetime_pid or parent_pid
+    status = 1
+    out = io.StringIO()
+    try:
+        # Die if the parent dies (a Jupyter restart SIGKILLs the kernel). PDEATHSIG is reset by
+        # fork, so set it here; then check the parent did not already die before we set it.
+        syscalls.prctl(Prctl.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            # A notebook interrupt (SIGINT to the process group) becomes KeyboardInterrupt here too.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        _close_fds({write_fd, *keep_fds} | ({gate_fd} if gate_fd is not None else set()))
+        sys.stdout = sys.stderr = out
+        if gate_fd is not None:
+            # Wait until the parent says go (e.g. after attaching strace), or it went away.
+            if not os.read(gate_fd, 1):
+                os._exit(1)
+            os.close(gate_fd)
+        if unshare:
+            syscalls.unshare(unshare)
+        value = fn(*args, **kwargs)
+        message = ("ok", value, out.getvalue())
+        status = 0
+    except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent
+        message = ("err", exc, out.getvalue(), traceback.format_exc())
+    try:
+        payload = pickle.dumps(message)
+    except Exception as exc:  # the value or exception cannot be pickled: say so instead
+        payload = pickle.dumps(("err", ChildError(f"the child's result could not be sent back: {exc!r} "
+                                                 f"(result: {message[1]!r:.200})"), out.getvalue(), ""))
+    try:
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(write_fd, view):]
+    finally:
+        os._exit(status)
+
+
+@dataclass
+class Child:
+    """A forked child running a function. Use :meth:`wait` to get its value.
+
+    ``gate=True`` children wait for :meth:`release` before they start (to attach a tracer first).
+    Until it is reaped the pid cannot be reused (a zombie keeps it), so the pid is enough here.
+    """
+    pid: int
+    _read_fd: int
+    _gate_fd: int | None
+    _name: str
+    _done: bool = False
+
+    def release(self) -> None:
+        if self._gate_fd is not None:
+            os.write(self._gate_fd, b"g")
+            os.close(self._gate_fd)
+            self._gate_fd = None
+
+    def kill(self) -> None:
+        """SIGKILL the child and reap it (idempotent)."""
+        if self._done:
+            return
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._reap()
+
+    def _reap(self) -> int:
+        self._done = True
+        for fd in (self._read_fd, self._gate_fd):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._gate_fd = None
+        while True:
+            try:
+                _, status = os.waitpid(self.pid, 0)
+                return status
+            except ChildProcessError:
+                return 0
+            except InterruptedError:
+                continue
+
+    def wait(self, timeout: float | None = 30.0):
+        """Return the function's value, or raise its exception (with the child's traceback as
+        __cause__). Kills the child on timeout (ChildTimeout) and on KeyboardInterrupt."""
+        if self._done:
+            raise ChildError(f"child {self._name} (pid {self.pid}) was already waited for")
+        self.release()
+        chunks = []
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    self.kill()
+                    raise ChildTimeout(f"{self._name} did not finish within {timeout:g} s; the child "
+                                       f"(pid {self.pid}) was killed",
+                                       hint="pass a larger timeout=, or look for a step that blocks")
+                ready, _, _ = select.select([self._read_fd], [], [], left)
+                if ready:
+                    data = os.read(self._read_fd, 1 << 16)
+                    if not data:
+                        break
+                    chunks.append(data)
+        except BaseException:
+            # KeyboardInterrupt (a notebook interrupt) or anything else: leave no child behind.
+            self.kill()
+            raise
+        status = self._reap()
+        return self._result(b"".join(chunks), status)
+
+    def _result(self, payload: bytes, status: int):
+        if not payload:
+            if os.WIFSIGNALED(status):
+                sig = signal.Signals(os.WTERMSIG(status)).name
+                raise ChildError(f"{self._name} (pid {self.pid}) was killed by {sig} before it answered",
+                                 hint="SIGKILL often means the OOM killer or a timeout; see dmesg")
+            raise ChildError(f"{self._name} (pid {self.pid}) exited with status "
+                             f"{os.waitstatus_to_exitcode(status)} without an answer")
+        message = pickle.loads(payload)
+        if message[2]:
+            print(message[2], end="")
+        if message[0] == "ok":
+            return message[1]
+        exc = message[1]
+        if len(message) > 3 and message[3]:
+            exc.__cause__ = RemoteTraceback(f"in the child (pid {self.pid}):\n{message[3]}")
+        raise exc
+
+
+def spawn(fn, *args, unshare: CloneFlags | int = 0, keep_fds: tuple[int, ...] = (),
+          gate: bool = False, **kwargs) -> Child:
+    """Fork a child that runs ``fn(*args, **kwargs)`` (after ``unshare(flags)`` if given)."""
+    unshare = CloneFlags(unshare)
+    name = getattr(fn, "__qualname__", repr(fn))
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    gate_r = gate_w = None
+    if gate:
+        gate_r, gate_w = os.pipe2(os.O_CLOEXEC)
+    parent_pid = os.getpid()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with warnings.catch_warnings():
+        # Python 3.12 warns that fork() in a threaded process may deadlock. The child only runs
+        # our code, single-threaded, and this is exactly the point of forking here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read_fd)
+        if gate_w is not None:
+            os.close(gate_w)
+        _child_main(write_fd, parent_pid, fn, args, kwargs, unshare, set(keep_fds), gate_r)
+    os.close(write_fd)
+    if gate_r is not None:
+        os.close(gate_r)
+    return Child(pid, read_fd, gate_w, name)
+
+
+def run_in_child(fn, *args, unshare: CloneFlags | int = 0, timeout: float | None = 30.0,
+                 keep_fds: tuple[int, ...] = (), **kwargs):
+    """Run ``fn(*args, **kwargs)`` in a forked child and return its value (it must pickle).
+
+    An exception in the child is raised here, the child's traceback attached as its cause.
+    ``unshare`` gives the child new namespaces first. The child dies with this process
+    (PR_SET_PDEATHSIG), keeps only fds 0-2 and ``keep_fds``, and is killed after ``timeout`` s.
+    """
+    return spawn(fn, *args, unshare=unshare, keep_fds=keep_fds, **kwargs).wait(timeout)

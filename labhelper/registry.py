@@ -1,0 +1,160 @@
+"""The ledger: an on-disk record of every kernel object labhelper creates.
+
+Kernel objects outlive the process that made them: a mount, a cgroup, a network namespace stay
+after a notebook kernel is killed (a Jupyter restart is SIGKILL). So each creating step writes a
+record *right after* the object exists, and removes it after the object is gone. ``labhelper
+cleanup`` reads the ledger to know what is ours, who made it, and whether its maker still runs.
+
+Layout: one JSON file per object under /run/labhelper/ledger (a tmpfs: it is empty after a
+reboot, exactly like the kernel objects it describes). Each file is written to a temporary name
+and renamed into place, so a reader sees a whole record or none, even after SIGKILL mid-write.
+
+The test-only fault hook lives here too: ``fault_point(step)`` after each setup step lets the
+tests kill the creator at exactly that point (RELIABILITY.md, R1).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import FaultInjected, LedgerError
+from .process import is_same_process, lifetime_pid, start_time
+
+__all__ = ["Record", "Ledger", "ledger", "default_owner", "fault_point", "LEDGER_DIR", "KINDS"]
+
+LEDGER_DIR = Path(os.environ.get("LABHELPER_LEDGER", "/run/labhelper/ledger"))
+
+# The kinds of kernel object the course creates; cleanup removes them in this order's reverse
+# dependency: processes first, then mounts, links, network namespaces, cgroups, folders.
+KINDS = ("process", "mount", "link", "netns", "cgroup", "dir", "vm")
+
+
+def default_owner() -> str:
+    """Who owns what this process creates: LABHELPER_OWNER (each notebook sets it) or "lab"."""
+    return os.environ.get("LABHELPER_OWNER", "lab")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One kernel object of ours. (``pid``, ``pid_start``) name its creator, even after pid reuse."""
+    kind: str
+    name: str
+    owner: str
+    pid: int
+    pid_start: int | None
+    created: float
+    data: dict = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        # A file name from any object name: hashed, so '/', '..' or very long names are harmless.
+        digest = hashlib.sha256(f"{self.kind}\0{self.name}".encode()).hexdigest()[:20]
+        return f"{self.kind}.{digest}.json"
+
+    def creator_alive(self, proc: str = "/proc") -> bool:
+        """Is the process that created this still running? Not just "is the pid in use":
+        the start time must match too, or the pid now belongs to someone else (R7)."""
+        return is_same_process(self.pid, self.pid_start, proc)
+
+    def __repr__(self) -> str:
+        return f"Record({self.kind} {self.name!r} owner={self.owner!r} pid={self.pid})"
+
+
+class Ledger:
+    """The records under ``root``. Every method is safe to call when the folder does not exist."""
+
+    def __init__(self, root: Path | str = LEDGER_DIR):
+        self.root = Path(root)
+        self.problems: list[str] = []  # unreadable files found by the last records() call
+
+    def add(self, kind: str, name: str, owner: str | None = None, data: dict | None = None,
+            pid: int | None = None) -> Record:
+        """Record that ``kind``/``name`` now exists. Call it right after creating the object."""
+        if kind not in KINDS:
+            raise LedgerError(f"unknown kind {kind!r}; known kinds: {', '.join(KINDS)}")
+        pid = lifetime_pid() if pid is None else pid
+        record = Record(kind, name, owner or default_owner(), pid, start_time(pid), time.time(), dict(data or {}))
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = self.root / f".{record.key}.{os.getpid()}.tmp"
+            with open(tmp, "w") as fh:
+                json.dump(asdict(record), fh, sort_keys=True)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.root / record.key)  # atomic: whole record or none
+        except OSError as exc:
+            raise LedgerError(f"cannot write the ledger at {self.root}: {exc}",
+                              hint="labhelper needs root to write /run/labhelper") from exc
+        return record
+
+    def remove(self, kind: str, name: str) -> None:
+        """Forget ``kind``/``name`` (idempotent). Call it right after the object is gone."""
+        key = Record(kind, name, "", 0, None, 0).key
+        try:
+            os.unlink(self.root / key)
+        except FileNotFoundError:
+            pass
+
+    def records(self) -> list[Record]:
+        """Every readable record, oldest first. A corrupt file is never deleted or fatal: it is
+        listed in ``self.problems`` so the learner can look at it."""
+        self.problems = []
+        found = []
+        try:
+            entries = sorted(os.scandir(self.root), key=lambda e: e.name)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise LedgerError(f"cannot read the ledger at {self.root}: {exc}") from exc
+        for entry in entries:
+            if not entry.name.endswith(".json") or entry.name.startswith("."):
+                continue
+            try:
+                with open(entry.path) as fh:
+                    raw = json.load(fh)
+                record = Record(**{k: raw[k] for k in ("kind", "name", "owner", "pid", "pid_start", "created")},
+                                data=raw.get("data", {}))
+                if record.key != entry.name:
+                    raise ValueError("file name does not match its record")
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                self.problems.append(f"{entry.path}: unreadable ledger record ({exc}); left in place")
+                continue
+            found.append(record)
+        return sorted(found, key=lambda r: r.created)
+
+    def find(self, kind: str, name: str) -> Record | None:
+        return next((r for r in self.records() if r.kind == kind and r.name == name), None)
+
+
+def ledger() -> Ledger:
+    """The ledger at its standard place (LABHELPER_LEDGER overrides it, for tests)."""
+    return Ledger(os.environ.get("LABHELPER_LEDGER", LEDGER_DIR))
+
+
+def fault_point(step: str) -> None:
+    """Test-only: if LABHELPER_FAULT is ``<step>:<action>``, fire it now.
+
+    Actions: ``sigkill`` and ``sigint`` signal the whole process group, as a Jupyter restart or
+    interrupt does; ``raise`` raises FaultInjected. Every setup step calls this right after it
+    has created its object and written its record, so tests can stop a creator at each point.
+    """
+    spec = os.environ.get("LABHELPER_FAULT")
+    if not spec:
+        return
+    want, _, action = spec.partition(":")
+    if want != step:
+        return
+    if action == "sigkill":
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    elif action == "sigint":
+        os.killpg(os.getpgrp(), signal.SIGINT)
+        time.sleep(1)  # let the KeyboardInterrupt arrive here, as it would mid-step
+    elif action == "raise":
+        raise FaultInjected(step)
+    else:
+        raise ValueError(f"LABHELPER_FAULT={spec!r}: the action must be sigkill, sigint or raise")

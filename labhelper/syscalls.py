@@ -1,0 +1,225 @@
+"""The one ctypes boundary: every direct call into libc or the kernel goes through here.
+
+Python's ``os`` module covers many system calls (fork, waitpid, setns, pidfd_open, ...). The ones
+it lacks (unshare with flags, mount, umount2, pivot_root, sethostname, prctl, ioctl with a
+structure, raw ``syscall(2)``) are wrapped here, and each wrapper turns a failure into a
+:class:`~labhelper.errors.SyscallError` that names the call, its arguments and the errno.
+
+Nothing above this module imports ctypes to *call* anything.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+from .errors import SyscallError
+from .flags import CloneFlags, MountFlags, Prctl, UmountFlags
+
+__all__ = [
+    "SYSCALL_NUMBERS", "syscall_number", "raw_syscall", "unshare", "setns", "mount", "umount2",
+    "pivot_root", "sethostname", "prctl", "ioctl", "address_of", "check",
+]
+
+# use_errno=True: ctypes saves errno right after each call, so threads cannot clobber it.
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)
+_libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+# Look each function up once, here: a forked child then finds it ready instead of paying for
+# dlsym and for copy-on-write faults on ctypes' caches in every child.
+for _name in ("syscall", "unshare", "setns", "mount", "umount2", "sethostname", "prctl", "ioctl"):
+    getattr(_libc, _name)
+
+# System call numbers differ per architecture (arch/x86/entry/syscalls/syscall_64.tbl and
+# include/uapi/asm-generic/unistd.h, which aarch64 uses). Only the ones the course calls raw.
+SYSCALL_NUMBERS: dict[str, dict[str, int]] = {
+    "x86_64": {
+        "read": 0, "write": 1, "close": 3, "getpid": 39, "uname": 63, "getppid": 110,
+        "gettid": 186, "mount": 165, "umount2": 166, "pivot_root": 155, "sethostname": 170,
+        "unshare": 272, "setns": 308, "clock_gettime": 228, "pidfd_open": 434,
+        "pidfd_send_signal": 424, "ioctl": 16, "openat": 257, "mkdir": 83, "mkdirat": 258,
+    },
+    "aarch64": {
+        "read": 63, "write": 64, "close": 57, "getpid": 172, "uname": 160, "getppid": 173,
+        "gettid": 178, "mount": 40, "umount2": 39, "pivot_root": 41, "sethostname": 161,
+        "unshare": 97, "setns": 268, "clock_gettime": 113, "pidfd_open": 434,
+        "pidfd_send_signal": 424, "ioctl": 29, "openat": 56, "mkdirat": 34,
+    },
+}
+
+
+def syscall_number(name: str, machine: str | None = None) -> int:
+    """The number of system call ``name`` on ``machine`` (default: this one)."""
+    machine = machine or platform.machine()
+    table = SYSCALL_NUMBERS.get(machine)
+    if table is None:
+        raise NotImplementedError(f"no system call table for architecture {machine!r} "
+                                  f"(known: {', '.join(SYSCALL_NUMBERS)})")
+    try:
+        return table[name]
+    except KeyError:
+        raise KeyError(f"system call {name!r} does not exist on {machine} "
+                       f"(e.g. aarch64 has mkdirat but no mkdir)") from None
+
+
+def check(result: int, call: str, arguments: dict) -> int:
+    """Raise SyscallError if a libc call returned -1; otherwise return its result."""
+    if result == -1:
+        raise SyscallError(call, arguments, ctypes.get_errno())
+    return result
+
+
+def _path(value: str | os.PathLike | None) -> bytes | None:
+    return None if value is None else os.fsencode(value)
+
+
+def raw_syscall(name: str, *args: int | bytes | None) -> int:
+    """Make system call ``name`` directly with libc's ``syscall(2)``, by number.
+
+    Integers, bytes (passed as pointers) and None (NULL) are accepted.
+    """
+    nr = syscall_number(name)
+    cargs = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
+    return check(_libc.syscall(ctypes.c_long(nr), *cargs), name, {"args": args})
+
+
+def unshare(flags: CloneFlags | int) -> None:
+    """Move the calling process into new namespaces (unshare(2)).
+
+    Call it only in a single-threaded process: the kernel refuses CLONE_NEWUSER (EINVAL) in a
+    threaded one, and a Jupyter kernel is threaded. labhelper calls it in a forked child.
+    """
+    flags = CloneFlags(flags)
+    check(_libc.unshare(ctypes.c_int(int(flags))), "unshare", {"flags": flags})
+
+
+def setns(fd: int, nstype: CloneFlags | int = 0) -> None:
+    """Join the namespace that ``fd`` (an open /proc/PID/ns/* file or a pidfd) refers to."""
+    nstype = CloneFlags(nstype)
+    check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(int(nstype))), "setns", {"fd": fd, "nstype": nstype})
+
+
+def mount(source: str | None, target: str | os.PathLike, fstype: str | None = None,
+          flags: MountFlags | int = 0, data: str | None = None) -> None:
+    """mount(2). ``source`` and ``fstype`` may be None for bind mounts and propagation changes."""
+    flags = MountFlags(flags)
+    args = {"source": source, "target": os.fspath(target), "fstype": fstype, "flags": flags}
+    if data is not None:
+        args["data"] = data
+    check(_libc.mount(_path(source), _path(target), _path(fstype), ctypes.c_ulong(int(flags)),
+                      _path(data)), "mount", args)
+
+
+def umount2(target: str | os.PathLike, flags: UmountFlags | int = 0) -> None:
+    """umount2(2): unmount ``target``; MNT_DETACH makes it lazy (gone now, freed when unused)."""
+    flags = UmountFlags(flags)
+    check(_libc.umount2(_path(target), ctypes.c_int(int(flags))), "umount2",
+          {"target": os.fspath(target), "flags": flags})
+
+
+def pivot_root(new_root: str | os.PathLike, put_old: str | os.PathLike) -> None:
+    """pivot_root(2) has no glibc wrapper: it is called by number."""
+    nr = syscall_number("pivot_root")
+    check(_libc.syscall(ctypes.c_long(nr), _path(new_root), _path(put_old)), "pivot_root",
+          {"new_root": os.fspath(new_root), "put_old": os.fspath(put_old)})
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    check(_libc.sethostname(raw, ctypes.c_size_t(len(raw))), "sethostname", {"name": name})
+
+
+def prctl(option: Prctl | int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    # Called in every forked child (PR_SET_PDEATHSIG): plain ints on the way in, names only on error.
+    result = _libc.prctl(int(option), arg2, arg3, arg4, arg5)
+    if result == -1:
+        check(result, "prctl", {"option": Prctl(option), "arg2": arg2})
+    return result
+
+
+def ioctl(fd: int, request: int, arg: int | ctypes.Structure | ctypes.Array | None = 0,
+          name: str | None = None) -> int:
+    """ioctl(2) with an integer argument or a pointer to a ctypes structure/array.
+
+    ``name`` is the request's symbolic name (e.g. ``KVM_CREATE_VM``), used in error messages.
+    """
+    if isinstance(arg, (ctypes.Structure, ctypes.Array, ctypes.Union)):
+        carg = ctypes.c_void_p(ctypes.addressof(arg))
+    else:
+        carg = ctypes.c_void_p(arg or 0)
+    return check(_libc.ioctl(fd, request, carg), "ioctl",
+                 {"fd": fd, "request": name or hex(request)})
+
+
+def address_of(buffer) -> int:
+    """The address of a writable buffer (an mmap, a bytearray): for structures the kernel reads,
+    such as KVM's memory slots. The caller keeps ``buffer`` alive as long as the kernel uses it."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
+
+
+# --- Direct system calls for chapter 01 ---
+# Chapter 01 calls the kernel by number, without the C library's wrappers, to show that a system
+# call is nothing more than a number and a few arguments in registers. Each wrapper below goes
+# through raw_syscall(), i.e. libc's generic syscall(2): it loads the number into rax (x86_64)
+# or x8 (aarch64), the arguments into the next registers, and executes `syscall` / `svc #0`.
+from typing import NamedTuple as _NamedTuple
+
+__all__ += ["Uname", "sys_getpid", "sys_uname", "sys_write", "sys_read", "libc_noop"]
+
+_UTS_LEN = 65  # each field of struct utsname is char[__NEW_UTS_LEN + 1] (include/uapi/linux/utsname.h)
+
+
+class Uname(_NamedTuple):
+    """struct new_utsname, as the uname system call fills it in."""
+    sysname: str
+    nodename: str
+    release: str
+    version: str
+    machine: str
+    domainname: str
+
+
+def sys_getpid() -> int:
+    """getpid(2) by number (39 on x86_64, 172 on aarch64): the cheapest real system call."""
+    return raw_syscall("getpid")
+
+
+def sys_uname() -> Uname:
+    """uname(2) by number: the kernel copies six 65-byte strings into our buffer."""
+    buf = ctypes.create_string_buffer(6 * _UTS_LEN)
+    raw_syscall("uname", buf)  # a ctypes buffer is passed as a pointer to its first byte
+    raw = buf.raw
+    fields = [raw[i * _UTS_LEN:(i + 1) * _UTS_LEN].split(b"\0", 1)[0].decode("utf-8", "replace")
+              for i in range(6)]
+    return Uname(*fields)
+
+
+def sys_write(fd: int, data: bytes) -> int:
+    """write(2) by number: hand the kernel ``len(data)`` bytes for file descriptor ``fd``.
+
+    Returns how many bytes the kernel took (it may take fewer than offered, e.g. on a pipe).
+    """
+    data = bytes(data)
+    return raw_syscall("write", fd, data, len(data))
+
+
+def sys_read(fd: int, count: int) -> bytes:
+    """read(2) by number: up to ``count`` bytes from ``fd`` (b"" at end of file)."""
+    buf = ctypes.create_string_buffer(max(int(count), 1))
+    n = raw_syscall("read", fd, buf, int(count))
+    return buf.raw[:n]
+
+
+_libc.labs.restype = ctypes.c_long
+_libc.labs.argtypes = (ctypes.c_long,)
+
+
+def libc_noop() -> int:
+    """Call a C library function that never enters the kernel (labs(0)) through ctypes.
+
+    Timing it measures the ctypes boundary alone; the difference to sys_getpid() is the
+    system call itself. Chapter 01 uses it as the peer of sys_getpid() when it measures costs.
+    """
+    return _libc.labs(0)

@@ -1,0 +1,35 @@
+"""`make lab`: start JupyterLab on 127.0.0.1 with a fresh random token and print the URL.
+
+Loopback only: the notebook kernel runs as root, so the server must not be reachable from the
+network. (The Vagrant VM forwards the port to the host's loopback; see the Vagrantfile.)
+"""
+import os
+import secrets
+import socket
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+port = int(os.environ.get("LABHELPER_PORT", "8888"))
+
+with socket.socket() as s:
+    try:
+        s.bind(("127.0.0.1", port))
+    except OSError:
+        sys.exit(f"make lab: port {port} on 127.0.0.1 is in use (another JupyterLab?). "
+                 f"Stop it, or choose another port: make lab PORT=8899")
+
+if not (os.environ.get("LABHELPER_DISPOSABLE") == "1" or Path("/etc/labhelper/disposable").exists()):
+    print("note: this machine is not declared disposable, so chapters will explain instead of changing the "
+          "kernel. On a throw-away machine: sudo mkdir -p /etc/labhelper && sudo touch /etc/labhelper/disposable")
+
+token = secrets.token_hex(24)
+url = f"http://127.0.0.1:{port}/lab/tree/00-start-here.ipynb?token={token}"
+print(f"\n  JupyterLab is starting. Open:\n\n    {url}\n\n  Stop it with Ctrl-C.\n", flush=True)
+jupyter = Path(sys.executable).with_name("jupyter")
+args = [str(jupyter), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+        f"--ServerApp.root_dir={ROOT / 'notebooks'}", f"--IdentityProvider.token={token}",
+        "--ServerApp.port_retries=0"]
+if os.geteuid() == 0:
+    args.append("--allow-root")
+os.execv(str(jupyter), args)

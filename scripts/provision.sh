@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# One provisioning script for every place the course runs: `make lab` / `make test` on a
+# disposable Debian or Ubuntu machine, CI, the Vagrant lab VM, and cloud VMs (as cloud-init).
+#
+#   scripts/provision.sh                    install the system packages the course needs
+#   scripts/provision.sh --check            say which are missing; change nothing (exit 1 if any)
+#   scripts/provision.sh --with-test-tools  also the tools `make test` needs (browser, linters, vagrant)
+#   scripts/provision.sh --lab-vm           also make this machine the lab VM: mark it disposable,
+#                                           build /opt/labhelper/venv, run JupyterLab as a service
+#   scripts/provision.sh --url              print the lab's URL (with its token) and the service state
+#
+# Options combine (`--check --with-test-tools`). Every mode is idempotent: a second run changes
+# nothing and says so. The system packages are listed here and nowhere else.
+#
+# Environment (all optional):
+#   LABHELPER_SRC        the course repository to install in --lab-vm mode (default: the repository
+#                        this script is in, or /vagrant, where Vagrant syncs it)
+#   LABHELPER_HOST_PORT  the port the learner's browser uses, for the printed URL (default 8888)
+#   LABHELPER_OS_RELEASE the os-release file to read (default /etc/os-release; tests point it elsewhere)
+#   LABHELPER_ROOT       write --lab-vm's files under this directory instead of / and touch no
+#                        service (tests use it; default /)
+set -euo pipefail
+
+# What each package is for (the chapter that needs it):
+PACKAGES=(
+  python3 python3-venv python3-pip   # the venv that holds labhelper and JupyterLab
+  make                               # the two commands of the README
+  graphviz                           # dot: every diagram of the course
+  strace                             # chapter 01: tracing system calls
+  gcc libc6-dev binutils             # chapters 01-02: C references for benchmarks; GNU as for guests
+  iproute2 iputils-ping              # chapter 04: ip netns, veth, ping between namespaces
+  busybox-static                     # chapter 07: a root filesystem in one binary
+  util-linux procps kmod psmisc      # nsenter, unshare, lsns, ps, lsmod: to look from the outside
+)
+
+# Only what `make test` needs on top (never installed in the lab VM):
+TEST_PACKAGES=(
+  chromium                           # tests/ui: the real browser Playwright drives (no browser download)
+  fonts-dejavu-core                  # tests/ui: readable screenshots
+  shellcheck                         # tests/unit/test_delivery.py: the scripts are lint-clean
+  vagrant vagrant-libvirt            # tests/unit/test_delivery.py: `vagrant validate` on the Vagrantfile
+  systemd                            # tests/unit/test_delivery.py: `systemd-analyze verify` on the unit
+)
+
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+
+check=0 test_tools=0 lab_vm=0 url_only=0
+for arg in "$@"; do
+  case "$arg" in
+    --check) check=1 ;;
+    --with-test-tools) test_tools=1 ;;
+    --lab-vm) lab_vm=1 ;;
+    --url) url_only=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "provision.sh: unknown option '$arg' (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+# Where --lab-vm puts things. The token is a secret: root-only, generated once, kept across
+# re-provisioning so that a bookmarked URL keeps working.
+ROOT=${LABHELPER_ROOT:-/}
+ROOT=${ROOT%/}
+ETC_DIR=$ROOT/etc/labhelper
+TOKEN_FILE=$ETC_DIR/jupyter-token
+VENV=$ROOT/opt/labhelper/venv
+UNIT_NAME=labhelper-jupyter.service
+UNIT_FILE=$ROOT/etc/systemd/system/$UNIT_NAME
+HOST_PORT=${LABHELPER_HOST_PORT:-8888}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+print_url() {
+  if [ ! -r "$TOKEN_FILE" ]; then
+    echo "provision.sh: no token yet ($TOKEN_FILE): run 'sudo $0 --lab-vm' (or 'vagrant provision')" >&2
+    return 1
+  fi
+  local state="not checked"
+  if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then
+    state=$(systemctl is-active "$UNIT_NAME" 2>/dev/null || true)
+    # The service needs a few seconds to listen after a (re)start: wait for it, briefly.
+    for _ in $(seq 1 30); do
+      (exec 3<>"/dev/tcp/127.0.0.1/8888") 2>/dev/null && break
+      sleep 1
+    done
+  fi
+  echo "=================================================================================="
+  echo " The lab is ready (JupyterLab service: $state). Open this URL in your browser:"
+  echo
+  echo "     http://127.0.0.1:$HOST_PORT/lab?token=$(cat "$TOKEN_FILE")"
+  echo
+  echo " It answers on this computer only. Lost it? 'vagrant provision' prints it again."
+  echo "=================================================================================="
+}
+
+if [ "$url_only" = 1 ]; then
+  print_url
+  exit $?
+fi
+
+# Only Debian and Ubuntu are supported: say so clearly instead of failing half-way.
+OS_RELEASE=${LABHELPER_OS_RELEASE:-/etc/os-release}
+ID="" ID_LIKE="" PRETTY_NAME=""
+if [ -r "$OS_RELEASE" ]; then
+  # shellcheck disable=SC1090
+  . "$OS_RELEASE"
+fi
+case " ${ID:-} ${ID_LIKE:-} " in
+  *" debian "*|*" ubuntu "*) ;;
+  *)
+    echo "provision.sh: this is '${PRETTY_NAME:-an unknown system (no $OS_RELEASE)}'. The course is" >&2
+    echo "provisioned on Debian 12 or Ubuntu 24.04 only (its packages are apt packages)." >&2
+    echo "Use the lab VM instead: install Vagrant and a hypervisor, then run 'vagrant up'." >&2
+    exit 3 ;;
+esac
+
+wanted=("${PACKAGES[@]}")
+[ "$test_tools" = 1 ] && wanted+=("${TEST_PACKAGES[@]}")
+
+missing=()
+for pkg in "${wanted[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+  [ "$status" = "install ok installed" ] || missing+=("$pkg")
+done
+
+if [ "$check" = 1 ]; then
+  if [ "${#missing[@]}" -eq 0 ]; then
+    echo "provision.sh: all ${#wanted[@]} system packages are installed"
+    exit 0
+  fi
+  echo "provision.sh: missing system packages: ${missing[*]}"
+  exit 1
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "provision.sh: installing ${missing[*]} needs root: run 'sudo $0 $*'" >&2
+    exit 4
+  elif [ "$lab_vm" = 1 ] && [ -z "$ROOT" ]; then
+    echo "provision.sh: --lab-vm writes to /etc and /opt: run 'sudo $0 $*'" >&2
+    exit 4
+  fi
+fi
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "provision.sh: all ${#wanted[@]} system packages are installed"
+else
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  # A test tool that this release does not package (Ubuntu ships chromium only as a snap) is
+  # left out with a note: the tests that need it skip and name it.
+  installable=()
+  for pkg in "${missing[@]}"; do
+    if apt-cache show "$pkg" >/dev/null 2>&1; then
+      installable+=("$pkg")
+    elif [[ " ${PACKAGES[*]} " == *" $pkg "* ]]; then
+      echo "provision.sh: '$pkg' is not available from apt here; is this Debian 12 or Ubuntu 24.04?" >&2
+      exit 5
+    else
+      echo "provision.sh: note: '$pkg' is not packaged for ${PRETTY_NAME:-this system}; the tests that need it will skip"
+    fi
+  done
+  if [ "${#installable[@]}" -gt 0 ]; then
+    echo "provision.sh: installing ${installable[*]}"
+    apt-get install -y -qq --no-install-recommends "${installable[@]}"
+  fi
+fi
+
+[ "$lab_vm" = 1 ] || exit 0
+
+# ---------------------------------------------------------------------------------------------
+# --lab-vm: this machine becomes a learner's lab. Each step checks before it changes anything.
+
+if [ -n "${LABHELPER_SRC:-}" ]; then
+  SRC=$LABHELPER_SRC
+elif [ -f "$HERE/../pyproject.toml" ]; then
+  SRC=$(cd "$HERE/.." && pwd)
+else
+  SRC=/vagrant     # Vagrant uploads this script to /tmp and syncs the repository here
+fi
+if [ ! -f "$SRC/pyproject.toml" ] || [ ! -f "$SRC/scripts/$UNIT_NAME" ]; then
+  echo "provision.sh: the course repository is not at '$SRC' (no pyproject.toml or" >&2
+  echo "scripts/$UNIT_NAME there): set LABHELPER_SRC to it. In Vagrant, is /vagrant synced?" >&2
+  exit 6
+fi
+
+changed() { echo "provision.sh: $*"; }
+
+# 1. The safety marker: labhelper changes kernel state only on a machine declared disposable.
+mkdir -p "$ETC_DIR"
+chmod 0755 "$ETC_DIR"
+if [ ! -f "$ETC_DIR/disposable" ]; then
+  printf '%s\n' "This machine is a disposable lab VM: labhelper may change kernel state here." \
+    "Written by scripts/provision.sh --lab-vm." > "$ETC_DIR/disposable"
+  changed "marked this machine disposable ($ETC_DIR/disposable)"
+fi
+
+# 2. The venv, rebuilt only when pyproject.toml or the system Python changes. Editable, so the
+#    notebooks import the labhelper of the synced repository.
+stamp_want="$(sha256sum < "$SRC/pyproject.toml" | cut -c1-64) $(/usr/bin/python3 --version 2>&1)"
+stamp_have=$(cat "$VENV/.installed" 2>/dev/null || true)
+if [ "$stamp_have" != "$stamp_want" ]; then
+  changed "building $VENV from $SRC (a few minutes the first time)"
+  [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  "$VENV/bin/python" -m pip install -q -e "$SRC"
+  echo "$stamp_want" > "$VENV/.installed"
+else
+  echo "provision.sh: $VENV is up to date"
+fi
+
+# 3. The token, once. 24 random bytes as hex; no newline (JupyterLab reads the file verbatim).
+if [ ! -s "$TOKEN_FILE" ]; then
+  (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$TOKEN_FILE")
+  changed "generated the JupyterLab token ($TOKEN_FILE, root only)"
+fi
+chmod 0600 "$TOKEN_FILE"
+
+# 4. The unit, with the paths of this install.
+mkdir -p "$(dirname "$UNIT_FILE")"
+# The unit names /vagrant as the notebooks' folder; elsewhere (cloud-init) it is where SRC is.
+unit_text=$(sed -e "s|/vagrant|$SRC|g" "$SRC/scripts/$UNIT_NAME")
+if [ "$(cat "$UNIT_FILE" 2>/dev/null || true)" != "$unit_text" ]; then
+  printf '%s\n' "$unit_text" > "$UNIT_FILE"
+  unit_changed=1
+  changed "installed $UNIT_FILE"
+else
+  unit_changed=0
+fi
+
+# 5. The service: enabled at boot, (re)started only if something changed or it is not running.
+if [ -n "$ROOT" ]; then
+  echo "provision.sh: LABHELPER_ROOT=$ROOT: files written there; no service touched"
+elif [ ! -d /run/systemd/system ]; then
+  echo "provision.sh: systemd is not running here: the service is installed, not started." >&2
+  echo "Start JupyterLab by hand with 'make lab' instead." >&2
+else
+  [ "$unit_changed" = 1 ] && systemctl daemon-reload
+  systemctl enable --quiet "$UNIT_NAME"
+  if [ "$unit_changed" = 1 ] || [ "$stamp_have" != "$stamp_want" ]; then
+    systemctl restart "$UNIT_NAME"
+    changed "(re)started $UNIT_NAME"
+  elif ! systemctl is-active --quiet "$UNIT_NAME"; then
+    systemctl start "$UNIT_NAME"
+    changed "started $UNIT_NAME"
+  else
+    echo "provision.sh: $UNIT_NAME is running"
+  fi
+fi
+
+print_url

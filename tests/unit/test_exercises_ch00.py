@@ -1,0 +1,36 @@
+from labhelper import host
+from labhelper.exercises import CheckResult, ch00
+
+
+def test_q1_right_and_wrong():
+    actual = host.facts().cgroup.mode
+    assert ch00.q1.check(actual).ok
+    wrong_answer = "v1" if actual != "v1" else "v2"
+    result = ch00.q1.check(wrong_answer)
+    assert not result.ok and actual not in result.message  # never gives the answer away
+    assert not ch00.q1.check(2).ok and not ch00.q1.check("cgroup3").ok
+    assert not ch00.q1.check(...).ok
+
+
+def test_q2_right_and_wrong():
+    actual = host.facts().kvm.flavour
+    assert ch00.q2.check(actual).ok
+    other = "kvm_amd" if actual != "kvm_amd" else "kvm_intel"
+    assert not ch00.q2.check(other).ok and not ch00.q2.check("vmware").ok
+
+
+def test_hint_solution_and_display():
+    assert "cgroup" in repr(ch00.q1.hint()) and "check(" in repr(ch00.q1.solution())
+    assert ch00.q1.hint()._repr_markdown_().startswith("**Hint:**")
+    r = CheckResult(True, "fine")
+    assert repr(r) == "✅ Correct: fine" and "color" in r._repr_html_() and bool(r)
+
+
+def test_checker_that_crashes_gives_a_message():
+    from labhelper.exercises import Exercise
+
+    def bad(answer):
+        raise ZeroDivisionError("oops")
+
+    r = Exercise("x", "t", bad, "h", "s").check(1)
+    assert not r.ok and "could not be checked" in r.message

@@ -1,0 +1,118 @@
+import os
+
+import pytest
+
+from labhelper import host
+from labhelper.errors import NotDisposableError, RequirementError
+
+from fake import V1_MOUNTINFO, V2_MOUNTINFO, proc_tree, write
+
+
+def test_hybrid_cgroups(tmp_path):
+    proc = proc_tree(tmp_path, V1_MOUNTINFO)
+    write(tmp_path / "sys/fs/cgroup/unified/cgroup.controllers", "")
+    info = host.cgroup_info(proc, fs_root=tmp_path)
+    assert info.mode == "hybrid"
+    assert info.controllers(1) == ("cpu", "cpuacct", "memory", "pids")  # name=systemd is no controller
+    assert info.controllers(2) == ()
+    assert [h.mountpoint for h in info.hierarchies if h.version == 2] == ["/sys/fs/cgroup/unified"]
+
+
+def test_pure_v2(tmp_path):
+    proc = proc_tree(tmp_path, V2_MOUNTINFO)
+    write(tmp_path / "sys/fs/cgroup/cgroup.controllers", "cpuset cpu io memory hugetlb pids rdma misc\n")
+    info = host.cgroup_info(proc, fs_root=tmp_path)
+    assert info.mode == "v2"
+    assert "memory" in info.controllers(2) and info.controllers(1) == ()
+
+
+def test_v1_only_and_none(tmp_path):
+    v1 = "\n".join(l for l in V1_MOUNTINFO.splitlines() if "cgroup2" not in l)
+    assert host.cgroup_info(proc_tree(tmp_path / "a", v1), fs_root=tmp_path).mode == "v1"
+    assert host.cgroup_info(proc_tree(tmp_path / "b", "garbage line\n"), fs_root=tmp_path).mode == "none"
+
+
+@pytest.mark.parametrize("module,nested,flags,expect_nested", [
+    ("kvm_intel", "Y", "vmx hypervisor", True),
+    ("kvm_amd", "0", "svm", False),
+    ("kvm_pvm", None, "hypervisor", False),
+])
+def test_kvm_flavour(tmp_path, module, nested, flags, expect_nested):
+    sys_ = tmp_path / "sys"
+    (sys_ / "module" / module / "parameters").mkdir(parents=True)
+    if nested is not None:
+        write(sys_ / "module" / module / "parameters" / "nested", nested + "\n")
+    proc = tmp_path / "proc"
+    write(proc / "cpuinfo", f"processor\t: 0\nflags\t\t: fpu sse2 {flags} lm\n")
+    info = host.kvm_info(device=str(tmp_path / "kvm"), proc=proc, sys_=sys_)
+    assert info.flavour == module and info.nested is expect_nested
+    assert not info.exists and not info.openable and "does not exist" in info.error
+    assert info.in_vm == ("hypervisor" in flags)
+
+
+def test_kvm_device_override_pretends_absent(monkeypatch, tmp_path):
+    monkeypatch.setenv("LABHELPER_KVM_DEVICE", str(tmp_path / "nope"))
+    assert not host.kvm_info().openable
+
+
+def test_disposable_reason(tmp_path):
+    marker = tmp_path / "disposable"
+    assert host.disposable_reason({}, marker) is None
+    assert host.disposable_reason({"LABHELPER_DISPOSABLE": "0"}, marker) is None
+    assert "LABHELPER_DISPOSABLE=1" in host.disposable_reason({"LABHELPER_DISPOSABLE": "1"}, marker)
+    marker.touch()
+    assert str(marker) in host.disposable_reason({}, marker)
+
+
+def test_guard_refuses_with_explanation(tmp_path):
+    with pytest.raises(NotDisposableError) as info:
+        host.guard("mount a tmpfs", env={}, marker=tmp_path / "absent")
+    text = str(info.value)
+    assert "refused to mount a tmpfs" in text and "disposable" in text and "LABHELPER_DISPOSABLE=1" in text
+    host.guard("mount a tmpfs", env={"LABHELPER_DISPOSABLE": "1"}, marker=tmp_path / "absent")
+
+
+def _facts(**changes):
+    f = host.facts()
+    import dataclasses
+    return dataclasses.replace(f, **changes)
+
+
+def test_require_names_what_is_missing_and_the_fix():
+    f = _facts(root=False, strace=None)
+    with pytest.raises(RequirementError) as info:
+        host.require("root", "strace", "python", f=f)
+    text = str(info.value)
+    assert info.value.missing == ("root", "strace")
+    assert "running as root" in text and "strace installed" in text and "apt-get install strace" in text
+    assert "python" not in info.value.missing
+
+
+def test_require_unknown_name():
+    with pytest.raises(KeyError, match="unknown requirement"):
+        host.require("warp-drive")
+
+
+def test_ready_prints_why_it_skips(capsys):
+    assert host.ready("strace", f=_facts(strace="/usr/bin/strace"))
+    assert not host.ready("strace", f=_facts(strace=None))
+    assert "skipped: this needs strace installed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flavour,flags,openable,case", [
+    ("kvm_intel", ("hypervisor", "vmx"), True, "nested"),
+    ("kvm_amd", ("svm",), True, "bare-metal"),
+    ("kvm_pvm", ("hypervisor",), True, "pvm"),
+    ("none", ("hypervisor",), False, "vm-no-nested"),
+    ("none", ("vmx",), False, "kvm-not-loaded"),
+    ("none", (), False, "no-kvm"),
+])
+def test_virtualization_case(flavour, flags, openable, case):
+    kvm = host.KvmInfo("/dev/kvm", openable, openable, flavour, flags, None, None if openable else "absent")
+    assert host.virtualization_case(_facts(kvm=kvm)).case == case
+
+
+def test_facts_reads_this_machine():
+    f = host.facts()
+    assert f.root == (os.geteuid() == 0)
+    assert f.kernel_version[0] >= 3 and f.cgroup.mode in ("v1", "v2", "hybrid", "none")

@@ -1,0 +1,132 @@
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from labhelper import process
+from labhelper.errors import ChildError, ChildTimeout
+
+
+def _double(x):
+    print("child says hi")
+    return x * 2
+
+
+def test_value_and_output_come_back(capsys):
+    assert process.run_in_child(_double, 21) == 42
+    assert capsys.readouterr().out == "child says hi\n"
+
+
+def _boom():
+    raise ValueError("boom in child")
+
+
+def test_exception_is_reraised_with_child_traceback():
+    with pytest.raises(ValueError, match="boom in child") as info:
+        process.run_in_child(_boom)
+    assert "in the child" in str(info.value.__cause__) and "_boom" in str(info.value.__cause__)
+
+
+def test_runs_in_another_process():
+    assert process.run_in_child(os.getpid) != os.getpid()
+
+
+def test_timeout_kills_the_child():
+    t = time.monotonic()
+    with pytest.raises(ChildTimeout, match="did not finish within 0.3 s"):
+        process.run_in_child(time.sleep, 30, timeout=0.3)
+    assert time.monotonic() - t < 5
+
+
+def _suicide():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_killed_child_is_reported():
+    with pytest.raises(ChildError, match="killed by SIGKILL"):
+        process.run_in_child(_suicide)
+
+
+def _exit_early():
+    os._exit(3)
+
+
+def test_child_exiting_without_answer():
+    with pytest.raises(ChildError, match="exited with status 3"):
+        process.run_in_child(_exit_early)
+
+
+def _unpicklable():
+    return lambda: 1
+
+
+def test_unpicklable_result_is_a_clear_error():
+    with pytest.raises(ChildError, match="could not be sent back"):
+        process.run_in_child(_unpicklable)
+
+
+def _open_fds():
+    return sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+
+
+def test_inherited_fds_are_closed():
+    s = socket.socket()
+    r, w = os.pipe()  # not close-on-exec: fork would pass them on
+    try:
+        fds = process.run_in_child(_open_fds)
+        assert s.fileno() not in fds and r not in fds and w not in fds
+        assert {0, 1, 2} <= set(fds) and len(fds) <= 5  # 0-2, the result pipe, listdir's own fd
+        kept = process.run_in_child(_open_fds, keep_fds=(r,))
+        assert r in kept and w not in kept
+    finally:
+        s.close()
+        os.close(r)
+        os.close(w)
+
+
+def _pdeathsig():
+    from labhelper import syscalls
+    import ctypes
+    value = ctypes.c_int()
+    syscalls.prctl(2, ctypes.addressof(value))  # PR_GET_PDEATHSIG
+    return value.value
+
+
+def test_child_dies_with_parent():
+    assert process.run_in_child(_pdeathsig) == signal.SIGKILL
+
+
+def test_keyboard_interrupt_kills_child():
+    child = process.spawn(time.sleep, 30)
+    timer = threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        child.wait(timeout=10)
+    assert child._done
+    with pytest.raises(ProcessLookupError):
+        os.kill(child.pid, 0)  # reaped: no zombie left
+
+
+def test_gate_holds_the_child_until_released(tmp_path):
+    flag = tmp_path / "ran"
+    child = process.spawn(flag.touch, gate=True)
+    time.sleep(0.2)
+    assert not flag.exists()
+    child.release()
+    child.wait(5)
+    assert flag.exists()
+
+
+def test_start_time_and_identity():
+    me = process.start_time(os.getpid())
+    assert isinstance(me, int) and process.is_same_process(os.getpid(), me)
+    assert not process.is_same_process(os.getpid(), me + 1)
+    assert process.start_time(2 ** 22 + 12345) is None
+
+
+def test_lifetime_pid_is_the_parent_in_a_child():
+    assert process.lifetime_pid() == os.getpid()
+    assert process.run_in_child(process.lifetime_pid) == os.getpid()

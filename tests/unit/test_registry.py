@@ -1,0 +1,95 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from labhelper import registry
+from labhelper.errors import FaultInjected, LedgerError
+from labhelper.process import start_time
+
+from fake import proc_tree, stat_line, write
+
+
+@pytest.fixture
+def led(tmp_path):
+    return registry.Ledger(tmp_path / "ledger")
+
+
+def test_add_find_remove(led):
+    r = led.add("netns", "lh-a", owner="ch04")
+    assert r.pid == os.getpid() and r.pid_start == start_time(os.getpid())
+    assert led.find("netns", "lh-a") == r
+    assert [x.name for x in led.records()] == ["lh-a"]
+    led.remove("netns", "lh-a")
+    led.remove("netns", "lh-a")  # idempotent
+    assert led.records() == []
+
+
+def test_names_cannot_escape_the_ledger_folder(led):
+    r = led.add("dir", "../../etc/passwd\nx" + "y" * 500, owner="o")
+    files = os.listdir(led.root)
+    assert files == [r.key] and "/" not in r.key and len(r.key) < 64
+
+
+def test_missing_folder_is_an_empty_ledger(tmp_path):
+    assert registry.Ledger(tmp_path / "never").records() == []
+
+
+def test_unknown_kind_rejected(led):
+    with pytest.raises(LedgerError, match="unknown kind"):
+        led.add("spaceship", "x")
+    assert not led.root.exists() or os.listdir(led.root) == []
+
+
+def test_corrupt_record_is_reported_and_kept(led):
+    led.add("mount", "/run/labhelper/a")
+    bad = write(led.root / "mount.0000.json", "{not json")
+    wrong = write(led.root / "link.1111.json", json.dumps({"kind": "link"}))
+    records = led.records()
+    assert [r.name for r in records] == ["/run/labhelper/a"]
+    assert len(led.problems) == 2 and all("left in place" in p for p in led.problems)
+    assert bad.exists() and wrong.exists()  # nothing lost
+
+
+def test_write_is_atomic_no_temp_files_left(led):
+    for i in range(20):
+        led.add("link", f"lh-{i}")
+    assert all(name.endswith(".json") and not name.startswith(".") for name in os.listdir(led.root))
+
+
+def test_unwritable_ledger_gives_clear_error(tmp_path):
+    blocker = write(tmp_path / "file", "")
+    with pytest.raises(LedgerError, match="cannot write the ledger"):
+        registry.Ledger(blocker / "sub").add("link", "lh-x")
+
+
+def test_stale_record_pid_reused(tmp_path):
+    # The creator (pid 4242, started at tick 1000) is gone and its pid now belongs to a process
+    # that started at tick 5000: the record must not call that process its creator (R7).
+    proc = proc_tree(tmp_path, "", {4242: ("0::/user.slice\n", 5000)})
+    rec = registry.Record("netns", "lh-a", "ch04", 4242, 1000, 0.0)
+    assert not rec.creator_alive(str(proc))
+    write(proc / "4242" / "stat", stat_line(4242, "x", 1000))
+    assert rec.creator_alive(str(proc))
+
+
+def test_fault_point(monkeypatch):
+    registry.fault_point("veth")  # no LABHELPER_FAULT: nothing happens
+    monkeypatch.setenv("LABHELPER_FAULT", "veth:raise")
+    registry.fault_point("netns")  # another step: nothing
+    with pytest.raises(FaultInjected, match="veth"):
+        registry.fault_point("veth")
+    monkeypatch.setenv("LABHELPER_FAULT", "veth:explode")
+    with pytest.raises(ValueError, match="sigkill, sigint or raise"):
+        registry.fault_point("veth")
+
+
+def test_fault_point_sigkill_kills_the_process_group(tmp_path):
+    code = "from labhelper import registry; registry.fault_point('cgroup'); print('survived')"
+    env = dict(os.environ, LABHELPER_FAULT="cgroup:sigkill")
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       start_new_session=True, timeout=30)
+    assert p.returncode == -signal.SIGKILL and "survived" not in p.stdout
