@@ -352,6 +352,7 @@ def execute(actions: list[Action], the_ledger: Ledger | None = None, netns_dir: 
             if obj.kind == "process":
                 _kill(obj)
                 killed.append(int(obj.name))
+                the_ledger.remove(obj.kind, obj.name)
                 continue
             if killed:  # before unmounting or removing cgroups, the processes must really be gone
                 _wait_gone(killed)

@@ -1,0 +1,40 @@
+"""System tests touch the real kernel: they need root and a machine declared disposable.
+Each one runs between two censuses (the root conftest.py) and must leave nothing behind."""
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from labhelper import host
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/system" in str(item.fspath).replace(os.sep, "/"):
+            item.add_marker(pytest.mark.system)
+
+
+@pytest.fixture(autouse=True)
+def _needs_root_and_disposable():
+    if os.geteuid() != 0:
+        pytest.skip("needs root: system tests change kernel state")
+    if host.disposable_reason() is None:
+        pytest.skip("needs a disposable machine: run through `make test`, which sets LABHELPER_DISPOSABLE=1")
+
+
+@pytest.fixture
+def uid():
+    """A short random suffix for object names, so parallel runs never collide."""
+    return uuid.uuid4().hex[:6]
+
+
+def sh(cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, shell=True, check=check, capture_output=True, text=True, timeout=60)
+
+
+def labhelper_cli(*args, env=None):
+    e = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "labhelper", *args], capture_output=True, text=True,
+                          env=e, timeout=120)
