@@ -19,7 +19,7 @@ from . import cleanup, host
 __all__ = ["start", "doctor", "Report", "reset"]
 
 
-def start(chapter: str) -> cleanup.Result | None:
+def start(chapter: str) -> None:
     """Prepare this kernel for ``chapter``: set the owner of what it creates, clean leftovers."""
     owner = f"ch{chapter}"
     os.environ["LABHELPER_OWNER"] = owner  # forked children and subprocesses inherit it
@@ -27,7 +27,7 @@ def start(chapter: str) -> cleanup.Result | None:
     if not (f.root and f.disposable):
         print(f"Chapter {chapter}: read-only mode. Live cells that change the kernel explain and skip "
               f"(root: {f.root}, disposable: {f.disposable_why}).")
-        return None
+        return
     result = cleanup.cleanup(owner=owner)
     orphans = cleanup.cleanup(orphans_only=True)
     removed = len(result.actions) + len(orphans.actions)
@@ -35,7 +35,6 @@ def start(chapter: str) -> cleanup.Result | None:
           + (f" Removed {removed} leftover object(s) of an earlier run." if removed else ""))
     for line in result.failures + orphans.failures:
         print(f"  ! {line}")
-    return result
 
 
 def reset(owner: str | None = None) -> cleanup.Result:
@@ -108,3 +107,32 @@ def doctor(f: host.Facts | None = None) -> Report:
     rows = tuple(Row(c.name, c.ok, c.need.required, c.found, c.need.what, c.need.chapters, c.need.fix)
                  for c in host.checks(f))
     return Report(rows, host.virtualization_case(f))
+
+
+def chapter_explorer(report: Report | None = None):
+    """A slider over the chapters: what each teaches, and whether this machine can run it."""
+    import ipywidgets as widgets  # heavy: only when the widget is shown
+
+    from .viz import CHAPTERS
+    report = report or doctor()
+    missing = {r.name for r in report.rows if not r.ok}
+    chapter_needs = {"00": [], "01": ["strace"], "02": ["kvm"], "03": ["root", "disposable", "namespaces"],
+                     "04": ["root", "disposable", "namespaces"], "05": ["root", "disposable", "cgroups"],
+                     "06": ["root", "disposable", "overlayfs"],
+                     "07": ["root", "disposable", "namespaces", "cgroups", "overlayfs"],
+                     "08": ["root", "disposable", "namespaces", "cgroups", "overlayfs", "kvm"]}
+    slider = widgets.IntSlider(value=0, min=0, max=len(CHAPTERS) - 1, description="chapter",
+                               continuous_update=False)
+    label = widgets.HTML()
+
+    def show(change=None):
+        num, slug, what, part = CHAPTERS[slider.value]
+        lacking = [n for n in chapter_needs[num] if n in missing]
+        state = ("runs in full" if not lacking else
+                 "explains and skips its live cells (missing: " + ", ".join(lacking) + ")")
+        label.value = (f"<b>{num} {html.escape(slug)}</b> ({html.escape(part)}): {html.escape(what)}.<br>"
+                       f"On this machine it {html.escape(state)}.")
+
+    slider.observe(show, names="value")
+    show()
+    return widgets.VBox([slider, label])

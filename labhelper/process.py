@@ -215,7 +215,7 @@ class Child:
             if os.WIFSIGNALED(status):
                 sig = signal.Signals(os.WTERMSIG(status)).name
                 raise ChildError(f"{self._name} (pid {self.pid}) was killed by {sig} before it answered",
-                                 hint="SIGKILL often means the OOM killer or a timeout; see dmesg")
+                                 hint="SIGKILL comes from a kill, a timeout or the OOM killer (see dmesg)")
             raise ChildError(f"{self._name} (pid {self.pid}) exited with status "
                              f"{os.waitstatus_to_exitcode(status)} without an answer")
         message = pickle.loads(payload)
