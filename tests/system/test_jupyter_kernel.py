@@ -1,0 +1,77 @@
+"""A real Jupyter kernel: interrupt and restart are normal events (DESIGN.md), and leave nothing."""
+import os
+import time
+
+import pytest
+
+jupyter_client = pytest.importorskip("jupyter_client")
+
+from labhelper import cleanup  # noqa: E402
+
+
+@pytest.fixture
+def kernel():
+    km = jupyter_client.KernelManager(kernel_name="python3")
+    km.start_kernel(env=dict(os.environ))
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    yield km, kc
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+
+
+def run(kc, code, timeout=60):
+    """Execute ``code``; return (status, stdout text)."""
+    msg_id = kc.execute(code)
+    out, status = [], None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = kc.get_iopub_msg(timeout=timeout)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        kind = msg["msg_type"]
+        if kind == "stream":
+            out.append(msg["content"]["text"])
+        elif kind == "error":
+            status = "error:" + msg["content"]["ename"]
+        elif kind == "status" and msg["content"]["execution_state"] == "idle":
+            break
+    while True:  # skip the replies to earlier (e.g. interrupted) requests
+        reply = kc.get_shell_msg(timeout=timeout)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return status or reply["content"]["status"], "".join(out)
+
+
+def test_interrupt_kills_the_child_and_leaves_nothing(kernel):
+    km, kc = kernel
+    status, _ = run(kc, "import os; from labhelper import lab, process; lab.start('zz')")
+    assert status == "ok"
+    long_id = kc.execute("import time; process.run_in_child(time.sleep, 60, timeout=None)")
+    time.sleep(1.5)
+    started = time.monotonic()
+    km.interrupt_kernel()
+    # The KeyboardInterrupt reaches the cell; the child is killed and reaped.
+    while True:
+        reply = kc.get_shell_msg(timeout=30)
+        if reply["parent_header"].get("msg_id") == long_id:
+            break
+    assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+    status, out = run(kc, "print(sorted(c for c in os.listdir('/proc') if c.isdigit() and "
+                          "open(f'/proc/{c}/stat').read().split()[3] == str(os.getpid())))")
+    assert time.monotonic() - started < 10
+    assert status == "ok" and out.strip() == "[]", f"children left: {out}"
+
+
+def test_restart_then_start_removes_what_the_dead_kernel_made(kernel):
+    km, kc = kernel
+    target = "/run/labhelper/zz-restart/m"
+    status, _ = run(kc, f"from labhelper import lab, mounts; lab.start('zz'); mounts.mount_tmpfs({target!r})")
+    assert status == "ok" and ("mount", target) in cleanup.census().names()
+    km.restart_kernel(now=True)  # SIGKILL, as Kernel -> Restart does
+    kc.wait_for_ready(timeout=60)
+    assert ("mount", target) in cleanup.census().names()  # kernel objects outlive the kernel
+    status, out = run(kc, "from labhelper import lab; lab.start('zz')")
+    assert status == "ok" and "Removed" in out
+    assert ("mount", target) not in cleanup.census().names()
+    os.rmdir("/run/labhelper/zz-restart")
