@@ -1,0 +1,226 @@
+"""What a system call costs, measured: a mode switch is cheap, but not free.
+
+A system call switches the CPU from user mode to kernel mode and back: save the user registers,
+enter the kernel at a fixed entry point, check the number, run the handler, restore, return.
+Some calls avoid that entirely: the kernel maps a small library, the *vDSO*, into every
+process, so ``clock_gettime`` reads the clock in user mode. This module times, side by side:
+
+====================  ============================================================  ===========
+key                   what is called                                                 where
+====================  ============================================================  ===========
+``python_call``       an empty Python function (the loop's own cost, in every line)  user mode
+``vdso``              ``time.clock_gettime_ns(CLOCK_MONOTONIC)``: libc -> vDSO       user mode
+``getpid``            ``os.getpid()``: libc's getpid -> the getpid system call        kernel
+``ctypes_noop``       ``labs(0)`` through ctypes: the ctypes boundary alone          user mode
+``raw_getpid``        ``syscalls.sys_getpid()``: ctypes -> syscall(2) by number      kernel
+``read_1``            ``os.read(/dev/zero, 1)``: a call that copies one byte         kernel
+``read_64k``          ``os.read(/dev/zero, 65536)``: a call that does real work      kernel
+====================  ============================================================  ===========
+
+Each timing is a distribution: ``samples`` samples, each the mean of ``batch`` back-to-back
+calls timed with ``time.perf_counter_ns`` (a single call is too short for the clock). Read the
+*median*; p10/p90 show the spread (other processes, interrupts, frequency changes).
+The numbers depend on the machine, its CPU's mitigations, and whether it is a VM: compare
+rows measured in the same run, never with numbers from elsewhere. ``benchmarks/syscall_cost.py``
+runs the same calls from C for reference.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Iterator
+
+__all__ = ["Cost", "Costs", "measure", "measure_all", "plot", "CALLS"]
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """The q-th percentile (0..100) by linear interpolation between closest ranks."""
+    if not sorted_values:
+        raise ValueError("no samples")
+    pos = (len(sorted_values) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """The measured cost of one kind of call: per-call nanoseconds, one value per sample."""
+    key: str
+    label: str
+    kernel: bool                      # does the call enter the kernel?
+    samples_ns: tuple[float, ...]
+    batch: int
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples_ns)
+
+    @property
+    def p10(self) -> float:
+        return _percentile(sorted(self.samples_ns), 10)
+
+    @property
+    def p90(self) -> float:
+        return _percentile(sorted(self.samples_ns), 90)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.samples_ns)
+
+    def __repr__(self) -> str:
+        return (f"Cost({self.key}: median {self.median:.0f} ns, p10 {self.p10:.0f} ns, "
+                f"p90 {self.p90:.0f} ns; {len(self.samples_ns)} samples of {self.batch} calls)")
+
+
+def measure(fn: Callable[[], object], key: str = "fn", label: str | None = None,
+            kernel: bool = False, samples: int = 200, batch: int = 200,
+            warmup: int = 2) -> Cost:
+    """Time ``fn()``: ``samples`` times, ``batch`` calls each; per-call ns per sample."""
+    if samples < 1 or batch < 1:
+        raise ValueError("samples and batch must be at least 1")
+    clock = time.perf_counter_ns
+    repeat = itertools.repeat
+    out = []
+    for i in range(warmup + samples):
+        t0 = clock()
+        for _ in repeat(None, batch):
+            fn()
+        t1 = clock()
+        if i >= warmup:  # the first batches warm caches and branch predictors
+            out.append((t1 - t0) / batch)
+    return Cost(key, label or key, kernel, tuple(out), batch)
+
+
+def _empty() -> None:
+    pass
+
+
+#: key -> (label, enters the kernel?) in the order they are shown
+CALLS: dict[str, tuple[str, bool]] = {
+    "python_call": ("empty Python function call", False),
+    "vdso": ("clock_gettime (vDSO, no mode switch)", False),
+    "getpid": ("getpid system call (os.getpid)", True),
+    "ctypes_noop": ("C function via ctypes, no syscall", False),
+    "raw_getpid": ("getpid via ctypes syscall(2)", True),
+    "read_1": ("read 1 byte of /dev/zero", True),
+    "read_64k": ("read 64 KiB of /dev/zero", True),
+}
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Several Costs measured in the same run, with a table, ratios and a plot."""
+    costs: tuple[Cost, ...]
+
+    def __iter__(self) -> Iterator[Cost]:
+        return iter(self.costs)
+
+    def __len__(self) -> int:
+        return len(self.costs)
+
+    def __getitem__(self, key: str) -> Cost:
+        for c in self.costs:
+            if c.key == key:
+                return c
+        raise KeyError(f"{key!r} was not measured (measured: {', '.join(c.key for c in self.costs)})")
+
+    def ratio(self, key: str, to: str) -> float:
+        """How many times the median of ``key`` is the median of ``to``."""
+        return self[key].median / self[to].median
+
+    def table(self) -> str:
+        lines = [f"{'call':<40} {'where':<6} {'median':>9} {'p10':>9} {'p90':>9}",
+                 "-" * 77]
+        for c in self.costs:
+            lines.append(f"{c.label:<40} {'kernel' if c.kernel else 'user':<6} "
+                         f"{c.median:7.0f}ns {c.p10:7.0f}ns {c.p90:7.0f}ns")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.table()
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{c.label}</td><td>{'kernel' if c.kernel else 'user'}</td>"
+            f"<td style='text-align:right'>{c.median:.0f}</td><td style='text-align:right'>{c.p10:.0f}</td>"
+            f"<td style='text-align:right'>{c.p90:.0f}</td></tr>" for c in self.costs)
+        return ("<table><tr><th>call</th><th>mode</th><th>median ns</th><th>p10 ns</th>"
+                f"<th>p90 ns</th></tr>{rows}</table>")
+
+    def plot(self, title: str | None = None):
+        return plot(self, title)
+
+
+def _callables(read_size: int, zero_fd: int) -> dict[str, Callable[[], object]]:
+    from . import syscalls  # the one ctypes boundary
+
+    return {
+        "python_call": _empty,
+        "vdso": partial(time.clock_gettime_ns, time.CLOCK_MONOTONIC),
+        "getpid": os.getpid,
+        "ctypes_noop": syscalls.libc_noop,
+        "raw_getpid": syscalls.sys_getpid,
+        "read_1": partial(os.read, zero_fd, 1),
+        "read_64k": partial(os.read, zero_fd, read_size),
+    }
+
+
+def measure_all(keys: tuple[str, ...] | None = None, samples: int = 200, batch: int = 200,
+                read_size: int = 65536) -> Costs:
+    """Measure the calls named in ``keys`` (default: all of CALLS), interleaved sample by sample
+    so that a burst of background activity hits them all alike."""
+    keys = tuple(CALLS) if keys is None else tuple(keys)
+    unknown = [k for k in keys if k not in CALLS]
+    if unknown:
+        raise ValueError(f"unknown call(s) {', '.join(unknown)}; choose from {', '.join(CALLS)}")
+    zero_fd = os.open("/dev/zero", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fns = _callables(read_size, zero_fd)
+        for k in keys:  # warm up each once
+            measure(fns[k], samples=1, batch=batch, warmup=1)
+        collected: dict[str, list[float]] = {k: [] for k in keys}
+        for _ in range(samples):
+            for k in keys:
+                collected[k].extend(measure(fns[k], samples=1, batch=batch, warmup=0).samples_ns)
+    finally:
+        os.close(zero_fd)
+    label_64k = f"read {read_size // 1024} KiB of /dev/zero" if read_size >= 1024 else f"read {read_size} B of /dev/zero"
+    return Costs(tuple(Cost(k, label_64k if k == "read_64k" else CALLS[k][0], CALLS[k][1],
+                            tuple(collected[k]), batch) for k in keys))
+
+
+def plot(costs: Costs, title: str | None = None):
+    """A box plot of each cost's distribution on a log scale; kernel calls in orange.
+
+    Returns a matplotlib Figure (displayed by Jupyter; nothing is left open in pyplot).
+    """
+    import matplotlib.pyplot as plt  # lazy: importing labhelper must stay fast
+
+    items = list(costs)[::-1]  # first call at the top
+    fig, ax = plt.subplots(figsize=(8, 0.55 * len(items) + 1.2))
+    data = [c.samples_ns for c in items]
+    style = dict(whis=(5, 95), showfliers=False, patch_artist=True, widths=0.6)
+    try:  # matplotlib >= 3.10 says orientation=; older ones only know vert=
+        box = ax.boxplot(data, orientation="horizontal", **style)
+    except TypeError:
+        box = ax.boxplot(data, vert=False, **style)
+    for patch, c in zip(box["boxes"], items):
+        patch.set_facecolor("#fdae6b" if c.kernel else "#9ecae1")
+    for median, c in zip(box["medians"], items):
+        median.set_color("black")
+    ax.set_yticks(range(1, len(items) + 1), [c.label for c in items])
+    ax.set_xscale("log")
+    ax.set_xlabel("nanoseconds per call (log scale); box: p25-p75, whiskers: p5-p95")
+    ax.set_title(title or "User mode (blue) vs a trip into the kernel (orange)")
+    for i, c in enumerate(items, start=1):
+        ax.annotate(f"{c.median:.0f} ns", (c.median, i), xytext=(0, 11), textcoords="offset points",
+                    ha="center", fontsize=8)
+    ax.grid(axis="x", which="both", alpha=0.3)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -1,0 +1,126 @@
+"""Playgrounds for the notebooks: pick something from a list, see what the kernel did.
+
+ipywidgets and matplotlib are imported inside the functions that use them, so that
+``import labhelper.widgets`` stays cheap and works where they are not installed.
+
+Chapter 01: :class:`SyscallExplorer`: pick a command, see its system calls as a table and a
+bar chart, filtered by category::
+
+    from labhelper.widgets import SyscallExplorer
+    SyscallExplorer()
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+
+from . import trace as _trace
+
+__all__ = ["SyscallExplorer", "explorer_commands"]
+
+
+def explorer_commands() -> dict[str, list[str]]:
+    """The commands the chapter 01 explorer offers (those installed here)."""
+    commands = {
+        "ls /": ["ls", "/"],
+        "cat /etc/hostname": ["cat", "/etc/hostname"],
+        "mkdir demo": ["mkdir", "demo"],
+        "echo hello (/bin/echo)": ["/bin/echo", "hello"],
+        "date": ["date"],
+        "uname -a": ["uname", "-a"],
+        "sleep 0.1": ["sleep", "0.1"],
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "python -c \"import json\"": [sys.executable, "-c", "import json"],
+        "sh -c 'ls | wc -l'": ["sh", "-c", "ls / | wc -l"],
+    }
+    if shutil.which("ruby"):
+        commands["ruby File.open (the seed)"] = ["ruby", "-e", 'File.open("/etc/hostname") { |f| f.read }']
+    return {k: v for k, v in commands.items() if shutil.which(v[0])}
+
+
+class SyscallExplorer:
+    """A dropdown of commands and a category filter; shows the chosen command's system calls
+    (a strace -c style table and a bar chart). Each command runs in a fresh temporary folder
+    (so ``mkdir demo`` works every time), removed afterwards.
+
+    ``choose(name, category)`` does what the widgets do, for tests and scripts; the last
+    :class:`~labhelper.trace.Trace` is in ``.trace``.
+    """
+
+    def __init__(self, commands: dict[str, list[str]] | None = None, top: int = 12,
+                 timeout: float = 20.0):
+        self.commands = commands or explorer_commands()
+        if not self.commands:
+            raise ValueError("no command to explore")
+        self.top = top
+        self.timeout = timeout
+        self.trace: _trace.Trace | None = None
+        self.category: str | None = None
+        self._widget = None
+        self._out = None
+
+    # -- the work, without widgets -----------------------------------------------------------
+    def choose(self, name: str, category: str | None = None) -> _trace.Summary:
+        if name not in self.commands:
+            raise KeyError(f"unknown command {name!r}; choose from: {', '.join(self.commands)}")
+        with tempfile.TemporaryDirectory(prefix="lh-explore-") as tmp:
+            self.trace = _trace.trace(self.commands[name], cwd=tmp, timeout=self.timeout)
+        self.category = category
+        return self.trace.summary(category)
+
+    # -- the widgets -------------------------------------------------------------------------
+    @property
+    def widget(self):
+        if self._widget is None:
+            self._widget = self._build()
+        return self._widget
+
+    def _build(self):
+        import ipywidgets as w  # lazy
+
+        self._dropdown = w.Dropdown(options=list(self.commands), description="command",
+                                    layout=w.Layout(width="360px"))
+        self._categories = w.ToggleButtons(options=["all", *_trace.CATEGORY_NAMES], value="all",
+                                           description="category",
+                                           style={"button_width": "72px"})
+        self._out = w.Output()
+        self._dropdown.observe(self._refresh, names="value")
+        self._categories.observe(self._refresh, names="value")
+        self._refresh()
+        return w.VBox([self._dropdown, self._categories, self._out])
+
+    def _refresh(self, *_):
+        from IPython.display import HTML, display
+
+        cat = None if self._categories.value == "all" else self._categories.value
+        with self._out:
+            self._out.clear_output(wait=True)
+            try:
+                summary = self.choose(self._dropdown.value, cat)
+            except Exception as exc:  # noqa: BLE001 - show the error in the playground
+                print(f"{type(exc).__name__}: {exc}")
+                return
+            t = self.trace
+            display(HTML(f"<p><code>{_html(repr(t))}</code><br>the command line: "
+                         f"<code>{_html(' '.join(t.strace_argv[:1] + ('-f', '-yy', '...', '--')) + ' ' + ' '.join(t.command))}</code></p>"))
+            if not len(summary):
+                print(f"no {cat} system calls")
+                return
+            display(HTML(summary.top(self.top)._repr_html_()))
+            display(summary.plot(top=self.top, title=f"{self._dropdown.value}: "
+                                                     f"{summary.calls} {cat or ''} system calls".replace("  ", " ")))
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
+
+    def __repr__(self) -> str:
+        return f"SyscallExplorer({len(self.commands)} commands)"
+
+
+def _html(text: str) -> str:
+    import html
+
+    return html.escape(text)

@@ -1,0 +1,79 @@
+"""System calls made directly by number, and the cost measurements of chapter 01."""
+from __future__ import annotations
+
+import errno
+import os
+import platform
+
+import pytest
+
+from labhelper import syscalls, syscost
+from labhelper.errors import SyscallError
+
+
+def test_getpid_and_uname_by_number():
+    assert syscalls.sys_getpid() == os.getpid()
+    u = syscalls.sys_uname()
+    assert tuple(u)[:5] == tuple(os.uname())
+    assert u.machine == platform.machine() and repr(u).startswith("Uname(sysname='Linux'")
+
+
+def test_write_and_read_by_number():
+    r, w = os.pipe()
+    try:
+        assert syscalls.sys_write(w, b"hello from write(2)\n") == 20
+        assert syscalls.sys_read(r, 100) == b"hello from write(2)\n"
+        os.close(w)
+        w = -1
+        assert syscalls.sys_read(r, 10) == b""  # end of file: every writer closed
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+def test_write_to_a_closed_fd_names_the_errno():
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(SyscallError) as info:
+        syscalls.sys_write(w, b"x")
+    assert info.value.errno == errno.EBADF and info.value.call == "write"
+    assert "EBADF" in str(info.value)
+
+
+def test_libc_noop_stays_in_user_mode():
+    from labhelper import trace as T
+    if T.shutil.which("strace") is None:
+        pytest.skip("strace is not installed")
+    t = T.trace(lambda: [syscalls.libc_noop() for _ in range(100)])
+    assert len(t) == 0, t.lines()
+    g = T.trace(lambda: [syscalls.sys_getpid() for _ in range(3)])
+    assert g.count("getpid") == 3
+
+
+def test_measure_gives_a_distribution():
+    c = syscost.measure(os.getpid, key="getpid", kernel=True, samples=20, batch=50)
+    assert len(c.samples_ns) == 20 and c.batch == 50
+    assert 0 < c.p10 <= c.median <= c.p90
+    assert repr(c).startswith("Cost(getpid: median ")
+    with pytest.raises(ValueError):
+        syscost.measure(os.getpid, samples=0)
+
+
+def test_measure_all_and_plot():
+    costs = syscost.measure_all(samples=15, batch=50)
+    assert [c.key for c in costs] == list(syscost.CALLS)
+    assert all(c.median > 0 for c in costs)
+    # copying 64 KiB costs more than copying one byte, on every machine
+    assert costs["read_64k"].median > costs["read_1"].median
+    assert costs.ratio("read_64k", "read_1") > 1
+    assert "getpid system call" in costs.table() and costs._repr_html_().startswith("<table>")
+    with pytest.raises(KeyError, match="was not measured"):
+        costs["nope"]
+    with pytest.raises(ValueError, match="unknown call"):
+        syscost.measure_all(keys=("teleport",))
+    pytest.importorskip("matplotlib")
+    fig = costs.plot()
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert labels[-1] == syscost.CALLS["python_call"][0] and len(labels) == len(costs)
