@@ -13,10 +13,16 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 PORT ?= 8888
 PYTEST_FLAGS ?=
 
-.PHONY: lab test provision venv test-unit test-system test-notebooks clean-venv
+.PHONY: lab test provision venv test-unit test-system test-notebooks test-ui clean-venv
+
+# The test targets also install the test-only tools (chromium, shellcheck, vagrant, ...);
+# `make lab` installs only what the course needs. A target-specific variable reaches the
+# prerequisites too, so `provision` sees it when a test target pulls it in.
+PROVISION_FLAGS ?=
+test test-unit test-system test-notebooks test-ui: PROVISION_FLAGS = --with-test-tools
 
 provision:
-	@$(SUDO) scripts/provision.sh
+	@$(SUDO) scripts/provision.sh $(PROVISION_FLAGS)
 
 # The venv is rebuilt only when pyproject.toml changes.
 $(STAMP): pyproject.toml | provision
@@ -36,6 +42,7 @@ test: venv
 	$(PY) -m pytest $(PYTEST_FLAGS) tests/unit tests/system
 	$(PY) -m pytest $(PYTEST_FLAGS) --nbval --nbval-current-env \
 	    --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/
+	$(PY) -m pytest $(PYTEST_FLAGS) tests/ui
 
 test-unit: venv
 	$(PY) -m pytest $(PYTEST_FLAGS) tests/unit
@@ -48,6 +55,11 @@ test-notebooks: export LABHELPER_DISPOSABLE = 1
 test-notebooks: venv
 	$(PY) -m pytest $(PYTEST_FLAGS) --nbval --nbval-current-env \
 	    --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/
+
+# Every chapter in a real browser (Debian's chromium), screenshots in tests/ui/screenshots/.
+test-ui: export LABHELPER_DISPOSABLE = 1
+test-ui: venv
+	$(PY) -m pytest $(PYTEST_FLAGS) tests/ui
 
 clean-venv:
 	rm -rf $(VENV)

@@ -16,6 +16,8 @@
 #   LABHELPER_SRC        the course repository to install in --lab-vm mode (default: the repository
 #                        this script is in, or /vagrant, where Vagrant syncs it)
 #   LABHELPER_HOST_PORT  the port the learner's browser uses, for the printed URL (default 8888)
+#   LABHELPER_LISTEN     the address JupyterLab listens on in --lab-vm mode (default 0.0.0.0, which
+#                        Vagrant's port forward needs; use 127.0.0.1 on a cloud VM and an ssh tunnel)
 #   LABHELPER_OS_RELEASE the os-release file to read (default /etc/os-release; tests point it elsewhere)
 #   LABHELPER_ROOT       write --lab-vm's files under this directory instead of / and touch no
 #                        service (tests use it; default /)
@@ -27,6 +29,7 @@ PACKAGES=(
   make                               # the two commands of the README
   graphviz                           # dot: every diagram of the course
   strace                             # chapter 01: tracing system calls
+  ruby                               # chapter 01: the seed's own example, File.open traced to openat
   gcc libc6-dev binutils             # chapters 01-02: C references for benchmarks; GNU as for guests
   iproute2 iputils-ping              # chapter 04: ip netns, veth, ping between namespaces
   busybox-static                     # chapter 07: a root filesystem in one binary
@@ -42,7 +45,7 @@ TEST_PACKAGES=(
   systemd                            # tests/unit/test_delivery.py: `systemd-analyze verify` on the unit
 )
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo/{/^set -euo/!p}' "$0" | sed 's/^# \{0,1\}//'; }
 
 check=0 test_tools=0 lab_vm=0 url_only=0
 for arg in "$@"; do
@@ -66,6 +69,7 @@ VENV=$ROOT/opt/labhelper/venv
 UNIT_NAME=labhelper-jupyter.service
 UNIT_FILE=$ROOT/etc/systemd/system/$UNIT_NAME
 HOST_PORT=${LABHELPER_HOST_PORT:-8888}
+LISTEN=${LABHELPER_LISTEN:-0.0.0.0}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 print_url() {
@@ -85,7 +89,7 @@ print_url() {
   echo "=================================================================================="
   echo " The lab is ready (JupyterLab service: $state). Open this URL in your browser:"
   echo
-  echo "     http://127.0.0.1:$HOST_PORT/lab?token=$(cat "$TOKEN_FILE")"
+  echo "     http://127.0.0.1:$HOST_PORT/lab/tree/00-start-here.ipynb?token=$(cat "$TOKEN_FILE")"
   echo
   echo " It answers on this computer only. Lost it? 'vagrant provision' prints it again."
   echo "=================================================================================="
@@ -176,6 +180,10 @@ elif [ -f "$HERE/../pyproject.toml" ]; then
 else
   SRC=/vagrant     # Vagrant uploads this script to /tmp and syncs the repository here
 fi
+if ! [[ "$LISTEN" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]]; then
+  echo "provision.sh: LABHELPER_LISTEN='$LISTEN' is not an IPv4 address (0.0.0.0 or 127.0.0.1)" >&2
+  exit 2
+fi
 if [ ! -f "$SRC/pyproject.toml" ] || [ ! -f "$SRC/scripts/$UNIT_NAME" ]; then
   echo "provision.sh: the course repository is not at '$SRC' (no pyproject.toml or" >&2
   echo "scripts/$UNIT_NAME there): set LABHELPER_SRC to it. In Vagrant, is /vagrant synced?" >&2
@@ -217,7 +225,8 @@ chmod 0600 "$TOKEN_FILE"
 # 4. The unit, with the paths of this install.
 mkdir -p "$(dirname "$UNIT_FILE")"
 # The unit names /vagrant as the notebooks' folder; elsewhere (cloud-init) it is where SRC is.
-unit_text=$(sed -e "s|/vagrant|$SRC|g" "$SRC/scripts/$UNIT_NAME")
+unit_text=$(sed -e "s|/vagrant|$SRC|g" -e "s|--ServerApp.ip=0.0.0.0|--ServerApp.ip=$LISTEN|" \
+                "$SRC/scripts/$UNIT_NAME")
 if [ "$(cat "$UNIT_FILE" 2>/dev/null || true)" != "$unit_text" ]; then
   printf '%s\n' "$unit_text" > "$UNIT_FILE"
   unit_changed=1

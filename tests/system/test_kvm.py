@@ -1,0 +1,395 @@
+"""labhelper.kvm on the real /dev/kvm: guests run, exits are what they should be, nothing leaks.
+
+Skipped, with the reason, where /dev/kvm is absent or cannot be opened. R25 (no KVM fd in
+children, none after close) and R26 (memory cap, interrupt within 1 s, flat fds/RSS over 20
+cycles) are tested here.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from labhelper import host, kvm
+from labhelper.errors import LabError, SyscallError
+from labhelper.kvm import guests
+from labhelper.kvm.machine import Machine
+
+_info = host.kvm_info()
+if not _info.openable:
+    pytest.skip(f"/dev/kvm is not usable here ({_info.error}): chapter 02's live parts are skipped",
+                allow_module_level=True)
+if not all(guests.tools().values()):
+    pytest.skip("GNU binutils (as, ld, objcopy) is not installed: guests cannot be assembled",
+                allow_module_level=True)
+
+
+def kvm_fds() -> list:
+    return kvm.open_fds()
+
+
+@pytest.fixture(autouse=True)
+def _no_kvm_fd_left():
+    before = kvm_fds()
+    yield
+    assert kvm_fds() == before, "a KVM fd was left open"
+
+
+def _long_mode() -> tuple[bool, str]:
+    return kvm.long_mode_check()
+
+
+def test_system_fd_answers():
+    with kvm.Kvm() as k:
+        assert k.api_version == 12
+        assert k.vcpu_mmap_size >= 4096
+        caps = k.capabilities()
+        assert caps["KVM_CAP_USER_MEMORY"] == 1
+        assert caps["KVM_CAP_NR_MEMSLOTS"] > 0
+        cpuid = k.supported_cpuid()
+        assert any(e.function == 0 for e in cpuid) and repr(cpuid[0]).startswith("CpuidEntry(0x")
+        assert "fd=" in repr(k)
+    assert "closed" in repr(k)
+
+
+def test_every_kvm_fd_is_close_on_exec():
+    import fcntl
+    with Machine(guests.SERIAL_HELLO) as m:
+        fds = kvm_fds()
+        kinds = {t.split(":")[1] if ":" in t else t for _, t in fds}
+        assert {"/dev/kvm", "kvm-vm", "kvm-vcpu"} <= kinds, fds
+        for fd, target in fds:
+            assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC, f"{target} (fd {fd}) is inheritable"
+        assert m.vm.fd > 0
+
+
+def test_serial_hello_exits_once_per_byte():
+    with Machine(guests.SERIAL_HELLO) as m:
+        r = m.run()
+    message = b"Hello from a real-mode guest!\n"
+    assert r.output == message and r.stopped == "hlt"
+    assert r.counts == {"IoOut": len(message), "Hlt": 1} and r.exits == len(message) + 1
+    assert repr(r).startswith("RunResult(stopped='hlt', exits=31")
+    assert m.closed
+
+
+def test_paravirtual_console_needs_one_exit():
+    message = b"x" * 500
+    with Machine(guests.pv_source(message)) as serial_free:
+        r = serial_free.run()
+    assert r.output == message and r.counts == {"IoOut": 1, "Hlt": 1}
+    with Machine(guests.serial_source(message)) as m:
+        assert m.run().counts == {"IoOut": 500, "Hlt": 1}
+
+
+def test_pv_console_refuses_a_buffer_outside_memory():
+    src = f"""\
+    mov word ptr [{guests.MAILBOX:#x}], 0xff00
+    mov word ptr [{guests.MAILBOX + 2:#x}], 0x200
+    mov dx, {guests.DOORBELL_PORT:#x}
+    out dx, al
+    hlt
+"""
+    with Machine(src) as m:
+        r = m.run()
+        pv = m.device("pv-console")
+    assert r.output == b"" and pv.rings == 1 and "refused" in pv.refused[0]
+
+
+def test_mmio_writes_and_reads():
+    with Machine(guests.MMIO_HELLO) as m:
+        r = m.run()
+    assert r.output == b"MMIO!\n"
+    assert r.counts == {"MmioWrite": 6, "MmioRead": 1, "IoOut": 1, "Hlt": 1}
+    assert r.reports == (6,)                     # the COUNT register the guest read back
+
+
+def test_io_in_is_answered():
+    src = "    mov dx, 0x3fd\n    in al, dx\n    out 0x10, al\n    in al, 0x99\n    out 0x10, al\n    hlt\n"
+    with Machine(src) as m:
+        r = m.run()
+    assert r.reports == (0x60, 0xFF)             # LSR "transmitter empty"; nothing on port 0x99
+    assert r.counts["IoIn"] == 2
+
+
+def test_add_two_numbers():
+    with Machine(guests.ADD_TWO) as m:
+        m.write(0x600, (1234).to_bytes(2, "little") + (4321).to_bytes(2, "little"))
+        assert m.run().reports == (5555,)
+
+
+def test_registers_round_trip_and_listing_mark():
+    with Machine(guests.SERIAL_HELLO) as m:
+        regs = m.regs()
+        assert regs.rip == guests.ORIGIN and m.sregs().mode == "real"
+        first = m.step()
+        assert first == kvm.IoOut(0x3F8, 1, b"H")
+        after = m.regs()
+        assert after.rdx == 0x3F8 and after.rax & 0xFF == ord("H")
+        assert m.program.line_at(after.rip) is not None
+        m.vcpu.set_regs(after, rax=0x1234)
+        assert m.regs().rax == 0x1234
+
+
+def test_long_mode_guest_or_a_reason():
+    ok, why = _long_mode()
+    if not ok:
+        assert why                                 # the reason is said, never empty
+        pytest.skip(f"this host refuses 64-bit guests: {why}")
+    with Machine(kvm.assemble(guests.LONG_HELLO, mode="long")) as m:
+        r = m.run()
+        s = m.sregs()
+        t = m.vcpu.translate(guests.MMIO_BASE)
+    assert r.output == b"Hello from long mode!\n" and s.mode == "long"
+    cr0, cr4, efer = r.reports
+    assert cr0 & 0x80000001 == 0x80000001 and cr4 & 0x20 and efer & 0x500 == 0x500
+    assert t.valid and t.physical == guests.MMIO_BASE
+
+
+def test_triple_fault_is_a_clear_error():
+    ok, why = _long_mode()
+    if not ok:
+        pytest.skip(f"the triple-fault guest is 64-bit and this host refuses 64-bit guests: {why}")
+    before = kvm_fds()
+    with pytest.raises(kvm.GuestError) as info:
+        with Machine(kvm.assemble(guests.TRIPLE_FAULT, mode="long")) as m:
+            m.run()
+    assert isinstance(info.value.exit, (kvm.Shutdown, kvm.InternalError))
+    assert "KVM_EXIT_" in str(info.value) and "rip=" in str(info.value)
+    assert kvm_fds() == before
+    with Machine(kvm.assemble(guests.TRIPLE_FAULT, mode="long")) as m:
+        r = m.run(check=False)
+    assert r.stopped in ("KVM_EXIT_SHUTDOWN", "KVM_EXIT_INTERNAL_ERROR")
+
+
+def test_invalid_special_registers_are_refused_by_kvm():
+    with Machine(guests.SERIAL_HELLO) as m:
+        s = m.sregs()
+        s.cr0 = (s.cr0 | (1 << 31)) & ~1           # paging without protected mode: impossible
+        with pytest.raises(SyscallError) as info:
+            m.vcpu.set_sregs(s)
+        assert info.value.errno == errno.EINVAL and "CR0.PE" in str(info.value)
+        with pytest.raises(kvm.RegisterError, match="no such register"):
+            m.vcpu.set_regs(rzz=1)
+        assert m.run().stopped == "hlt"            # the refused state changed nothing
+
+
+def test_memory_cap_before_mmap():
+    with kvm.Kvm() as k:
+        vm = k.create_vm()
+        try:
+            with pytest.raises(kvm.MemoryError_, match="cap"):
+                vm.add_memory(kvm.MEMORY_CAP + 4096)
+            assert vm.memory == []
+            vm.add_memory(0x10000)
+            with pytest.raises(kvm.MemoryError_, match="overlaps"):
+                vm.add_memory(0x1000, guest_address=0x8000)
+            with pytest.raises(kvm.MemoryError_, match="no memory slot covers"):
+                vm.write(0xFFFF, b"ab")
+            with pytest.raises(kvm.MemoryError_, match="cannot write 2 bytes"):
+                vm.memory[0].write(0xFFFF, b"ab")
+        finally:
+            vm.close()
+    assert all(m._map.closed for m in vm.memory)
+
+
+def test_closed_objects_say_so():
+    m = Machine(guests.SERIAL_HELLO)
+    vcpu = m.vcpu
+    m.close()
+    m.close()                                      # idempotent
+    with pytest.raises(LabError, match="vCPU is closed"):
+        vcpu.run()
+    with pytest.raises(LabError, match="VM is closed"):
+        m.vm.add_memory(4096)
+    with pytest.raises(LabError, match="unmapped"):
+        m.read(0x1000, 1)
+
+
+def test_spinning_guest_stops_on_timeout():
+    with Machine(guests.SPIN) as m:
+        t0 = time.monotonic()
+        r = m.run(timeout=0.2)
+        took = time.monotonic() - t0
+        assert r.stopped == "timeout" and 0.15 < took < 1.0
+        assert m.regs().rip == guests.ORIGIN       # still in its loop, intact
+
+
+def test_sigint_stops_a_spinning_guest_within_a_second_and_closes_it():
+    m = Machine(guests.SPIN)
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
+    t0 = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt) as info:
+            m.run()
+    finally:
+        timer.cancel()
+    took = time.monotonic() - t0
+    assert took < 0.2 + 1.0, f"the interrupt took {took - 0.2:.2f} s to stop the guest"
+    assert m.closed and "VM closed" in "".join(getattr(info.value, "__notes__", []))
+
+
+def test_sigint_while_not_in_a_with_block_leaves_no_fd():
+    before = kvm_fds()
+    timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            Machine(guests.SPIN).run()
+    finally:
+        timer.cancel()
+    assert kvm_fds() == before
+
+
+def test_no_kvm_fd_in_a_forked_child():
+    with Machine(guests.SERIAL_HELLO) as m:
+        assert kvm_fds()
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.write(w, repr(kvm.open_fds()).encode())
+            os._exit(0)
+        os.close(w)
+        os.waitpid(pid, 0)
+        seen = os.read(r, 4096)
+        os.close(r)
+        assert seen == b"[]"
+        assert m.run().stopped == "hlt"            # the parent's VM is untouched
+
+
+def test_no_kvm_fd_in_a_subprocess_even_without_close_fds():
+    with Machine(guests.SERIAL_HELLO):
+        out = subprocess.run(["ls", "-l", "/proc/self/fd"], capture_output=True, text=True,
+                             close_fds=False).stdout
+    assert "kvm" not in out
+
+
+def test_no_kvm_fd_in_run_in_child():
+    from labhelper import process
+    with Machine(guests.SERIAL_HELLO):
+        assert process.run_in_child(kvm.open_fds) == []
+
+
+def test_a_killed_owner_leaves_nothing():
+    code = textwrap.dedent("""
+        import os, sys, time
+        from labhelper.kvm import Machine, guests
+        m = Machine(guests.SPIN)
+        print("ready", flush=True)
+        m.run()
+    """)
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        assert kvm.open_fds(p.pid), "the child should hold its VM"
+        p.kill()
+        p.wait(timeout=10)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stdout.close()
+    assert kvm.open_fds(p.pid) == []
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(l.split()[1]) for l in fh if l.startswith("VmRSS:"))
+
+
+def test_twenty_create_close_cycles_keep_fds_and_rss_flat():
+    prog = kvm.assemble(guests.SERIAL_HELLO)
+    for _ in range(5):                              # warm up caches and allocators
+        with Machine(prog) as m:
+            m.run()
+    fds0, rss0 = len(os.listdir("/proc/self/fd")), _rss_kib()
+    for _ in range(20):
+        with Machine(prog) as m:
+            m.run()
+    fds1, rss1 = len(os.listdir("/proc/self/fd")), _rss_kib()
+    assert fds1 == fds0
+    assert rss1 - rss0 < 2048, f"RSS grew by {rss1 - rss0} KiB over 20 cycles"
+
+
+def test_immediate_exit_returns_at_once():
+    with Machine(guests.SPIN) as m:
+        m.vcpu.set_immediate_exit(True)
+        t0 = time.monotonic()
+        assert m.vcpu.run() == kvm.Interrupted()
+        assert time.monotonic() - t0 < 0.5
+        m.vcpu.set_immediate_exit(False)
+
+
+def test_stepper_goes_one_exit_at_a_time():
+    from labhelper.kvm.stepper import Stepper
+    with Stepper(guests.SERIAL_HELLO) as s:
+        first = s.step()
+        assert first.exit == kvm.IoOut(0x3F8, 1, b"H") and first.number == 1
+        assert {"rip", "rdx", "rsi"} <= set(first.changed)
+        second = s.step()
+        assert "rip" not in second.changed and second.exit.data == b"e"   # the same `out`, again
+        assert "<b>rax=" in s.registers_html() and "=&gt;" in s.panel_html()
+        pytest.importorskip("ipywidgets")
+        s.widget
+        s._step_button.click()
+        assert len(s.history) == 3
+        s._run_button.click()
+        assert s.done and s._step_button.disabled and s.output == b"Hello from a real-mode guest!\n"
+        s._step_button.click()                      # disabled in the browser; the error shows in the panel
+        s._reset_button.click()
+        assert s.history == [] and not s._step_button.disabled
+    assert s.machine.closed
+
+
+@pytest.mark.parametrize("step", ["vm-create", "vm-memory"])
+def test_fault_after_each_step_leaves_no_fd(step, monkeypatch):
+    from labhelper.errors import FaultInjected
+    monkeypatch.setenv("LABHELPER_FAULT", f"{step}:raise")
+    with pytest.raises(FaultInjected):
+        Machine(guests.SERIAL_HELLO)
+    monkeypatch.delenv("LABHELPER_FAULT")
+
+
+@pytest.mark.parametrize("step", ["vm-create", "vm-memory"])
+def test_sigkill_after_each_step_leaves_nothing(step):
+    # R1: the creator dies mid-setup, as on a kernel restart; the kernel frees its VM with it.
+    code = "from labhelper.kvm import Machine, guests; Machine(guests.SERIAL_HELLO)"
+    env = dict(os.environ, LABHELPER_FAULT=f"{step}:sigkill")
+    p = subprocess.run([sys.executable, "-c", code], env=env, start_new_session=True, timeout=60)
+    assert p.returncode == -signal.SIGKILL
+
+
+def test_stepper_on_a_guest_without_exits_comes_back():
+    from labhelper.kvm.stepper import Stepper
+    with Stepper(guests.SPIN, step_timeout=0.3) as s:
+        t0 = time.monotonic()
+        step = s.step()
+        assert step.exit == kvm.Interrupted() and time.monotonic() - t0 < 1.5
+        assert not s.done and s.machine.interruptions >= 1
+
+
+def test_interruptions_are_not_counted_as_exits():
+    # A run longer than a few ticks: the timer's EINTRs must not show up as guest exits.
+    with Machine(guests.serial_source(b"z" * 3000)) as m:
+        r = m.run()
+    assert r.exits == 3001 and r.counts == {"IoOut": 3000, "Hlt": 1}
+
+
+def test_ticks_bring_kvm_run_back_from_a_guest_without_exits():
+    # The timer (machine.TICK) is what lets a deadline, or an interrupt that Python took just
+    # before KVM_RUN, be acted on while the guest never exits.
+    with Machine(guests.SPIN) as m:
+        t0 = time.monotonic()
+        r = m.run(timeout=0.35)
+        assert r.stopped == "timeout" and time.monotonic() - t0 < 1.0
+        assert m.interruptions >= 3               # one per tick (0.1 s)
+    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL          # the timer is given back
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)

@@ -1,0 +1,94 @@
+"""Chapter 02 in a real Jupyter kernel: a notebook interrupt stops a spinning guest within 1 s and
+closes its VM (R26); and the notebook runs top to bottom, explaining and skipping, when /dev/kvm
+is absent (LABHELPER_KVM_DEVICE=/nonexistent pretends so)."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+jupyter_client = pytest.importorskip("jupyter_client")
+
+from labhelper import host  # noqa: E402
+from labhelper.kvm import guests  # noqa: E402
+
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "02-hypervisors.ipynb"
+
+
+def _start(env):
+    km = jupyter_client.KernelManager(kernel_name="python3")
+    km.start_kernel(env=env)
+    kc = km.client()
+    kc.start_channels()
+    kc.wait_for_ready(timeout=60)
+    return km, kc
+
+
+def _reply(kc, msg_id, timeout=60):
+    while True:
+        reply = kc.get_shell_msg(timeout=timeout)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply
+
+
+def _kvm_fds(pid: int) -> list[str]:
+    from labhelper.kvm import open_fds
+    return [t for _, t in open_fds(pid)]
+
+
+@pytest.mark.skipif(not host.kvm_info().openable, reason="/dev/kvm is not usable here")
+@pytest.mark.skipif(not all(guests.tools().values()), reason="GNU binutils is not installed")
+def test_interrupt_button_stops_a_spinning_guest_within_a_second():
+    km, kc = _start(dict(os.environ))
+    try:
+        setup = kc.execute("import os; from labhelper import kvm; from labhelper.kvm import guests; "
+                           "m = kvm.Machine(guests.SPIN); pid = os.getpid()")
+        assert _reply(kc, setup)["content"]["status"] == "ok"
+        kernel_pid = km.provisioner.process.pid
+        spin = kc.execute("m.run()")
+        deadline = time.monotonic() + 10
+        while not _kvm_fds(kernel_pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)                                   # the guest is spinning inside KVM_RUN
+        assert _kvm_fds(kernel_pid), "the kernel should hold its VM while the guest spins"
+        t0 = time.monotonic()
+        km.interrupt_kernel()                             # what the ■ button does: SIGINT
+        reply = _reply(kc, spin, timeout=30)
+        took = time.monotonic() - t0
+        assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+        assert took < 1.0, f"the interrupt took {took:.2f} s"
+        assert _kvm_fds(kernel_pid) == [], "the interrupted VM must be closed"
+        check = kc.execute("assert m.closed")
+        assert _reply(kc, check)["content"]["status"] == "ok"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def test_notebook_without_kvm_explains_and_skips(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    env = dict(os.environ, LABHELPER_KVM_DEVICE="/nonexistent/kvm")
+    old = dict(os.environ)
+    os.environ.update(env)                                # the kernel inherits this process's environment
+    try:
+        client = nbclient.NotebookClient(nb, timeout=180, kernel_name="python3",
+                                         resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+        client.execute()                                  # raises CellExecutionError on any untagged error
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    texts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            texts.append(out.get("text", "") + str(out.get("data", {}).get("text/plain", "")))
+            assert out.get("output_type") != "error", out
+    text = "\n".join(texts)
+    assert "skipped: this needs /dev/kvm openable" in text
+    assert "/nonexistent/kvm does not exist" in text
+    assert "RunResult(" not in text and "Step 1:" not in text   # nothing ran...
+    assert "0x1000   ba f8 03" in text                     # ...but the listings are there
+    assert "over the lab's cap" in text                   # and the checks that need no VM
