@@ -62,9 +62,19 @@ _HINTS: dict[tuple[str, int], str] = {
 }
 
 
+# When root itself is refused, "run as root" is no help: the cause is elsewhere.
+_ROOT_REFUSED = ("the kernel refused even root: a capability is missing in this namespace (a user "
+                 "namespace, or dropped capabilities), or a security module (seccomp, AppArmor) forbids it")
+
+
 def hint_for(call: str, err: int) -> str | None:
     """The known fix for ``call`` failing with ``err``, or None."""
-    return _HINTS.get((call, err)) or _HINTS.get(("*", err))
+    specific = _HINTS.get((call, err))
+    if specific:
+        return specific
+    if err in (_errno.EPERM, _errno.EACCES) and os.geteuid() == 0:
+        return _ROOT_REFUSED if err == _errno.EPERM else None
+    return _HINTS.get(("*", err))
 
 
 def errno_name(err: int) -> str:

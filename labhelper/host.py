@@ -8,6 +8,7 @@ missing, which chapter needs it, and what to do.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import platform
 import shutil
@@ -61,11 +62,15 @@ class KvmInfo:
     cpu_flags: tuple[str, ...]  # vmx / svm / hypervisor, as /proc/cpuinfo lists them
     nested: bool | None        # nested virtualization offered to our own guests (None: unknown)
     error: str | None = None   # why it could not be opened
+    errno: int | None = None   # the errno of that failed open (EACCES: not root / not in group kvm)
+    machine: str = "x86_64"    # the CPU architecture; the course's guests are x86 code
+    hypervisor: str | None = None  # the hypervisor this machine runs under, from DMI, if any
 
     @property
     def in_vm(self) -> bool:
-        """The CPU says it runs under a hypervisor (CPUID leaf 1, ECX bit 31)."""
-        return "hypervisor" in self.cpu_flags
+        """This machine runs under a hypervisor: the CPU says so (x86 CPUID leaf 1, ECX bit 31), or
+        the firmware tables (DMI) name one."""
+        return "hypervisor" in self.cpu_flags or self.hypervisor is not None
 
 
 @dataclass(frozen=True)
@@ -94,15 +99,29 @@ class Facts:
 # Readers. Each is small and takes its root so that tests can use a fake tree.
 
 def _read(path: Path, default: str = "") -> str:
+    # Bytes, decoded as the OS does (surrogateescape): a path with non-UTF-8 bytes anywhere on the
+    # host (in mountinfo, say) must not crash the doctor.
     try:
-        return path.read_text()
+        return os.fsdecode(path.read_bytes())
     except OSError:
         return default
 
 
 def _unescape(field_: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as octal (\040 ...).
-    return field_.encode().decode("unicode_escape") if "\\" in field_ else field_
+    # mountinfo writes space, tab, newline and backslash in paths as octal escapes (\040 ...).
+    if "\\" not in field_:
+        return field_
+    raw = os.fsencode(field_)
+    out = bytearray()
+    i = 0
+    while i < len(raw):
+        if raw[i:i + 1] == b"\\" and raw[i + 1:i + 4].isdigit() and len(raw[i + 1:i + 4]) == 3:
+            out.append(int(raw[i + 1:i + 4], 8))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return os.fsdecode(bytes(out))
 
 
 def cgroup_info(proc: Path | str = "/proc", fs_root: Path | str = "/") -> CgroupInfo:
@@ -169,18 +188,51 @@ def kvm_info(device: str | None = None, proc: Path | str = "/proc", sys_: Path |
     elif flavour == "kvm_pvm":
         nested = False  # PVM runs guests without hardware virtualization: no VMX to pass on
     exists = os.path.exists(device)
-    openable, error = False, None
+    openable, error, err = False, None, None
     if exists:
         try:
             fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
         except OSError as exc:
-            error = f"open({device}): {exc.strerror}"
+            error, err = f"open({device}): {exc.strerror}", exc.errno
         else:
             os.close(fd)
             openable = True
     else:
         error = f"{device} does not exist"
-    return KvmInfo(device, exists, openable, flavour, _cpu_flags(proc), nested, error)
+    return KvmInfo(device, exists, openable, flavour, _cpu_flags(proc), nested, error, err,
+                   platform.machine(), dmi_hypervisor(sys_))
+
+
+# DMI (firmware) names of the hypervisors a learner's lab VM may run under, and how to give that
+# VM nested virtualization there. /sys/class/dmi/id/* is readable without root.
+HYPERVISORS = (
+    ("innotek GmbH", "VirtualBox", "VirtualBox 6.1 or later with --nested-hw-virt on (the Vagrantfile sets it); "
+                                   "on Windows, turn Hyper-V off"),
+    ("VMware", "VMware", "vhv.enable = TRUE (the Vagrantfile sets it); on Windows, turn Hyper-V off"),
+    ("QEMU", "QEMU/KVM (libvirt)", "on the host, load kvm_intel/kvm_amd with nested=1; the Vagrantfile asks for "
+                                   "cpu_mode host-passthrough"),
+    ("Microsoft Corporation", "Hyper-V", "Set-VMProcessor -ExposeVirtualizationExtensions $true (AMD needs Windows 11)"),
+    ("Parallels", "Parallels", "enable nested virtualization in the VM's CPU settings (the Vagrantfile does)"),
+    ("Amazon EC2", "AWS EC2", "use a *.metal instance, or an instance type with nested virtualization"),
+    ("Google", "Google Compute Engine", "create the VM with --enable-nested-virtualization"),
+)
+
+
+def dmi_hypervisor(sys_: Path | str = "/sys") -> str | None:
+    """The hypervisor named by the firmware tables, or None (bare metal, or DMI absent)."""
+    dmi = Path(sys_) / "class" / "dmi" / "id"
+    vendor = " ".join(_read(dmi / f).strip() for f in ("sys_vendor", "product_name"))
+    for key, name, _ in HYPERVISORS:
+        if key.lower() in vendor.lower():
+            return name
+    return None
+
+
+def _nested_fix(hypervisor: str | None) -> str:
+    for _, name, fix in HYPERVISORS:
+        if name == hypervisor:
+            return fix
+    return "enable nested virtualization in the hypervisor that runs this VM (README, troubleshooting)"
 
 
 def disposable_reason(env: dict | None = None, marker: Path | str = DISPOSABLE_MARKER) -> str | None:
@@ -243,9 +295,9 @@ class Need:
 
 
 NEEDS: dict[str, Need] = {n.name: n for n in (
-    Need("root", "running as root", "chapters 03-08 and the live parts of 00",
+    Need("root", "root privileges", "chapters 03-08 and the live parts of 00",
          "run JupyterLab as root inside the lab VM (`vagrant up`), or `sudo make lab`", True),
-    Need("disposable", "this machine is declared disposable", "every chapter that changes kernel state",
+    Need("disposable", "a machine declared disposable", "every chapter that changes kernel state",
          f"inside a throw-away VM: `sudo mkdir -p {DISPOSABLE_MARKER.parent} && sudo touch {DISPOSABLE_MARKER}`"
          " (the lab VM has it), or set LABHELPER_DISPOSABLE=1 for one session", True),
     Need("python", "Python 3.11 or newer", "every chapter", "use the lab VM (Python 3.12) or Debian 12", True),
@@ -254,12 +306,12 @@ NEEDS: dict[str, Need] = {n.name: n for n in (
     Need("cgroups", "a mounted cgroup hierarchy with controllers", "chapters 05, 07, 08",
          "boot with cgroups mounted (every systemd distribution does)", True),
     Need("overlayfs", "the overlay filesystem", "chapters 06, 07", "`modprobe overlay`", True),
-    Need("userns", "user namespaces enabled", "chapter 03 (user namespaces)",
+    Need("userns", "user namespaces", "chapter 03 (user namespaces)",
          "`sysctl -w user.max_user_namespaces=10000`", False),
-    Need("kvm", "/dev/kvm openable", "chapter 02 (its live cells explain and skip without it)",
+    Need("kvm", "a usable /dev/kvm on x86_64", "chapter 02 (its live cells explain and skip without it)",
          "enable nested virtualization for the lab VM (see README, troubleshooting)", False),
-    Need("strace", "strace installed", "chapter 01 (tracing)", "`apt-get install strace` (scripts/provision.sh does it)", False),
-    Need("dot", "graphviz's dot installed", "every diagram", "`apt-get install graphviz` (scripts/provision.sh does it)", False),
+    Need("strace", "the strace program", "chapter 01 (tracing)", "`apt-get install strace` (scripts/provision.sh does it)", False),
+    Need("dot", "graphviz's dot program", "every diagram", "`apt-get install graphviz` (scripts/provision.sh does it)", False),
 )}
 
 
@@ -284,6 +336,8 @@ def _has(name: str, f: Facts) -> tuple[bool, str]:
         return f.user_namespaces, "enabled" if f.user_namespaces else "max_user_namespaces is 0"
     if name == "kvm":
         k = f.kvm
+        if k.machine != "x86_64":
+            return False, f"{k.machine}: the course's guests are x86 code"
         return k.openable, f"{k.flavour}, {k.device} openable" if k.openable else (k.error or "absent")
     if name in ("strace", "dot"):
         path = getattr(f, name)
@@ -317,7 +371,7 @@ def ready(*names: str, f: Facts | None = None, quiet: bool = False) -> bool:
     if missing and not quiet:
         for n in missing:
             need = NEEDS[n]
-            print(f"skipped: this needs {need.what} ({_has(n, f)[1]}). To get it: {need.fix}")
+            print(f"skipped: this needs {need.what} (found: {_has(n, f)[1]}). To get it: {need.fix}")
     return not missing
 
 
@@ -364,28 +418,37 @@ class VirtCase:
 def virtualization_case(f: Facts | None = None) -> VirtCase:
     """Classify this machine: bare metal or VM, and whether KVM (nested) works inside it.
 
-    The CPU's ``hypervisor`` flag (CPUID leaf 1, ECX bit 31) says "I run in a VM"; ``vmx``/``svm``
-    say the CPU offers hardware virtualization to *us*; the loaded module says who drives /dev/kvm.
+    The decision uses what exists, not whether *we* could open /dev/kvm: a learner who is not root
+    must be told "run as root", not "enable nested virtualization". The CPU's ``hypervisor`` flag
+    (or DMI) says "I run in a VM"; ``vmx``/``svm`` say the CPU offers hardware virtualization to us;
+    the loaded module says who drives /dev/kvm.
     """
     f = f or facts()
     k = f.kvm
     hw = "vmx" in k.cpu_flags or "svm" in k.cpu_flags
-    if k.flavour == "kvm_pvm" and k.openable:
-        return VirtCase("pvm", "a VM whose KVM is PVM (kvm_pvm): guests run without VT-x/AMD-V, "
+    where = f" under {k.hypervisor}" if k.hypervisor else ""
+    if k.machine != "x86_64":
+        return VirtCase("not-x86", f"a {k.machine} machine{where}: the course's small guests are x86 code",
+                        "chapter 02 explains and skips its live cells; every other chapter runs")
+    if k.exists and not k.openable and k.errno in (errno.EACCES, errno.EPERM):
+        return VirtCase("kvm-no-permission", f"/dev/kvm exists ({k.flavour}) but this user may not open it",
+                        "run the lab as root (the lab VM's JupyterLab does), or add the user to the kvm group")
+    if k.flavour == "kvm_pvm" and k.exists:
+        return VirtCase("pvm", f"a VM{where} whose KVM is PVM (kvm_pvm): guests run without VT-x/AMD-V, "
                         "paravirtualized by the host kernel",
-                        "chapter 02 runs real-mode guests; features that need hardware assist may be refused")
-    if k.openable and hw and not k.in_vm:
+                        "chapter 02 runs; features that need hardware assist may be refused")
+    if k.exists and hw and not k.in_vm:
         return VirtCase("bare-metal", f"bare metal with hardware virtualization ({k.flavour})",
                         "chapter 02 runs in full")
-    if k.openable and hw:
-        return VirtCase("nested", f"a VM with nested virtualization ({k.flavour}): this is the lab VM's normal case",
+    if k.exists and hw:
+        return VirtCase("nested", f"a VM{where} with nested virtualization ({k.flavour}): the lab VM's normal case",
                         "chapter 02 runs in full")
     if k.in_vm and not hw:
-        return VirtCase("vm-no-nested", "a VM without nested virtualization: the hypervisor hides VT-x/AMD-V",
-                        "chapter 02 explains and skips its live cells; enable nested virtualization (README)")
-    if hw and not k.openable:
+        return VirtCase("vm-no-nested", f"a VM{where} without nested virtualization: the hypervisor hides VT-x/AMD-V",
+                        "chapter 02 explains and skips its live cells; to run them: " + _nested_fix(k.hypervisor))
+    if hw:
         return VirtCase("kvm-not-loaded", f"the CPU offers {'VT-x' if 'vmx' in k.cpu_flags else 'AMD-V'} but "
-                        f"/dev/kvm is not usable ({k.error})",
-                        "chapter 02 skips its live cells; `modprobe kvm_intel` or `modprobe kvm_amd` as root")
+                        f"/dev/kvm is not there ({k.error})",
+                        "chapter 02 skips its live cells; as root: modprobe kvm_intel (or kvm_amd)")
     return VirtCase("no-kvm", "no hardware virtualization and no /dev/kvm",
                     "chapter 02 explains and skips its live cells")

@@ -50,9 +50,22 @@ SYSCALL_NUMBERS: dict[str, dict[str, int]] = {
 }
 
 
+# The names of each call's arguments (from its man page), so that errors read like C:
+# write(fd=999, buf=b'hello', count=5): EBADF.
+SYSCALL_ARGS: dict[str, tuple[str, ...]] = {
+    "read": ("fd", "buf", "count"), "write": ("fd", "buf", "count"), "close": ("fd",),
+    "getpid": (), "getppid": (), "gettid": (), "uname": ("buf",),
+    "openat": ("dirfd", "pathname", "flags", "mode"), "mkdir": ("pathname", "mode"),
+    "mkdirat": ("dirfd", "pathname", "mode"), "clock_gettime": ("clockid", "tp"),
+    "ioctl": ("fd", "request", "arg"), "pidfd_open": ("pid", "flags"),
+}
+
+_MACHINE = platform.machine()
+
+
 def syscall_number(name: str, machine: str | None = None) -> int:
     """The number of system call ``name`` on ``machine`` (default: this one)."""
-    machine = machine or platform.machine()
+    machine = machine or _MACHINE
     table = SYSCALL_NUMBERS.get(machine)
     if table is None:
         raise NotImplementedError(f"no system call table for architecture {machine!r} "
@@ -60,8 +73,25 @@ def syscall_number(name: str, machine: str | None = None) -> int:
     try:
         return table[name]
     except KeyError:
-        raise KeyError(f"system call {name!r} does not exist on {machine} "
-                       f"(e.g. aarch64 has mkdirat but no mkdir)") from None
+        others = [m for m, t in SYSCALL_NUMBERS.items() if name in t]
+        note = f"; {', '.join(others)} has it" if others else ""
+        if name == "mkdir" and machine == "aarch64":
+            note = ": aarch64 has mkdirat but no mkdir"
+        raise KeyError(f"system call {name!r} is not in the course's table for {machine}{note}") from None
+
+
+def _show(value) -> object:
+    # What an argument looks like in an error message: ctypes buffers by size, not by address.
+    if isinstance(value, ctypes.Array):
+        return _Shown(f"<buffer {ctypes.sizeof(value)} bytes>")
+    if isinstance(value, (bytes, bytearray)) and len(value) > 40:
+        return _Shown(f"{bytes(value[:32])!r}... ({len(value)} bytes)")
+    return value
+
+
+class _Shown(str):
+    def __repr__(self) -> str:
+        return str(self)
 
 
 def check(result: int, call: str, arguments: dict) -> int:
@@ -82,7 +112,12 @@ def raw_syscall(name: str, *args: int | bytes | None) -> int:
     """
     nr = syscall_number(name)
     cargs = [ctypes.c_long(a) if isinstance(a, int) else a for a in args]
-    return check(_libc.syscall(ctypes.c_long(nr), *cargs), name, {"args": args})
+    result = _libc.syscall(ctypes.c_long(nr), *cargs)
+    if result == -1:
+        names = SYSCALL_ARGS.get(name, ())
+        shown = {(names[i] if i < len(names) else f"arg{i}"): _show(a) for i, a in enumerate(args)}
+        check(result, name, shown)
+    return result
 
 
 def unshare(flags: CloneFlags | int) -> None:
@@ -139,12 +174,22 @@ def prctl(option: Prctl | int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5
     return result
 
 
+# The same libc function without argument types: ctypes then converts plain ints with the least
+# work, which matters in KVM's run loop (one ioctl per VM exit).
+_ioctl_fast = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).ioctl
+
+
 def ioctl(fd: int, request: int, arg: int | ctypes.Structure | ctypes.Array | None = 0,
           name: str | None = None) -> int:
     """ioctl(2) with an integer argument or a pointer to a ctypes structure/array.
 
     ``name`` is the request's symbolic name (e.g. ``KVM_CREATE_VM``), used in error messages.
     """
+    if arg.__class__ is int and 0 <= arg < 1 << 31 and request < 1 << 31:
+        result = _ioctl_fast(fd, request, arg)
+        if result != -1:
+            return result
+        raise SyscallError("ioctl", {"fd": fd, "request": name or hex(request)}, ctypes.get_errno())
     if isinstance(arg, (ctypes.Structure, ctypes.Array, ctypes.Union)):
         carg = ctypes.c_void_p(ctypes.addressof(arg))
     else:

@@ -36,7 +36,6 @@ def test_syscall_error_names_call_arguments_and_errno():
 
 def test_syscall_error_specific_hint_wins_over_generic():
     assert "multi-threaded" in hint_for("unshare", errno.EINVAL)
-    assert hint_for("whatever", errno.EPERM) == hint_for("*", errno.EPERM)
     assert hint_for("whatever", errno.EDOM) is None
     assert "hint" not in str(SyscallError("x", {}, errno.EDOM))
 
@@ -70,3 +69,26 @@ def test_syscall_table():
 def test_raw_syscall_getpid_is_our_pid():
     import os
     assert syscalls.raw_syscall("getpid") == os.getpid()
+
+
+def test_eperm_hint_depends_on_who_is_refused(monkeypatch):
+    monkeypatch.setattr("os.geteuid", lambda: 1000)
+    assert "run it as root" in hint_for("mount", errno.EPERM)
+    monkeypatch.setattr("os.geteuid", lambda: 0)
+    assert "refused even root" in hint_for("mount", errno.EPERM)
+
+
+def test_raw_syscall_errors_name_the_arguments():
+    with pytest.raises(SyscallError) as info:
+        syscalls.raw_syscall("write", 999, b"hello", 5)
+    assert str(info.value).startswith("write(fd=999, buf=b'hello', count=5): EBADF")
+    import ctypes
+    with pytest.raises(SyscallError) as info:
+        syscalls.raw_syscall("read", 999, ctypes.create_string_buffer(8), 8)
+    assert "buf=<buffer 8 bytes>" in str(info.value)
+
+
+def test_ioctl_fast_path_reports_errors():
+    with pytest.raises(SyscallError) as info:
+        syscalls.ioctl(999, 0x5401, 0, name="TCGETS")
+    assert str(info.value).startswith("ioctl(fd=999, request='TCGETS'): EBADF")

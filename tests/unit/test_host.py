@@ -84,7 +84,7 @@ def test_require_names_what_is_missing_and_the_fix():
         host.require("root", "strace", "python", f=f)
     text = str(info.value)
     assert info.value.missing == ("root", "strace")
-    assert "running as root" in text and "strace installed" in text and "apt-get install strace" in text
+    assert "root privileges" in text and "the strace program" in text and "apt-get install strace" in text
     assert "python" not in info.value.missing
 
 
@@ -96,7 +96,7 @@ def test_require_unknown_name():
 def test_ready_prints_why_it_skips(capsys):
     assert host.ready("strace", f=_facts(strace="/usr/bin/strace"))
     assert not host.ready("strace", f=_facts(strace=None))
-    assert "skipped: this needs strace installed" in capsys.readouterr().out
+    assert "skipped: this needs the strace program" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("flavour,flags,openable,case", [
@@ -116,3 +116,46 @@ def test_facts_reads_this_machine():
     f = host.facts()
     assert f.root == (os.geteuid() == 0)
     assert f.kernel_version[0] >= 3 and f.cgroup.mode in ("v1", "v2", "hybrid", "none")
+
+
+def test_not_root_is_told_to_be_root_not_to_enable_nesting():
+    import errno
+    kvm = host.KvmInfo("/dev/kvm", True, False, "kvm_intel", ("hypervisor", "vmx"), True,
+                       "open(/dev/kvm): Permission denied", errno.EACCES)
+    case = host.virtualization_case(_facts(kvm=kvm))
+    assert case.case == "kvm-no-permission" and "root" in case.consequence
+
+
+def test_arm64_skips_chapter_02_live_cells():
+    kvm = host.KvmInfo("/dev/kvm", True, True, "none", (), None, None, None, "aarch64", "Parallels")
+    f = _facts(kvm=kvm)
+    assert host.virtualization_case(f).case == "not-x86"
+    assert not host.ready("kvm", f=f, quiet=True)
+
+
+@pytest.mark.parametrize("vendor,product,name", [
+    ("innotek GmbH", "VirtualBox", "VirtualBox"),
+    ("QEMU", "Standard PC (Q35 + ICH9, 2009)", "QEMU/KVM (libvirt)"),
+    ("Microsoft Corporation", "Virtual Machine", "Hyper-V"),
+    ("Dell Inc.", "PowerEdge R640", None),
+])
+def test_dmi_names_the_hypervisor(tmp_path, vendor, product, name):
+    write(tmp_path / "sys/class/dmi/id/sys_vendor", vendor + "\n")
+    write(tmp_path / "sys/class/dmi/id/product_name", product + "\n")
+    assert host.dmi_hypervisor(tmp_path / "sys") == name
+
+
+def test_vm_without_nested_gets_the_hypervisors_own_fix():
+    kvm = host.KvmInfo("/dev/kvm", False, False, "none", ("hypervisor",), None, "absent", None, "x86_64", "VirtualBox")
+    case = host.virtualization_case(_facts(kvm=kvm))
+    assert case.case == "vm-no-nested" and "--nested-hw-virt on" in case.consequence and "VirtualBox" in case.summary
+
+
+def test_mountinfo_with_odd_bytes_does_not_crash(tmp_path):
+    odd = b"40 25 0:60 / /mnt/caf\xe9\\040x rw - tmpfs tmpfs rw\n"
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "mountinfo").write_bytes(V2_MOUNTINFO.encode() + odd)
+    write(tmp_path / "sys/fs/cgroup/cgroup.controllers", "memory\n")
+    assert host.cgroup_info(proc, fs_root=tmp_path).mode == "v2"
+    assert host._unescape("/a\\040b\\134c") == "/a b\\c"
