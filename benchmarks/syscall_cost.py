@@ -36,7 +36,8 @@ PEERS = {
     "vdso": "vdso",
     "getpid": "getpid",
     "ctypes_noop": "call",
-    "raw_getpid": "syscall_getpid",
+    "ctypes_getpid": "syscall_getpid",
+    "wrapper_getpid": "syscall_getpid",
     "read_1": "read_1",
     "read_64k": "read_64k",
 }
@@ -74,7 +75,11 @@ def cost_table(samples: int, batch: int, read_size: int) -> None:
             print(f"{cost.label:<40} {'kernel' if cost.kernel else 'user':<6} {cost.median:7.0f}ns {'n/a':>9} {'':>7}")
     print()
     switch_py = py["getpid"].median - py["vdso"].median
+    switch_ctypes = py["ctypes_getpid"].median - py["ctypes_noop"].median
+    wrapper = py["wrapper_getpid"].median - py["ctypes_getpid"].median
     print(f"Python: getpid (a mode switch) minus clock_gettime (vDSO, none): {switch_py:.0f} ns")
+    print(f"ctypes: syscall(SYS_getpid) minus abs(), the same call shape:  {switch_ctypes:.0f} ns")
+    print(f"labhelper's sys_getpid() wrapper on top of the ctypes call:    {wrapper:.0f} ns (Python work, not kernel)")
     if c is not None:
         switch_c = c["syscall_getpid"][0] - c["call"][0]
         print(f"C:      syscall(SYS_getpid) minus an empty function call:       {switch_c:.0f} ns")

@@ -264,7 +264,6 @@ _libc.labs.argtypes = (ctypes.c_long,)
 def libc_noop() -> int:
     """Call a C library function that never enters the kernel (labs(0)) through ctypes.
 
-    Timing it measures the ctypes boundary alone; the difference to sys_getpid() is the
-    system call itself. Chapter 01 uses it as the peer of sys_getpid() when it measures costs.
+    Timing it measures the ctypes boundary alone, without the kernel.
     """
     return _libc.labs(0)

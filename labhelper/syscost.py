@@ -3,19 +3,26 @@
 A system call switches the CPU from user mode to kernel mode and back: save the user registers,
 enter the kernel at a fixed entry point, check the number, run the handler, restore, return.
 Some calls avoid that entirely: the kernel maps a small library, the *vDSO*, into every
-process, so ``clock_gettime`` reads the clock in user mode. This module times, side by side:
+process, so ``clock_gettime`` reads the clock in user mode (where the clock source allows it:
+see :func:`clock_syscalls`). This module times, side by side:
 
-====================  ============================================================  ===========
-key                   what is called                                                 where
-====================  ============================================================  ===========
-``python_call``       an empty Python function (the loop's own cost, in every line)  user mode
-``vdso``              ``time.clock_gettime_ns(CLOCK_MONOTONIC)``: libc -> vDSO       user mode
-``getpid``            ``os.getpid()``: libc's getpid -> the getpid system call        kernel
-``ctypes_noop``       ``labs(0)`` through ctypes: the ctypes boundary alone          user mode
-``raw_getpid``        ``syscalls.sys_getpid()``: ctypes -> syscall(2) by number      kernel
-``read_1``            ``os.read(/dev/zero, 1)``: a call that copies one byte         kernel
-``read_64k``          ``os.read(/dev/zero, 65536)``: a call that does real work      kernel
-====================  ============================================================  ===========
+==================  ==============================================================  ===========
+key                 what is called                                                  where
+==================  ==============================================================  ===========
+``python_call``     an empty Python function (the loop's own cost, in every line)   user mode
+``vdso``            ``time.clock_gettime_ns(CLOCK_MONOTONIC)``: libc -> vDSO         user mode
+``getpid``          ``os.getpid()``: libc's getpid -> the getpid system call          kernel
+``ctypes_noop``     libc's ``abs(nr)`` through ctypes: the ctypes boundary alone     user mode
+``ctypes_getpid``   libc's ``syscall(nr)`` through ctypes, ``nr`` looked up once     kernel
+``wrapper_getpid``  ``syscalls.sys_getpid()``: labhelper's wrapper around syscall(2)  kernel
+``read_1``          ``os.read(/dev/zero, 1)``: a call that copies one byte           kernel
+``read_64k``        ``os.read(/dev/zero, 65536)``: a call that does real work        kernel
+==================  ==============================================================  ===========
+
+``ctypes_noop`` and ``ctypes_getpid`` are a matched pair: the same ctypes call shape (one plain
+int argument, no declared argument types), so their difference is the system call alone. The
+wrapper adds Python work on every call (the number looked up by name, each argument converted,
+the result checked for errors): its row is labhelper's convenience, not the kernel's price.
 
 Each timing is a distribution: ``samples`` samples, each the mean of ``batch`` back-to-back
 calls timed with ``time.perf_counter_ns`` (a single call is too short for the clock). Read the
@@ -32,9 +39,9 @@ import statistics
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
-__all__ = ["Cost", "Costs", "measure", "measure_all", "plot", "CALLS"]
+__all__ = ["Cost", "Costs", "measure", "measure_all", "plot", "CALLS", "ClockCheck", "clock_syscalls"]
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -106,7 +113,8 @@ CALLS: dict[str, tuple[str, bool]] = {
     "vdso": ("clock_gettime (vDSO, no mode switch)", False),
     "getpid": ("getpid system call (os.getpid)", True),
     "ctypes_noop": ("C function via ctypes, no syscall", False),
-    "raw_getpid": ("getpid via ctypes syscall(2)", True),
+    "ctypes_getpid": ("syscall(SYS_getpid) via ctypes", True),
+    "wrapper_getpid": ("labhelper's syscalls.sys_getpid()", True),
     "read_1": ("read 1 byte of /dev/zero", True),
     "read_64k": ("read 64 KiB of /dev/zero", True),
 }
@@ -156,15 +164,34 @@ class Costs:
         return plot(self, title)
 
 
+def _ctypes_pair() -> tuple[Callable[[], object], Callable[[], object]]:
+    """Two ctypes calls that differ only in entering the kernel: libc's abs(nr) and syscall(nr).
+
+    Both are called the cheapest way ctypes offers: no argument types declared, one plain int,
+    bound once with partial(). ctypes then does the same work for both (convert the int, call
+    through libffi, convert the result), so the difference of their costs is the system call.
+    The getpid number is looked up here, once, not on every call as raw_syscall() does.
+    """
+    from . import syscalls  # the one place that loads libc; we only borrow its handle
+
+    nr = syscalls.syscall_number("getpid")
+    libc = syscalls._libc
+    # libc["abs"] (not libc.abs) makes a fresh function object, with no argument types set,
+    # like libc.syscall; abs never enters the kernel.
+    return partial(libc["abs"], nr), partial(libc.syscall, nr)
+
+
 def _callables(read_size: int, zero_fd: int) -> dict[str, Callable[[], object]]:
     from . import syscalls  # the one ctypes boundary
 
+    noop, getpid_by_number = _ctypes_pair()
     return {
         "python_call": _empty,
         "vdso": partial(time.clock_gettime_ns, time.CLOCK_MONOTONIC),
         "getpid": os.getpid,
-        "ctypes_noop": syscalls.libc_noop,
-        "raw_getpid": syscalls.sys_getpid,
+        "ctypes_noop": noop,
+        "ctypes_getpid": getpid_by_number,
+        "wrapper_getpid": syscalls.sys_getpid,
         "read_1": partial(os.read, zero_fd, 1),
         "read_64k": partial(os.read, zero_fd, read_size),
     }
@@ -224,3 +251,62 @@ def plot(costs: Costs, title: str | None = None):
     fig.tight_layout()
     plt.close(fig)
     return fig
+
+
+# --- Does clock_gettime really stay in user mode here? ---
+
+_CLOCKSOURCE = "/sys/devices/system/clocksource/clocksource0/current_clocksource"
+
+
+def _clock_name(clock: int) -> str:
+    for name in dir(time):
+        if name.startswith("CLOCK_") and getattr(time, name) == clock:
+            return name
+    return f"clock {clock}"
+
+
+class ClockCheck(NamedTuple):
+    """How many of ``calls`` clock_gettime calls became real system calls (seen by strace)."""
+    clock: str                 # e.g. CLOCK_MONOTONIC
+    calls: int                 # clock_gettime calls made by the traced function
+    syscalls: int              # clock_gettime system calls strace saw
+    clocksource: str | None    # the kernel's current clock source (tsc, kvm-clock, hpet, ...)
+
+    @property
+    def in_user_mode(self) -> bool:
+        """True if the vDSO answered every call: strace saw no clock_gettime at all."""
+        return self.syscalls == 0
+
+    def __repr__(self) -> str:
+        where = ("served by the vDSO in user mode" if self.in_user_mode
+                 else "the kernel answered" + (" each one" if self.syscalls >= self.calls else " some"))
+        source = f" (clocksource {self.clocksource})" if self.clocksource else ""
+        return f"{self.clock}: {self.calls} calls, {self.syscalls} system calls: {where}{source}"
+
+
+def clock_syscalls(clock: int = time.CLOCK_MONOTONIC, calls: int = 100) -> ClockCheck:
+    """Call ``clock_gettime(clock)`` ``calls`` times under strace and count the system calls.
+
+    strace sees only real system calls, never the vDSO's user-mode code. The vDSO reads the
+    clock itself only for the clocks it knows (REALTIME, MONOTONIC, BOOTTIME, ...) and only when
+    the kernel's clock source can be read from user mode (tsc, kvm-clock, arm's counter). Some
+    VMs run on a clock source that cannot (hpet, acpi_pm, some Xen set-ups): there the vDSO falls
+    back to the real system call, and clock_gettime costs as much as getpid. CPU-time clocks
+    (CLOCK_PROCESS_CPUTIME_ID) always need the kernel's accounting. Needs strace.
+    """
+    if calls < 1:
+        raise ValueError("calls must be at least 1")
+    from . import trace as _trace  # lazy: tracing needs strace; measuring does not
+
+    def loop() -> None:
+        for _ in range(calls):
+            time.clock_gettime_ns(clock)
+
+    t = _trace.trace(loop)
+    seen = sum(1 for r in t.calls if (r.syscall or "").startswith("clock_gettime"))
+    try:
+        with open(_CLOCKSOURCE) as f:
+            source = f.read().strip() or None
+    except OSError:  # no sysfs (a container without it): the count is the evidence anyway
+        source = None
+    return ClockCheck(_clock_name(clock), calls, seen, source)

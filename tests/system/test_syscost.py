@@ -4,6 +4,8 @@ from __future__ import annotations
 import errno
 import os
 import platform
+import shutil
+import time
 
 import pytest
 
@@ -68,6 +70,8 @@ def test_measure_all_and_plot():
     # copying 64 KiB costs more than copying one byte, on every machine
     assert costs["read_64k"].median > costs["read_1"].median
     assert costs.ratio("read_64k", "read_1") > 1
+    # the wrapper makes the same system call as the bare ctypes call, plus Python work
+    assert costs["wrapper_getpid"].median > costs["ctypes_getpid"].median
     assert "getpid system call" in costs.table() and costs._repr_html_().startswith("<table>")
     with pytest.raises(KeyError, match="was not measured"):
         costs["nope"]
@@ -77,3 +81,46 @@ def test_measure_all_and_plot():
     fig = costs.plot()
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels[-1] == syscost.CALLS["python_call"][0] and len(labels) == len(costs)
+
+
+def _need_strace() -> None:
+    if shutil.which("strace") is None:
+        pytest.skip("strace is not installed (apt-get install strace)")
+
+
+def test_ctypes_pair_differs_only_in_the_system_call():
+    """The 'where' column is true: abs() via ctypes never enters the kernel, syscall(nr) does."""
+    _need_strace()
+    from labhelper import trace as T
+    noop, getpid = syscost._ctypes_pair()
+    assert noop() == syscalls.syscall_number("getpid")  # abs(nr) == nr: it really ran abs
+    assert getpid() == os.getpid()
+    quiet = T.trace(lambda: [noop() for _ in range(50)])
+    assert len(quiet) == 0, quiet.lines()
+    loud = T.trace(lambda: [getpid() for _ in range(5)])
+    assert loud.count("getpid") == 5 and len(loud) == 5, loud.lines()
+
+
+def test_clock_syscalls_sees_a_clock_that_needs_the_kernel():
+    _need_strace()
+    cpu = syscost.clock_syscalls(time.CLOCK_PROCESS_CPUTIME_ID, calls=20)
+    assert cpu.clock == "CLOCK_PROCESS_CPUTIME_ID" and cpu.calls == 20
+    assert cpu.syscalls == 20 and not cpu.in_user_mode
+    assert repr(cpu).startswith("CLOCK_PROCESS_CPUTIME_ID: 20 calls, 20 system calls: the kernel answered each one")
+    mono = syscost.clock_syscalls(calls=20)
+    # host-dependent: none where the vDSO reads the clock source, all where it falls back
+    assert mono.clock == "CLOCK_MONOTONIC" and mono.syscalls in (0, 20), mono
+    assert mono.in_user_mode == (mono.syscalls == 0)
+    assert ("served by the vDSO" in repr(mono)) == mono.in_user_mode
+
+
+def test_clock_syscalls_rejects_bad_input():
+    with pytest.raises(ValueError, match="at least 1"):
+        syscost.clock_syscalls(calls=0)
+
+
+def test_clock_check_repr_without_a_clocksource():
+    c = syscost.ClockCheck("CLOCK_MONOTONIC", 10, 0, None)
+    assert repr(c) == "CLOCK_MONOTONIC: 10 calls, 0 system calls: served by the vDSO in user mode"
+    some = syscost.ClockCheck("CLOCK_MONOTONIC", 10, 3, "hpet")
+    assert repr(some).endswith("the kernel answered some (clocksource hpet)") and not some.in_user_mode
