@@ -437,6 +437,9 @@ def virtualization_case(f: Facts | None = None) -> VirtCase:
         return VirtCase("pvm", f"a VM{where} whose KVM is PVM (kvm_pvm): guests run without VT-x/AMD-V, "
                         "paravirtualized by the host kernel",
                         "chapter 02 runs; features that need hardware assist may be refused")
+    if k.flavour != "none" and not k.exists:
+        return VirtCase("no-device", f"{k.flavour} is loaded but {k.device} does not exist",
+                        "chapter 02 explains and skips its live cells; as root: ls -l /dev/kvm, or reboot")
     if k.exists and hw and not k.in_vm:
         return VirtCase("bare-metal", f"bare metal with hardware virtualization ({k.flavour})",
                         "chapter 02 runs in full")

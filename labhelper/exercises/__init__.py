@@ -17,22 +17,28 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
-__all__ = ["Exercise", "CheckResult", "right", "wrong"]
+__all__ = ["Exercise", "CheckResult", "right", "wrong", "cannot_check"]
 
 
 @dataclass(frozen=True)
 class CheckResult:
-    ok: bool
+    """``ok`` is True (right), False (not yet) or None: this machine cannot check the answer
+    (e.g. the check must run a VM and there is no /dev/kvm). None is falsy, but never says "wrong"."""
+    ok: bool | None
     message: str
 
     def __bool__(self) -> bool:
-        return self.ok
+        return bool(self.ok)
+
+    @property
+    def label(self) -> str:
+        return {True: "✅ Correct", False: "❌ Not yet", None: "⚠️ Cannot check here"}[self.ok]
 
     def __repr__(self) -> str:
-        return f"{'✅ Correct' if self.ok else '❌ Not yet'}: {self.message}"
+        return f"{self.label}: {self.message}"
 
     def _repr_html_(self) -> str:
-        colour = "#1a7f37" if self.ok else "#cf222e"
+        colour = {True: "#1a7f37", False: "#cf222e", None: "#9a6700"}[self.ok]
         return f'<span style="color:{colour}">{html.escape(repr(self))}</span>'
 
 
@@ -42,6 +48,11 @@ def right(message: str = "well done.") -> CheckResult:
 
 def wrong(message: str) -> CheckResult:
     return CheckResult(False, message)
+
+
+def cannot_check(message: str) -> CheckResult:
+    """The answer may be right, but this machine lacks what the check needs: say what."""
+    return CheckResult(None, message)
 
 
 @dataclass(frozen=True)

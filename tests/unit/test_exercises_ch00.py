@@ -34,3 +34,9 @@ def test_checker_that_crashes_gives_a_message():
 
     r = Exercise("x", "t", bad, "h", "s").check(1)
     assert not r.ok and "could not be checked" in r.message
+
+
+def test_cannot_check_is_neither_right_nor_wrong():
+    from labhelper.exercises import cannot_check
+    r = cannot_check("no /dev/kvm here")
+    assert r.ok is None and not r and repr(r) == "⚠️ Cannot check here: no /dev/kvm here"

@@ -159,3 +159,9 @@ def test_mountinfo_with_odd_bytes_does_not_crash(tmp_path):
     write(tmp_path / "sys/fs/cgroup/cgroup.controllers", "memory\n")
     assert host.cgroup_info(proc, fs_root=tmp_path).mode == "v2"
     assert host._unescape("/a\\040b\\134c") == "/a b\\c"
+
+
+def test_module_loaded_but_device_missing():
+    kvm = host.KvmInfo("/nonexistent/kvm", False, False, "kvm_pvm", ("hypervisor",), False,
+                       "/nonexistent/kvm does not exist")
+    assert host.virtualization_case(_facts(kvm=kvm)).case == "no-device"
