@@ -31,7 +31,7 @@ from pathlib import Path
 from . import host, syscalls
 from .errors import LabError
 from .flags import UmountFlags
-from .mounts import LAB_DIRS, is_under, parse_mountinfo
+from .mounts import LAB_DIRS, Mount, is_under, mnt_id, open_lab_dir, parse_mountinfo
 from .process import start_time
 from .registry import Ledger, Record, ledger
 
@@ -46,18 +46,33 @@ NETNS_DIR = "/run/netns"    # where `ip netns` and pyroute2 keep named network n
 ORDER = ("process", "mount", "link", "netns", "cgroup", "dir", "ledger")
 
 
+def _shown(text: str) -> str:
+    """``text`` printable anywhere: bytes that were not UTF-8 (kept by os.fsdecode as lone
+    surrogates) are shown as \\xNN, as in a Python bytes literal."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
 @dataclass(frozen=True, order=True)
 class Obj:
-    """One kernel object of ours, as the census sees it."""
+    """One kernel object of ours, as the census sees it.
+
+    ``cgroups``: for a process, the lab cgroups it is in (host paths); a process without a
+    record of its own belongs to the owner of the cgroup record that contains it.
+    """
     kind: str
     name: str
     detail: str = field(default="", compare=False)
     owner: str | None = field(default=None, compare=False)
+    cgroups: tuple[str, ...] = field(default=(), compare=False)
 
     def __repr__(self) -> str:
-        extra = f" ({self.detail})" if self.detail else ""
+        extra = f" ({_shown(self.detail)})" if self.detail else ""
         who = f" owner={self.owner}" if self.owner else ""
-        return f"{self.kind} {self.name}{extra}{who}"
+        return f"{self.kind} {_shown(self.name)}{extra}{who}"
 
 
 @dataclass
@@ -81,14 +96,16 @@ class Census:
     def table(self) -> str:
         if not self.objects:
             return "nothing of ours exists"
-        rows = [(o.kind, o.name, o.owner or "-", o.detail) for o in self.objects]
+        rows = [(o.kind, _shown(o.name), o.owner or "-", _shown(o.detail)) for o in self.objects]
         widths = [max(len(r[i]) for r in rows + [("kind", "name", "owner", "detail")]) for i in range(3)]
         lines = [f"{'kind':{widths[0]}}  {'name':{widths[1]}}  {'owner':{widths[2]}}  detail"]
-        lines += [f"{k:{widths[0]}}  {n:{widths[1]}}  {w:{widths[2]}}  {d}" for k, n, w, d in rows]
+        lines += [f"{k:{widths[0]}}  {n:{widths[1]}}  {w:{widths[2]}}  {d}".rstrip() for k, n, w, d in rows]
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return self.table()
+        # In a notebook the problems (a corrupt ledger file, a ledger only root may read) show
+        # under the table; the CLI prints the table alone and the problems on stderr.
+        return self.table() + "".join(f"\n  ! {line}" for line in self.problems)
 
 
 @dataclass(frozen=True)
@@ -97,15 +114,16 @@ class Action:
     obj: Obj
 
     def __repr__(self) -> str:
-        return f"{self.verb:13} {self.obj.kind} {self.obj.name}"
+        return f"{self.verb:13} {self.obj.kind} {_shown(self.obj.name)}"
 
 
 # ---------------------------------------------------------------------------------------------
 # The census
 
 def _read(path: Path) -> str:
+    # Bytes, then os.fsdecode: a path in mountinfo or a cgroup name need not be UTF-8.
     try:
-        return path.read_text()
+        return os.fsdecode(path.read_bytes())
     except OSError:
         return ""
 
@@ -128,6 +146,81 @@ def _is_lab_cgroup(cgroup_line: str) -> bool:
     return path == f"/{CGROUP_PARENT}" or path.startswith(f"/{CGROUP_PARENT}/")
 
 
+def _cgroup_host_paths(cgroup_line: str, table: list[Mount]) -> list[str]:
+    """Where the cgroup named in a /proc/PID/cgroup line is, as a folder on this host.
+
+    The line gives the path inside one hierarchy; the hierarchy is mounted somewhere: cgroup2
+    (the line starts "0::") or the cgroup v1 mount whose options name the same controllers
+    ("4:memory:/x" is in the hierarchy mounted with option "memory").
+    """
+    hid, _, rest = cgroup_line.partition(":")
+    controllers, _, path = rest.partition(":")
+    found = []
+    for m in table:
+        if hid == "0" and not controllers:
+            match = m.fstype == "cgroup2"
+        else:
+            match = m.fstype == "cgroup" and set(controllers.split(",")) <= set(m.super_options.split(","))
+        if match and is_under(path, m.root):
+            found.append(os.path.normpath(m.mountpoint + "/" + os.path.relpath(path, m.root)))
+    return found
+
+
+def _is_zombie(stat_text: str) -> bool:
+    # Field 3 of /proc/PID/stat, after the command name in parentheses: "Z" for a zombie. A
+    # zombie has exited (it holds no cgroup, no mount); only its parent can remove it, by waiting.
+    return stat_text[stat_text.rfind(")") + 2:][:1] == "Z"
+
+
+def _exists_here(fs_root: Path, path: str) -> bool:
+    """Does ``path`` exist, reached without a symlink below its lab folder? (Its last component
+    may be one: a symlink at a recorded path is removed as a link.) A path that goes through a
+    symlink leads somewhere else: what was recorded there is gone, and only the record is left."""
+    path = os.path.normpath(path)
+    root = next((os.path.normpath(d) for d in LAB_DIRS if is_under(path, d)), "/")
+    here = fs_root / root.lstrip("/")
+    if not os.path.lexists(here):
+        return False
+    parts = [p for p in os.path.relpath(path, root).split("/") if p not in ("", ".")]
+    for i, part in enumerate(parts):
+        here = here / part
+        try:
+            st = os.lstat(here)
+        except OSError:
+            return False
+        if i < len(parts) - 1 and not stat.S_ISDIR(st.st_mode):
+            return False
+    return True
+
+
+def _containing_record(kind: str, paths, records: list[Record]) -> Record | None:
+    """The deepest record of a cgroup, folder or mount that contains one of ``paths``."""
+    kinds = ("cgroup",) if kind == "process" else ("cgroup", "dir", "mount")
+    best = None
+    for r in records:
+        if r.kind in kinds and any(is_under(p, r.name) for p in paths):
+            if best is None or len(r.name) > len(best.name):
+                best = r
+    return best
+
+
+def _record_of(obj: Obj, records: list[Record]) -> Record | None:
+    """The record that says whose ``obj`` is: its own, else the cgroup, folder or mount record
+    that contains it (a cgroup's children, a mount inside a recorded folder, a grandchild
+    process left in a recorded cgroup)."""
+    if obj.kind == "ledger":
+        return next((r for r in records if r.key == obj.name), None)
+    for r in records:
+        if r.kind == obj.kind and r.name == obj.name:
+            if obj.kind != "process" or f"start={r.data.get('start')}" == obj.detail.split(" ")[0]:
+                return r
+    if obj.kind == "process":
+        return _containing_record("process", obj.cgroups, records)
+    if obj.kind in ("cgroup", "mount", "dir"):
+        return _containing_record(obj.kind, (obj.name,), records)
+    return None
+
+
 def census(proc: Path | str = "/proc", sys_: Path | str = "/sys", netns_dir: Path | str = NETNS_DIR,
            fs_root: Path | str = "/", the_ledger: Ledger | None = None) -> Census:
     """Every object of ours that exists now, joined with the ledger."""
@@ -138,9 +231,12 @@ def census(proc: Path | str = "/proc", sys_: Path | str = "/sys", netns_dir: Pat
     by_key = {(r.kind, r.name): r for r in records}
     objects: dict[tuple[str, str], Obj] = {}
 
-    def add(kind: str, name: str, detail: str = "") -> None:
-        rec = by_key.get((kind, name))
-        objects[(kind, name)] = Obj(kind, name, detail, rec.owner if rec else None)
+    def add(kind: str, name: str, detail: str = "", cgroups: tuple[str, ...] = ()) -> None:
+        if kind == "process":  # its own record if the start time matches, else its cgroup's
+            rec = _record_of(Obj(kind, name, detail, None, cgroups), records)
+        else:
+            rec = by_key.get((kind, name))
+        objects[(kind, name)] = Obj(kind, name, detail, rec.owner if rec else None, cgroups)
 
     table = parse_mountinfo(_read(proc / "self" / "mountinfo"))
     for m in table:
@@ -165,24 +261,37 @@ def census(proc: Path | str = "/proc", sys_: Path | str = "/sys", netns_dir: Pat
                 add("link", name)
     except OSError:
         pass
-    me = os.getpid()
-    for entry in os.scandir(proc):
-        if not entry.name.isdigit() or int(entry.name) in (1, me):
+    # Never this process, nor its parent: the shell running `labhelper cleanup` may have been
+    # moved into a lab cgroup by an exercise, and killing it would end the learner's session.
+    spared = {1, os.getpid(), os.getppid()}
+    try:
+        entries = list(os.scandir(proc))
+    except OSError:
+        entries = []
+    for entry in entries:
+        if not entry.name.isdigit() or int(entry.name) in spared:
             continue
-        lines = _read(Path(entry.path) / "cgroup").splitlines()
-        if any(_is_lab_cgroup(line) for line in lines):
-            add("process", entry.name, f"start={start_time(int(entry.name), str(proc))}")
+        lines = [line for line in _read(Path(entry.path) / "cgroup").splitlines() if _is_lab_cgroup(line)]
+        if not lines or _is_zombie(_read(Path(entry.path) / "stat")):
+            continue
+        where = tuple(dict.fromkeys(p for line in lines for p in _cgroup_host_paths(line, table)))
+        detail = f"start={start_time(int(entry.name), str(proc))}" + (f" in {', '.join(where)}" if where else "")
+        add("process", entry.name, detail, where)
     for r in records:
         if r.kind == "process" and (r.kind, r.name) not in objects:
             started = r.data.get("start")
             if started is not None and start_time(int(r.name), str(proc)) == started:
                 add("process", r.name, f"start={started}")
-        elif r.kind == "dir" and os.path.lexists(fs_root / r.name.lstrip("/")):
+        elif r.kind == "dir" and _exists_here(fs_root, r.name):
             add("dir", r.name)
-    # Records whose object is gone: only the record is left to forget.
+    # Records whose object is gone: only the record is left to forget. (A process record whose
+    # start time does not match is one of these: the pid now names another process, R7.)
     for r in records:
         if (r.kind, r.name) not in objects and r.kind != "vm":
             objects[("ledger", r.key)] = Obj("ledger", r.key, f"{r.kind} {r.name} is gone", r.owner)
+    # A writer killed between writing its temporary file and renaming it leaves the file.
+    for name in the_ledger.stale_temp_files():
+        objects[("ledger", name)] = Obj("ledger", name, "a ledger write that never finished")
     ordered = sorted(objects.values(), key=lambda o: (ORDER.index(o.kind), o.name))
     return Census(ordered, records, problems)
 
@@ -190,36 +299,34 @@ def census(proc: Path | str = "/proc", sys_: Path | str = "/sys", netns_dir: Pat
 # ---------------------------------------------------------------------------------------------
 # The plan
 
-def _owned_by(obj: Obj, owner: str, records: list[Record]) -> bool:
-    if obj.owner == owner:
-        return True
-    if obj.owner is not None:
-        return False
-    # Unrecorded objects inside a recorded one belong to its owner (a cgroup's children, a
-    # mount inside a recorded folder).
-    for r in records:
-        if r.owner == owner and r.kind in ("cgroup", "dir", "mount") and obj.kind in ("cgroup", "mount", "dir"):
-            if is_under(obj.name, r.name):
-                return True
-    return False
+def _is_temp_file(obj: Obj) -> bool:
+    return obj.kind == "ledger" and obj.name.startswith(".")
 
 
-def plan(c: Census, owner: str | None = None, orphans_only: bool = False, proc: Path | str = "/proc") -> list[Action]:
+def plan(c: Census, owner: str | None = None, orphans_only: bool = False, proc: Path | str = "/proc",
+         created_by: int | None = None) -> list[Action]:
     """What cleanup would do, in order. ``owner`` keeps only that owner's objects;
-    ``orphans_only`` keeps only objects whose recorded creator no longer runs."""
+    ``orphans_only`` keeps only objects whose recorded creator no longer runs (or, if
+    ``created_by`` is a pid, was that process: a notebook kernel re-running its setup).
+
+    An object without a record of its own is judged by the record that contains it: a child
+    cgroup by its parent's, a process by its cgroup's.
+    """
     alive = {r.key: r.creator_alive(str(proc)) for r in c.records}
-    by_name = {(r.kind, r.name): r for r in c.records}
     verbs = {"process": "kill", "mount": "unmount", "link": "delete-link", "netns": "delete-netns",
              "cgroup": "rmdir", "dir": "remove-tree", "ledger": "forget"}
     actions = []
     for obj in c.objects:
-        if owner is not None and not _owned_by(obj, owner, c.records):
+        if _is_temp_file(obj):  # garbage of the ledger itself: nobody's, always removed
+            actions.append(Action(verbs[obj.kind], obj))
+            continue
+        rec = _record_of(obj, c.records)
+        if owner is not None and (obj.owner or (rec.owner if rec else None)) != owner:
             continue
         if orphans_only:
-            rec = by_name.get((obj.kind, obj.name))
-            if obj.kind == "ledger":
-                rec = next((r for r in c.records if r.key == obj.name), None)
-            if rec is None or alive.get(rec.key, False):
+            if rec is None:
+                continue
+            if alive.get(rec.key, False) and not (created_by is not None and rec.pid == created_by):
                 continue
         actions.append(Action(verbs[obj.kind], obj))
     # Deepest first for paths: children before parents.
@@ -238,7 +345,9 @@ def _ignore(exc: OSError, *codes: int) -> None:
 
 def _kill(obj: Obj) -> None:
     pid = int(obj.name)
-    expected = obj.detail.removeprefix("start=")
+    expected = obj.detail.split(" ")[0].removeprefix("start=")
+    if not expected.isdigit():
+        return  # the census could not read its start time: without an identity, never signal
     try:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
@@ -246,6 +355,7 @@ def _kill(obj: Obj) -> None:
     try:
         # Holding a pidfd pins *this* process: if the start time still matches now, the signal
         # goes to the process the census saw, never to a newcomer that reused its pid (R7).
+        # If it does not match, the process we saw is gone and the pid is someone else's.
         if str(start_time(pid)) != expected:
             return
         try:
@@ -259,7 +369,7 @@ def _kill(obj: Obj) -> None:
 def _wait_gone(pids: list[int], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while pids and time.monotonic() < deadline:
-        pids = [p for p in pids if os.path.exists(f"/proc/{p}") and _read(Path(f"/proc/{p}/stat")).split(") ")[-1][:1] != "Z"]
+        pids = [p for p in pids if os.path.exists(f"/proc/{p}") and not _is_zombie(_read(Path(f"/proc/{p}/stat")))]
         if pids:
             time.sleep(0.02)
 
@@ -290,35 +400,58 @@ def _delete_netns(name: str, netns_dir: str = NETNS_DIR) -> None:
 
 
 def _mnt_id(fd: int) -> int:
-    for line in _read(Path(f"/proc/self/fdinfo/{fd}")).splitlines():
-        if line.startswith("mnt_id:"):
-            return int(line.split()[1])
-    return -1
+    return mnt_id(fd)
+
+
+def _mount_of(fd: int, where: str) -> int:
+    m = _mnt_id(fd)
+    if m < 0:
+        # Fail closed: without the mount id, a bind mount cannot be told from a folder.
+        raise LabError(f"refusing to remove {where!r}: cannot tell which mount it is on "
+                       "(/proc/self/fdinfo is unreadable)", hint="is /proc mounted? run labhelper as root")
+    return m
 
 
 def remove_tree(path: str, allowed: tuple[str, ...] = LAB_DIRS) -> None:
     """Remove ``path`` and everything below it without following a symlink or crossing a mount.
 
-    A symlink is removed as a link (its target is left alone). Directories are opened with
-    O_NOFOLLOW and walked by file descriptor, so a symlink swapped in mid-walk is not followed;
-    each directory's mount id (from /proc/self/fdinfo) must equal the top's, so a bind mount
-    left inside stops the removal instead of emptying a host folder (R5).
+    The path is walked down from its lab folder one component at a time, each opened with
+    O_NOFOLLOW relative to its parent (mounts.open_lab_dir): a symlink anywhere in it is refused,
+    not followed. A symlink at the path itself is removed as a link (its target is left alone).
+    Directories are then walked by file descriptor, so a symlink swapped in mid-walk is not
+    followed. Every directory must be on the same mount as the path's parent (mount ids from
+    /proc/self/fdinfo): a bind mount at the top or anywhere inside stops the removal instead of
+    emptying a host folder (R5).
     """
     if not any(is_under(path, d) and os.path.normpath(path) != os.path.normpath(d) for d in allowed):
         raise LabError(f"refusing to remove {path!r}: labhelper removes folders only below {' or '.join(allowed)}")
+    path = os.path.normpath(path)
+    name = os.path.basename(path)
     try:
-        st = os.lstat(path)
+        parent = open_lab_dir(os.path.dirname(path), allowed)
     except FileNotFoundError:
         return
-    if not stat.S_ISDIR(st.st_mode):
-        os.unlink(path)
-        return
-    top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        _empty_dir(top, _mnt_id(top), path)
+        try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=parent)
+            return
+        top = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            mnt = _mount_of(top, path)
+            if mnt != _mount_of(parent, os.path.dirname(path)):
+                raise LabError(f"refusing to remove {path!r}: it is a mount point (another filesystem, or a "
+                               "bind mount of a folder, is mounted there)",
+                               hint="unmount it first (labhelper cleanup unmounts ours)")
+            _empty_dir(top, mnt, path)
+        finally:
+            os.close(top)
+        os.rmdir(name, dir_fd=parent)
     finally:
-        os.close(top)
-    os.rmdir(path)
+        os.close(parent)
 
 
 def _empty_dir(dfd: int, mnt: int, where: str) -> None:
@@ -327,7 +460,7 @@ def _empty_dir(dfd: int, mnt: int, where: str) -> None:
         if stat.S_ISDIR(st.st_mode):
             sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
             try:
-                if _mnt_id(sub) != mnt:
+                if _mount_of(sub, f"{where}/{entry.name}") != mnt:
                     raise LabError(f"refusing to remove {where}/{entry.name}: another filesystem is mounted "
                                    "there", hint="unmount it first (labhelper cleanup unmounts ours)")
                 _empty_dir(sub, mnt, f"{where}/{entry.name}")
@@ -338,14 +471,31 @@ def _empty_dir(dfd: int, mnt: int, where: str) -> None:
             os.unlink(entry.name, dir_fd=dfd)
 
 
-def execute(actions: list[Action], the_ledger: Ledger | None = None, netns_dir: str = NETNS_DIR) -> list[str]:
-    """Carry out ``actions``; returns one line per failure (empty if all went well)."""
+def _rmdir_mount_point(path: str) -> None:
+    """Remove the folder a lab mount was on, if it is ours (under a lab folder) and now empty."""
+    if not any(is_under(path, d) and os.path.normpath(path) != os.path.normpath(d) for d in LAB_DIRS):
+        return  # e.g. an overlay on /srv/x writing into our folder: the mount was ours, /srv/x is not
+    try:
+        parent = open_lab_dir(os.path.dirname(path))
+    except (OSError, LabError):
+        return
+    try:
+        os.rmdir(os.path.basename(path), dir_fd=parent)
+    except OSError:
+        pass  # not empty, or still a mount point: leave it
+    finally:
+        os.close(parent)
+
+
+def _execute(actions: list[Action], the_ledger: Ledger | None = None,
+             netns_dir: str = NETNS_DIR) -> list[tuple[Action, str]]:
     if not actions:
         return []
     the_ledger = the_ledger or ledger()
     host.guard("remove kernel objects")
-    failures = []
+    failures: list[tuple[Action, str]] = []
     killed = []
+    unmount_failed = False
     for action in actions:
         obj = action.obj
         try:
@@ -362,10 +512,7 @@ def execute(actions: list[Action], the_ledger: Ledger | None = None, netns_dir: 
                     syscalls.umount2(obj.name, UmountFlags.MNT_DETACH | UmountFlags.UMOUNT_NOFOLLOW)
                 except OSError as exc:
                     _ignore(exc, errno.EINVAL, errno.ENOENT)
-                try:
-                    os.rmdir(obj.name)  # the mount point we made, if now empty and unused
-                except OSError:
-                    pass
+                _rmdir_mount_point(obj.name)
             elif obj.kind == "link":
                 _delete_link(obj.name)
             elif obj.kind == "netns":
@@ -376,6 +523,12 @@ def execute(actions: list[Action], the_ledger: Ledger | None = None, netns_dir: 
                 except OSError as exc:
                     _ignore(exc, errno.ENOENT)
             elif obj.kind == "dir":
+                if unmount_failed:
+                    # A mount that is still there may be a bind mount of a host folder inside
+                    # this folder: do not even start; the next round may have unmounted it.
+                    failures.append((action, "skipped: an unmount failed in this round, and a mount may "
+                                             "still be inside"))
+                    continue
                 remove_tree(obj.name)
             if obj.kind == "ledger":
                 try:
@@ -384,11 +537,19 @@ def execute(actions: list[Action], the_ledger: Ledger | None = None, netns_dir: 
                     pass
             else:
                 the_ledger.remove(obj.kind, obj.name)
-        except (OSError, LabError) as exc:
-            failures.append(f"{action!r}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - one bad object must not stop the others
+            if obj.kind == "mount":
+                unmount_failed = True
+            text = str(exc) if isinstance(exc, (OSError, LabError)) else f"{type(exc).__name__}: {exc}"
+            failures.append((action, text))
     if killed:
         _wait_gone(killed)
     return failures
+
+
+def execute(actions: list[Action], the_ledger: Ledger | None = None, netns_dir: str = NETNS_DIR) -> list[str]:
+    """Carry out ``actions``; returns one line per failure (empty if all went well)."""
+    return [f"{a!r}: {text}" for a, text in _execute(actions, the_ledger, netns_dir)]
 
 
 @dataclass
@@ -398,38 +559,54 @@ class Result:
     problems: list[str]
     dry_run: bool
 
-    def __repr__(self) -> str:
+    def text(self, notes: bool = True) -> str:
+        """What was (or would be) done; with ``notes``, the failures and problems after it."""
         if not self.actions:
             text = "nothing to clean up"
         else:
             head = "would do" if self.dry_run else "done"
             text = f"{head}:\n" + "\n".join(f"  {a!r}" for a in self.actions)
-        for line in self.failures + self.problems:
-            text += f"\n  ! {line}"
+        if notes:
+            for line in self.failures + self.problems:
+                text += f"\n  ! {line}"
         return text
+
+    def __repr__(self) -> str:
+        return self.text()
 
     @property
     def ok(self) -> bool:
         return not self.failures
 
 
-def cleanup(owner: str | None = None, dry_run: bool = False, orphans_only: bool = False) -> Result:
+def cleanup(owner: str | None = None, dry_run: bool = False, orphans_only: bool = False,
+            created_by: int | None = None) -> Result:
     """Remove every object of ours (or only ``owner``'s, or only orphans'), then check again.
 
     Runs the plan up to three times: a process killed in round one may free a mount that
-    round two can then remove.
+    round two can then remove. Whatever the plan still names after that is reported as a
+    failure ("still present"): ``ok`` means the objects are really gone, not just that no call
+    failed. ``created_by``: see :func:`plan`.
     """
     done: list[Action] = []
-    failures: list[str] = []
+    failed: list[tuple[Action, str]] = []
     c = census()
     for _ in range(3):
-        actions = plan(c, owner, orphans_only)
+        actions = plan(c, owner, orphans_only, created_by=created_by)
         if not actions:
             break
         if dry_run:
             done = actions
             break
-        failures = execute(actions)
+        failed = _execute(actions)
         done += [a for a in actions if a not in done]
         c = census()
+    # Judge by what exists now: an error about an object that is gone since does not matter;
+    # an object still there is a failure even if no call reported one (an "already unmounted"
+    # EINVAL, a process that no longer matched its start time and so was not signalled).
+    left = {a.obj for a in plan(c, owner, orphans_only, created_by=created_by)} if done and not dry_run else set()
+    failures = [f"{a!r}: {text}" for a, text in failed if a.obj in left]
+    named = {a.obj for a, _ in failed}
+    failures += [f"still present: {obj!r}" for obj in sorted(left, key=lambda o: (ORDER.index(o.kind), o.name))
+                 if obj not in named]
     return Result(done, failures, c.problems, dry_run)

@@ -5,11 +5,15 @@
     labhelper census [--json]                 what of ours exists in the kernel now
     labhelper cleanup [--dry-run] [--owner NAME]
                                               remove it (exit 0 also when there is nothing)
+
+Exit status: 0 done, 1 something failed (or is missing), 2 refused or a clear error,
+3 an internal error (a bug: please report it). Warnings and errors go to stderr.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import cleanup as _cleanup
@@ -36,16 +40,21 @@ def _census(args) -> int:
         print(json.dumps({"objects": [o.__dict__ for o in c.objects], "problems": c.problems}, indent=2))
     else:
         print(c.table())
-    for line in c.problems:
-        print(f"warning: {line}", file=sys.stderr)
+    _warn(c.problems)
     return 0
+
+
+def _warn(problems: list[str]) -> None:
+    # Problems (an unreadable ledger file, a ledger only root may read) go to stderr, once each:
+    # stdout stays the answer to the command, and a script can tell the two apart.
+    for line in problems:
+        print(f"warning: {line}", file=sys.stderr)
 
 
 def _cleanup_cmd(args) -> int:
     result = _cleanup.cleanup(owner=args.owner, dry_run=args.dry_run)
-    print(repr(result) if result.actions or args.dry_run or args.verbose else "nothing to clean up")
-    for line in result.problems:
-        print(f"warning: {line}", file=sys.stderr)
+    print(result.text(notes=False) if result.actions or args.dry_run or args.verbose else "nothing to clean up")
+    _warn(result.problems)
     if result.failures:
         for line in result.failures:
             print(f"error: {line}", file=sys.stderr)
@@ -73,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):
+        # A path may hold bytes that are not UTF-8 (kept as lone surrogates by os.fsdecode):
+        # print them as \xNN escapes instead of failing with UnicodeEncodeError.
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):
+            pass
     try:
         return args.func(args)
     except LabError as exc:
@@ -87,6 +103,16 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `labhelper census | head`: the reader left; that is fine
         sys.stderr.close()
         return 0
+    except Exception as exc:  # noqa: BLE001 - a bug in labhelper: say so, briefly
+        import traceback
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        print(f"labhelper {args.command}: internal error: {type(exc).__name__}: {exc}\n"
+              f"  (at {os.path.basename(where.filename)}:{where.lineno} in {where.name})\n"
+              "  this is a bug in labhelper: please report it, with this message and the command you ran "
+              "(LABHELPER_DEBUG=1 shows the full traceback)", file=sys.stderr)
+        if os.environ.get("LABHELPER_DEBUG") == "1":
+            traceback.print_exc()
+        return 3
 
 
 if __name__ == "__main__":

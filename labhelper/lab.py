@@ -14,13 +14,18 @@ import html
 import os
 from dataclasses import dataclass
 
-from . import cleanup, host
+from . import cleanup, host, process
 
 __all__ = ["start", "doctor", "Report", "reset"]
 
 
 def start(chapter: str) -> None:
-    """Prepare this kernel for ``chapter``: set the owner of what it creates, clean leftovers."""
+    """Prepare this kernel for ``chapter``: set the owner of what it creates, clean leftovers.
+
+    Leftovers are this chapter's objects made by this kernel (the cell run again) or by a
+    kernel that is gone, and any dead kernel's objects of any chapter. Objects of another live
+    kernel of the same chapter (the notebook open twice) stay: they are in use.
+    """
     owner = f"ch{chapter}"
     os.environ["LABHELPER_OWNER"] = owner  # forked children and subprocesses inherit it
     f = host.facts()
@@ -28,7 +33,9 @@ def start(chapter: str) -> None:
         print(f"Chapter {chapter}: read-only mode. Live cells that change the kernel explain and skip "
               f"(root: {f.root}, disposable: {f.disposable_why}).")
         return
-    result = cleanup.cleanup(owner=owner)
+    # "This kernel" is the process whose life the objects belong to: the kernel itself, also
+    # for objects its forked children made (they record the kernel's pid, process.lifetime_pid).
+    result = cleanup.cleanup(owner=owner, orphans_only=True, created_by=process.lifetime_pid())
     orphans = cleanup.cleanup(orphans_only=True)
     removed = len(result.actions) + len(orphans.actions)
     print(f"Chapter {chapter} is ready; this kernel's objects belong to {owner!r}."

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import io
+import math
 import os
 import pickle
 import select
@@ -123,15 +124,38 @@ def _child_main(write_fd: int, parent_pid: int, fn, args, kwargs, unshare: Clone
         message = ("err", exc, out.getvalue(), traceback.format_exc())
     try:
         payload = pickle.dumps(message)
-    except Exception as exc:  # the value or exception cannot be pickled: say so instead
-        payload = pickle.dumps(("err", ChildError(f"the child's result could not be sent back: {exc!r} "
-                                                 f"(result: {message[1]!r:.200})"), out.getvalue(), ""))
+        if message[0] == "err":
+            # An exception can pickle and still fail to unpickle (an __init__ with two required
+            # arguments: pickle calls it again with args only). Try here, where the text of the
+            # real error is still at hand, rather than hand the parent a TypeError instead.
+            pickle.loads(payload)
+    except Exception as exc:  # the value or exception cannot be sent as it is: say so instead
+        if message[0] == "err":
+            payload = pickle.dumps(("err", ChildError(_describe(message[1])), out.getvalue(), message[3]))
+        else:
+            payload = pickle.dumps(("err", ChildError(f"the child's result could not be sent back: {exc!r} "
+                                                     f"(result: {_safe_repr(message[1])})"), out.getvalue(), ""))
     try:
         view = memoryview(payload)
         while view:
             view = view[os.write(write_fd, view):]
     finally:
         os._exit(status)
+
+
+def _safe_repr(value) -> str:
+    try:
+        return f"{value!r:.200}"
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the real problem
+        return f"<{type(value).__name__}>"
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001
+        text = "<its message could not be printed>"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass
@@ -189,6 +213,8 @@ class Child:
         self.release()
         chunks = []
         deadline = None if timeout is None else time.monotonic() + timeout
+        poller = select.poll()
+        poller.register(self._read_fd, select.POLLIN)
         try:
             while True:
                 left = None if deadline is None else deadline - time.monotonic()
@@ -197,7 +223,9 @@ class Child:
                     raise ChildTimeout(f"{self._name} did not finish within {timeout:g} s; the child "
                                        f"(pid {self.pid}) was killed",
                                        hint="pass a larger timeout=, or look for a step that blocks")
-                ready, _, _ = select.select([self._read_fd], [], [], left)
+                # poll, not select: select() cannot watch an fd numbered 1024 or more, and a
+                # notebook kernel holding many files gets such numbers.
+                ready = poller.poll(None if left is None else max(1, math.ceil(left * 1000)))
                 if ready:
                     data = os.read(self._read_fd, 1 << 16)
                     if not data:
@@ -218,10 +246,20 @@ class Child:
                                  hint="SIGKILL comes from a kill, a timeout or the OOM killer (see dmesg)")
             raise ChildError(f"{self._name} (pid {self.pid}) exited with status "
                              f"{os.waitstatus_to_exitcode(status)} without an answer")
-        message = pickle.loads(payload)
+        try:
+            message = pickle.loads(payload)
+            kind = message[0]
+        except Exception as exc:  # noqa: BLE001 - a cut-short or garbled answer
+            if os.WIFSIGNALED(status):
+                sig = signal.Signals(os.WTERMSIG(status)).name
+                raise ChildError(f"{self._name} (pid {self.pid}) was killed by {sig} while it was sending "
+                                 f"its answer ({len(payload)} bytes arrived)",
+                                 hint="SIGKILL comes from a kill, a timeout or the OOM killer (see dmesg)") from None
+            raise ChildError(f"{self._name} (pid {self.pid}) sent an answer that cannot be read: "
+                             f"{type(exc).__name__}: {exc}") from None
         if message[2]:
             print(message[2], end="")
-        if message[0] == "ok":
+        if kind == "ok":
             return message[1]
         exc = message[1]
         if len(message) > 3 and message[3]:

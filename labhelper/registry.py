@@ -109,6 +109,13 @@ class Ledger:
             entries = sorted(os.scandir(self.root), key=lambda e: e.name)
         except FileNotFoundError:
             return []
+        except PermissionError:
+            # The ledger folder is root's (mode 0700). Without it the census still sees every
+            # object in the kernel, only not who made it.
+            self.problems.append(f"the ledger at {self.root} is readable by root only: objects are listed "
+                                 "without their owners; run `sudo labhelper census` (or `sudo labhelper "
+                                 "cleanup`) to use it")
+            return []
         except OSError as exc:
             raise LedgerError(f"cannot read the ledger at {self.root}: {exc}") from exc
         for entry in entries:
@@ -117,18 +124,67 @@ class Ledger:
             try:
                 with open(entry.path) as fh:
                     raw = json.load(fh)
-                record = Record(**{k: raw[k] for k in ("kind", "name", "owner", "pid", "pid_start", "created")},
-                                data=raw.get("data", {}))
+                record = _record_from(raw)
                 if record.key != entry.name:
                     raise ValueError("file name does not match its record")
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                self.problems.append(f"{entry.path}: unreadable ledger record ({exc}); left in place")
+                self.problems.append(f"{entry.path}: unreadable ledger record ({exc}); left in place: "
+                                     f"inspect it, then `sudo rm {entry.path}`")
                 continue
             found.append(record)
         return sorted(found, key=lambda r: r.created)
 
+    def stale_temp_files(self, age: float = 60.0) -> list[str]:
+        """Names of temporary files (``.KEY.PID.tmp``) older than ``age`` seconds.
+
+        add() writes a temporary file, then renames it into place; a writer killed in between
+        leaves the temporary file behind. A write takes milliseconds, so one older than a
+        minute is garbage, while a fresh one may be a write in flight and must stay.
+        """
+        try:
+            entries = list(os.scandir(self.root))
+        except OSError:
+            return []
+        now = time.time()
+        stale = []
+        for entry in entries:
+            if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if now - st.st_mtime > age:
+                stale.append(entry.name)
+        return sorted(stale)
+
     def find(self, kind: str, name: str) -> Record | None:
         return next((r for r in self.records() if r.kind == kind and r.name == name), None)
+
+
+def _record_from(raw) -> Record:
+    """A Record from parsed JSON, checking every field's type: a record that parses but says
+    ``"pid": "12"`` or ``"data": []`` must not reach the census (it would crash it there)."""
+    if not isinstance(raw, dict):
+        raise TypeError(f"a record is a JSON object, not {type(raw).__name__}")
+    fields = {k: raw[k] for k in ("kind", "name", "owner", "pid", "pid_start", "created")}
+    data = raw.get("data", {})
+
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)  # JSON true is a Python int too
+    if fields["kind"] not in KINDS:
+        raise ValueError(f"unknown kind {fields['kind']!r}")
+    if not isinstance(fields["name"], str) or not isinstance(fields["owner"], str):
+        raise TypeError("name and owner must be strings")
+    if not is_int(fields["pid"]) or not (fields["pid_start"] is None or is_int(fields["pid_start"])):
+        raise TypeError("pid must be an integer, pid_start an integer or null")
+    if not (is_int(fields["created"]) or isinstance(fields["created"], float)):
+        raise TypeError("created must be a number")
+    if not isinstance(data, dict):
+        raise TypeError("data must be a JSON object")
+    if fields["kind"] == "process" and not (fields["name"].isascii() and fields["name"].isdigit()):
+        raise ValueError(f"a process record is named by its pid, not {fields['name']!r}")
+    return Record(**fields, data=data)
 
 
 def ledger() -> Ledger:

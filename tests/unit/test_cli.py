@@ -41,3 +41,44 @@ def test_unknown_command():
     with pytest.raises(SystemExit) as info:
         cli.main(["frobnicate"])
     assert info.value.code == 2
+
+
+def _ledger_with_a_bad_file(tmp_path, raw):
+    from labhelper import registry
+    led = tmp_path / "ledger"
+    led.mkdir()
+    key = registry.Record(raw["kind"], str(raw["name"]), "", 0, None, 0).key
+    (led / key).write_text(json.dumps(raw))
+    return {"LABHELPER_LEDGER": str(led)}, led / key
+
+
+def test_census_and_cleanup_survive_a_bad_typed_record(tmp_path):
+    # B6: JSON that parses but whose fields have wrong types: a warning, not a traceback.
+    env, bad = _ledger_with_a_bad_file(tmp_path, dict(kind="process", name="abc", owner="o", pid=1,
+                                                      pid_start=None, created=0.0, data={}))
+    for args in (("census",), ("census", "--json"), ("cleanup", "--dry-run")):
+        p = run(*args, env=env)
+        assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+        assert "unreadable ledger record" in p.stderr
+    assert bad.exists()
+
+
+def test_cleanup_dry_run_prints_each_problem_once_on_stderr(tmp_path):
+    # P1/P2: once, on stderr, with what to do about it.
+    env, bad = _ledger_with_a_bad_file(tmp_path, dict(kind="netns", name="lh-x", owner="o", pid="1",
+                                                      pid_start=None, created=0.0, data={}))
+    p = run("cleanup", "--dry-run", env=env)
+    both = p.stdout + p.stderr
+    assert both.count("unreadable ledger record") == 1 and str(bad) in p.stderr and f"rm {bad}" in p.stderr
+    assert str(bad) not in p.stdout
+
+
+def test_internal_error_is_short_and_asks_for_a_report(monkeypatch, capsys):
+    # P4: a bug in labhelper: no raw traceback, exit 3, a request to report it.
+    def broken(*a, **k):
+        raise RuntimeError("something impossible")
+    monkeypatch.setattr(cli._cleanup, "census", broken)
+    assert cli.main(["census"]) == 3
+    err = capsys.readouterr().err
+    assert "labhelper census: internal error: RuntimeError: something impossible" in err
+    assert "please report it" in err and "Traceback" not in err

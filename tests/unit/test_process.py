@@ -130,3 +130,61 @@ def test_start_time_and_identity():
 def test_lifetime_pid_is_the_parent_in_a_child():
     assert process.lifetime_pid() == os.getpid()
     assert process.run_in_child(process.lifetime_pid) == os.getpid()
+
+
+class TwoArgError(Exception):
+    """An exception whose __init__ needs two arguments: pickle can dump it but not load it."""
+
+    def __init__(self, a, b):
+        super().__init__(f"{a} and {b}")
+
+
+def _raise_two_arg():
+    raise TwoArgError("left", "right")
+
+
+def test_exception_that_cannot_be_unpickled_keeps_its_message():
+    # B9: the parent must see the child's error, not a TypeError from unpickling it.
+    with pytest.raises(ChildError, match="TwoArgError: left and right") as info:
+        process.run_in_child(_raise_two_arg)
+    assert "_raise_two_arg" in str(info.value.__cause__)
+
+
+def _is_pipe(fd):
+    import stat
+    try:
+        return stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+def _half_an_answer():
+    # Write the start of a pickle to the result pipe (the only fd above 2), then die: what a
+    # kill in the middle of sending a large answer looks like to the parent.
+    fd = next(fd for fd in range(3, 256) if _is_pipe(fd))
+    os.write(fd, b"\x80\x04\x95\x10\x00\x00\x00")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_answer_cut_short_by_a_kill_is_a_child_error():
+    with pytest.raises(ChildError, match="killed by SIGKILL"):
+        process.run_in_child(_half_an_answer)
+
+
+def test_wait_works_with_a_high_fd_number():
+    # B10: select.select() cannot watch fds >= 1024; a notebook holding many fds gets such fds.
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    high = 1500
+    if hard != resource.RLIM_INFINITY and hard <= high:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} is too low for fd {high}")
+    if soft <= high:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (high + 1, hard))
+    try:
+        child = process.spawn(_double, 5)
+        os.dup2(child._read_fd, high)
+        os.close(child._read_fd)
+        child._read_fd = high
+        assert child.wait(10) == 10
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

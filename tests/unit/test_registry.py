@@ -93,3 +93,38 @@ def test_fault_point_sigkill_kills_the_process_group(tmp_path):
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        start_new_session=True, timeout=30)
     assert p.returncode == -signal.SIGKILL and "survived" not in p.stdout
+
+
+@pytest.mark.parametrize("change", [{"name": "abc", "kind": "process"}, {"data": []}, {"pid": "12"},
+                                    {"pid": True}, {"pid_start": "x"}, {"created": None}, {"owner": 5},
+                                    {"kind": "spaceship"}])
+def test_records_with_wrong_field_types_are_problems(led, change):
+    # B6: well-formed JSON whose fields have the wrong types must not reach the census as a Record.
+    raw = dict(kind="netns", name="lh-a", owner="o", pid=1, pid_start=None, created=0.0, data={}) | change
+    key = registry.Record(raw["kind"], str(raw["name"]), "", 0, None, 0).key
+    write(led.root / key, json.dumps(raw))
+    assert led.records() == []
+    assert len(led.problems) == 1 and "unreadable ledger record" in led.problems[0]
+    assert "rm " in led.problems[0]  # P2: says what to do with it
+
+
+def test_unreadable_ledger_folder_is_a_problem_with_a_hint(led, monkeypatch):
+    # B8: as non-root, /run/labhelper/ledger (0700 root) cannot be listed: no crash, a hint.
+    led.add("netns", "lh-a")
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(registry.os, "scandir", denied)
+    assert led.records() == []
+    assert len(led.problems) == 1 and "root only" in led.problems[0] and "sudo labhelper" in led.problems[0]
+
+
+def test_stale_temp_files(led):
+    # P3: temp files older than a minute are left by a writer killed mid-write.
+    import time
+    led.root.mkdir(parents=True)
+    old = write(led.root / ".netns.aa.1.tmp", "{")
+    write(led.root / ".netns.bb.2.tmp", "{")
+    write(led.root / "not-a-temp.tmp", "{")
+    os.utime(old, (time.time() - 61, time.time() - 61))
+    assert led.stale_temp_files() == [old.name]
