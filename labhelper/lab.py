@@ -123,7 +123,7 @@ def chapter_explorer(report: Report | None = None):
     from .viz import CHAPTERS
     report = report or doctor()
     missing = {r.name for r in report.rows if not r.ok}
-    chapter_needs = {"00": [], "01": ["strace"], "02": ["kvm"], "03": ["root", "disposable", "namespaces"],
+    chapter_needs = {"00": ["root", "disposable"], "01": ["strace"], "02": ["kvm"], "03": ["root", "disposable", "namespaces"],
                      "04": ["root", "disposable", "namespaces"], "05": ["root", "disposable", "cgroups"],
                      "06": ["root", "disposable", "overlayfs"],
                      "07": ["root", "disposable", "namespaces", "cgroups", "overlayfs"],
