@@ -6,7 +6,9 @@
 #   scripts/provision.sh --check            say which are missing; change nothing (exit 1 if any)
 #   scripts/provision.sh --with-test-tools  also the tools `make test` needs (browser, linters, vagrant)
 #   scripts/provision.sh --lab-vm           also make this machine the lab VM: mark it disposable,
-#                                           build /opt/labhelper/venv, run JupyterLab as a service
+#                                           install labhelper into /opt/labhelper/venv, give the
+#                                           learner a copy of the chapters in
+#                                           /var/lib/labhelper-notebooks, run JupyterLab as a service
 #   scripts/provision.sh --url              print the lab's URL (with its token) and the service state
 #
 # Options combine (`--check --with-test-tools`). Every mode is idempotent: a second run changes
@@ -21,11 +23,14 @@
 #   LABHELPER_OS_RELEASE the os-release file to read (default /etc/os-release; tests point it elsewhere)
 #   LABHELPER_ROOT       write --lab-vm's files under this directory instead of / and touch no
 #                        service (tests use it; default /)
+#   LABHELPER_SYSTEMCTL  a stand-in for systemctl that --lab-vm then drives, even with
+#                        LABHELPER_ROOT (tests use it to check the service steps)
 set -euo pipefail
 
 # What each package is for (the chapter that needs it):
 PACKAGES=(
-  python3 python3-venv python3-pip   # the venv that holds labhelper and JupyterLab
+  python3 python3-venv               # the venv that holds labhelper and JupyterLab (its pip
+                                     # comes from ensurepip, in python3-venv: no python3-pip)
   make                               # the two commands of the README
   graphviz                           # dot: every diagram of the course
   strace                             # chapter 01: tracing system calls
@@ -66,16 +71,26 @@ ROOT=${ROOT%/}
 ETC_DIR=$ROOT/etc/labhelper
 TOKEN_FILE=$ETC_DIR/jupyter-token
 VENV=$ROOT/opt/labhelper/venv
+# The learner's notebooks: a copy of the repository's notebooks/ on the VM's own disk, which no
+# synced folder overwrites (libvirt's rsync would) and which `vagrant up` does not wait for. Not
+# under /var/lib/labhelper: that folder belongs to the chapters' kernel objects, which
+# `labhelper census` lists and `labhelper cleanup` removes.
+NOTEBOOKS=$ROOT/var/lib/labhelper-notebooks
 UNIT_NAME=labhelper-jupyter.service
 UNIT_FILE=$ROOT/etc/systemd/system/$UNIT_NAME
 HOST_PORT=${LABHELPER_HOST_PORT:-8888}
 LISTEN=${LABHELPER_LISTEN:-0.0.0.0}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SYSTEMCTL=${LABHELPER_SYSTEMCTL:-systemctl}
 
 print_url() {
-  if [ ! -r "$TOKEN_FILE" ]; then
+  if [ ! -e "$TOKEN_FILE" ]; then
     echo "provision.sh: no token yet ($TOKEN_FILE): run 'sudo $0 --lab-vm' (or 'vagrant provision')" >&2
     return 1
+  fi
+  if [ ! -r "$TOKEN_FILE" ]; then
+    echo "provision.sh: the token ($TOKEN_FILE) is readable by root only: run 'sudo $0 --url'" >&2
+    return 4
   fi
   local state="not checked"
   if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then
@@ -92,6 +107,7 @@ print_url() {
   echo "     http://127.0.0.1:$HOST_PORT/lab/tree/00-start-here.ipynb?token=$(cat "$TOKEN_FILE")"
   echo
   echo " It answers on this computer only. Lost it? 'vagrant provision' prints it again."
+  echo " Your notebooks are kept in the VM, in ${NOTEBOOKS#"$ROOT"}/ (see README.md)."
   echo "=================================================================================="
 }
 
@@ -144,11 +160,33 @@ if [ "$(id -u)" -ne 0 ]; then
   fi
 fi
 
+# apt waits up to 10 minutes for a lock that another apt holds: on a fresh VM's first boot,
+# unattended-upgrades and apt-daily run at the same time as this script.
+APT_LOCK_WAIT=600
+apt_get() { apt-get -o DPkg::Lock::Timeout="$APT_LOCK_WAIT" "$@"; }
+
+# DPkg::Lock::Timeout covers dpkg's lock (install), not the package lists' lock that
+# `apt-get update` takes (apt 2.6 and 2.7 fail at once on it): wait for that one here.
+update_package_lists() {
+  local waited=0 output
+  until output=$(LC_ALL=C apt_get update -qq 2>&1); do
+    if [[ "$output" != *"Could not get lock"* ]] || [ "$waited" -ge "$APT_LOCK_WAIT" ]; then
+      printf '%s\n' "$output" >&2
+      return 1
+    fi
+    [ "$waited" -gt 0 ] || echo "provision.sh: another apt (unattended-upgrades, on a first boot?)" \
+      "holds the package lists: waiting for it, up to $APT_LOCK_WAIT s"
+    sleep 5
+    waited=$((waited + 5))
+  done
+  [ -z "$output" ] || printf '%s\n' "$output"
+}
+
 if [ "${#missing[@]}" -eq 0 ]; then
   echo "provision.sh: all ${#wanted[@]} system packages are installed"
 else
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
+  update_package_lists
   # A test tool that this release does not package (Ubuntu ships chromium only as a snap) is
   # left out with a note: the tests that need it skip and name it.
   installable=()
@@ -164,7 +202,7 @@ else
   done
   if [ "${#installable[@]}" -gt 0 ]; then
     echo "provision.sh: installing ${installable[*]}"
-    apt-get install -y -qq --no-install-recommends "${installable[@]}"
+    apt_get install -y -qq --no-install-recommends "${installable[@]}"
   fi
 fi
 
@@ -184,9 +222,10 @@ if ! [[ "$LISTEN" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]]; then
   echo "provision.sh: LABHELPER_LISTEN='$LISTEN' is not an IPv4 address (0.0.0.0 or 127.0.0.1)" >&2
   exit 2
 fi
-if [ ! -f "$SRC/pyproject.toml" ] || [ ! -f "$SRC/scripts/$UNIT_NAME" ]; then
-  echo "provision.sh: the course repository is not at '$SRC' (no pyproject.toml or" >&2
-  echo "scripts/$UNIT_NAME there): set LABHELPER_SRC to it. In Vagrant, is /vagrant synced?" >&2
+if [ ! -f "$SRC/pyproject.toml" ] || [ ! -f "$SRC/scripts/$UNIT_NAME" ] || [ ! -d "$SRC/labhelper" ] \
+   || [ ! -d "$SRC/notebooks" ]; then
+  echo "provision.sh: the course repository is not at '$SRC' (no pyproject.toml, labhelper/," >&2
+  echo "notebooks/ or scripts/$UNIT_NAME there): set LABHELPER_SRC to it. In Vagrant, is /vagrant synced?" >&2
   exit 6
 fi
 
@@ -201,16 +240,39 @@ if [ ! -f "$ETC_DIR/disposable" ]; then
   changed "marked this machine disposable ($ETC_DIR/disposable)"
 fi
 
-# 2. The venv, rebuilt only when pyproject.toml or the system Python changes. Editable, so the
-#    notebooks import the labhelper of the synced repository.
-stamp_want="$(sha256sum < "$SRC/pyproject.toml" | cut -c1-64) $(/usr/bin/python3 --version 2>&1)"
-stamp_have=$(cat "$VENV/.installed" 2>/dev/null || true)
-if [ "$stamp_have" != "$stamp_want" ]; then
-  changed "building $VENV from $SRC (a few minutes the first time)"
-  [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e "$SRC"
-  echo "$stamp_want" > "$VENV/.installed"
+# 2. The venv. labhelper is installed into it as a copy (not `pip install -e`): the service
+#    then needs nothing from $SRC, which in Vagrant is a synced folder mounted late in the boot
+#    (or not at all, if the host side is gone). The dependencies are installed again only when
+#    pyproject.toml or the system Python changes; labhelper alone when its source changes, so
+#    `vagrant provision` after a `git pull` brings the new labhelper in.
+deps_want="$(sha256sum < "$SRC/pyproject.toml" | cut -c1-64) $(/usr/bin/python3 --version 2>&1)"
+deps_have=$(cat "$VENV/.installed" 2>/dev/null || true)
+# Every file pip would install (pyproject.toml says what and how), in a stable order.
+source_want=$(cd "$SRC" && find pyproject.toml labhelper -name __pycache__ -prune -o -type f ! -name '*.pyc' -print0 \
+                | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64)
+source_have=$(cat "$VENV/.labhelper-source" 2>/dev/null || true)
+venv_changed=0
+if [ "$deps_have" != "$deps_want" ] || [ "$source_have" != "$source_want" ]; then
+  # pip builds in the folder it installs from: a scratch copy keeps build/ and *.egg-info out of
+  # $SRC (the learner's repository, on the host). README.md is pyproject.toml's `readme`.
+  stage=$(mktemp -d -t labhelper-src.XXXXXX)
+  trap 'rm -rf "$stage"' EXIT
+  cp -R "$SRC/pyproject.toml" "$SRC/README.md" "$SRC/labhelper" "$stage/"
+  find "$stage" -name __pycache__ -prune -exec rm -rf {} +
+  if [ "$deps_have" != "$deps_want" ]; then
+    changed "building $VENV from $SRC (a few minutes the first time)"
+    [ -x "$VENV/bin/python" ] || /usr/bin/python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    "$VENV/bin/python" -m pip install -q "$stage"
+    echo "$deps_want" > "$VENV/.installed"
+  else
+    changed "installing labhelper from $SRC into $VENV (its source changed)"
+    "$VENV/bin/python" -m pip install -q --no-deps --force-reinstall "$stage"
+  fi
+  echo "$source_want" > "$VENV/.labhelper-source"
+  rm -rf "$stage"
+  trap - EXIT
+  venv_changed=1
 else
   echo "provision.sh: $VENV is up to date"
 fi
@@ -222,11 +284,37 @@ if [ ! -s "$TOKEN_FILE" ]; then
 fi
 chmod 0600 "$TOKEN_FILE"
 
-# 4. The unit, with the paths of this install.
+# 4. The learner's notebooks: every file of $SRC/notebooks that is not in $NOTEBOOKS yet is
+#    copied there; nothing there is ever overwritten or removed. So a new chapter (after a
+#    `git pull`) appears at the next provisioning, the learner's edits stay, and a chapter the
+#    learner deleted comes back as the original: that is how to start a chapter over.
+#    (Not `cp -rn`: coreutils 9.2 to 9.4, Ubuntu 24.04's, make it fail when it skips a file.)
+mkdir -p "$NOTEBOOKS"
+chmod 0755 "$NOTEBOOKS"
+added=()
+while IFS= read -r -d '' rel; do
+  rel=${rel#./}
+  if [ -e "$NOTEBOOKS/$rel" ] || [ -L "$NOTEBOOKS/$rel" ]; then
+    continue  # the learner's, whatever it holds now
+  fi
+  if install -D -m 0644 "$SRC/notebooks/$rel" "$NOTEBOOKS/$rel"; then
+    added+=("$rel")
+  else
+    echo "provision.sh: could not add $rel to $NOTEBOOKS (a file of yours in the way?)" >&2
+  fi
+done < <(cd "$SRC/notebooks" && find . \( -name .ipynb_checkpoints -o -name __pycache__ \) -prune \
+           -o -type f -print0 | LC_ALL=C sort -z)
+if [ "${#added[@]}" -gt 0 ]; then
+  changed "added to $NOTEBOOKS: ${added[*]}"
+else
+  echo "provision.sh: $NOTEBOOKS has every chapter (files there are yours: never overwritten)"
+fi
+
+# 5. The unit. Its paths are fixed (all on the VM's disk); only the listening address varies,
+#    and it was checked above to be an IPv4 address, so the text replacement is safe.
 mkdir -p "$(dirname "$UNIT_FILE")"
-# The unit names /vagrant as the notebooks' folder; elsewhere (cloud-init) it is where SRC is.
-unit_text=$(sed -e "s|/vagrant|$SRC|g" -e "s|--ServerApp.ip=0.0.0.0|--ServerApp.ip=$LISTEN|" \
-                "$SRC/scripts/$UNIT_NAME")
+unit_text=$(<"$SRC/scripts/$UNIT_NAME")
+unit_text=${unit_text//"--ServerApp.ip=0.0.0.0"/"--ServerApp.ip=$LISTEN"}
 if [ "$(cat "$UNIT_FILE" 2>/dev/null || true)" != "$unit_text" ]; then
   printf '%s\n' "$unit_text" > "$UNIT_FILE"
   unit_changed=1
@@ -235,20 +323,24 @@ else
   unit_changed=0
 fi
 
-# 5. The service: enabled at boot, (re)started only if something changed or it is not running.
-if [ -n "$ROOT" ]; then
+# 6. The service: enabled at boot, (re)started only if something changed or it is not running.
+if [ -n "$ROOT" ] && [ -z "${LABHELPER_SYSTEMCTL:-}" ]; then
   echo "provision.sh: LABHELPER_ROOT=$ROOT: files written there; no service touched"
-elif [ ! -d /run/systemd/system ]; then
+elif [ -z "${LABHELPER_SYSTEMCTL:-}" ] && [ ! -d /run/systemd/system ]; then
   echo "provision.sh: systemd is not running here: the service is installed, not started." >&2
   echo "Start JupyterLab by hand with 'make lab' instead." >&2
 else
-  [ "$unit_changed" = 1 ] && systemctl daemon-reload
-  systemctl enable --quiet "$UNIT_NAME"
-  if [ "$unit_changed" = 1 ] || [ "$stamp_have" != "$stamp_want" ]; then
-    systemctl restart "$UNIT_NAME"
+  [ "$unit_changed" = 1 ] && "$SYSTEMCTL" daemon-reload
+  "$SYSTEMCTL" enable --quiet "$UNIT_NAME"
+  # A unit that failed 5 times within 60 s (StartLimitBurst) refuses every start, `restart`
+  # included, until its failed state is reset: clear it, or this script would stop here.
+  # Nothing to reset is fine too.
+  "$SYSTEMCTL" reset-failed "$UNIT_NAME" 2>/dev/null || true
+  if [ "$unit_changed" = 1 ] || [ "$venv_changed" = 1 ]; then
+    "$SYSTEMCTL" restart "$UNIT_NAME"
     changed "(re)started $UNIT_NAME"
-  elif ! systemctl is-active --quiet "$UNIT_NAME"; then
-    systemctl start "$UNIT_NAME"
+  elif ! "$SYSTEMCTL" is-active --quiet "$UNIT_NAME"; then
+    "$SYSTEMCTL" start "$UNIT_NAME"
     changed "started $UNIT_NAME"
   else
     echo "provision.sh: $UNIT_NAME is running"
