@@ -345,6 +345,14 @@ def _has(name: str, f: Facts) -> tuple[bool, str]:
     raise KeyError(f"unknown requirement {name!r}; known: {', '.join(NEEDS)}")
 
 
+def fix_for(name: str, f: Facts) -> str:
+    """What to do about a missing ``name`` on this machine. For KVM the answer depends on the
+    case (not root, no nesting, module not loaded...), so it comes from virtualization_case."""
+    if name == "kvm":
+        return virtualization_case(f).consequence
+    return NEEDS[name].fix
+
+
 @dataclass(frozen=True)
 class Check:
     name: str
@@ -371,7 +379,7 @@ def ready(*names: str, f: Facts | None = None, quiet: bool = False) -> bool:
     if missing and not quiet:
         for n in missing:
             need = NEEDS[n]
-            print(f"skipped: this needs {need.what} (found: {_has(n, f)[1]}). To get it: {need.fix}")
+            print(f"skipped: this needs {need.what} (found: {_has(n, f)[1]}). To get it: {fix_for(n, f)}")
     return not missing
 
 
@@ -382,7 +390,7 @@ def require(*names: str, f: Facts | None = None) -> Facts:
     if not missing:
         return f
     lines = [f"{NEEDS[n].what}: found {_has(n, f)[1]}; needed by {NEEDS[n].chapters}" for n in missing]
-    fixes = "; ".join(NEEDS[n].fix for n in missing)
+    fixes = "; ".join(fix_for(n, f) for n in missing)
     cls = NotDisposableError if missing == ["disposable"] else RequirementError
     return_msg = "this machine lacks what this step needs:\n  - " + "\n  - ".join(lines)
     raise cls(return_msg, hint=fixes, missing=tuple(missing))

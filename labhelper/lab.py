@@ -111,7 +111,7 @@ class Report:
 def doctor(f: host.Facts | None = None) -> Report:
     """What this machine offers the course, and what each missing piece means."""
     f = f or host.facts()
-    rows = tuple(Row(c.name, c.ok, c.need.required, c.found, c.need.what, c.need.chapters, c.need.fix)
+    rows = tuple(Row(c.name, c.ok, c.need.required, c.found, c.need.what, c.need.chapters, host.fix_for(c.name, f))
                  for c in host.checks(f))
     return Report(rows, host.virtualization_case(f))
 

@@ -5,6 +5,9 @@
  *   kvm_reference create GUEST.bin M      M times: open /dev/kvm, create a VM with 64 KiB, one vCPU,
  *                                         run the guest to hlt, close everything; prints
  *                                         microseconds per cycle: wall, CPU
+ *   kvm_reference machine GUEST.bin M     the same, plus what labhelper.kvm.Machine adds: the vCPU
+ *                                         gets the host's CPUID table (KVM_SET_CPUID2, as QEMU's
+ *                                         -cpu host), asked once per process like Machine does
  *
  * Built by the benchmark with gcc -O2 into a temporary folder. Every step mirrors what
  * labhelper.kvm does (Kvm(), create_vm(), add_memory(), create_vcpu(), real-mode sregs, run()).
@@ -74,6 +77,22 @@ static void vm_open(struct vm *v, const uint8_t *code, size_t len) {
     if (ioctl(v->vcpu, KVM_SET_REGS, &regs) < 0) die("KVM_SET_REGS");
 }
 
+/* KVM_GET_SUPPORTED_CPUID once (it is constant per host): room for n entries, more on E2BIG. */
+static struct kvm_cpuid2 *supported_cpuid(void) {
+    int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (kvm < 0) die("open /dev/kvm");
+    for (int n = 64; n <= 4096; n *= 2) {
+        struct kvm_cpuid2 *c = calloc(1, sizeof *c + n * sizeof c->entries[0]);
+        if (!c) die("calloc");
+        c->nent = n;
+        if (ioctl(kvm, KVM_GET_SUPPORTED_CPUID, c) == 0) { close(kvm); return c; }
+        if (errno != E2BIG) die("KVM_GET_SUPPORTED_CPUID");
+        free(c);
+    }
+    die("KVM_GET_SUPPORTED_CPUID: too many entries");
+    return NULL;
+}
+
 static void vm_close(struct vm *v) {
     munmap(v->run, v->run_size);
     close(v->vcpu);
@@ -111,10 +130,12 @@ int main(int argc, char **argv) {
         }
         printf("%.1f %.1f\n", (now() - t0) / count * 1e9, (cpu() - c0) / count * 1e9);
         vm_close(&v);
-    } else if (strcmp(argv[1], "create") == 0) {
+    } else if (strcmp(argv[1], "create") == 0 || strcmp(argv[1], "machine") == 0) {
+        struct kvm_cpuid2 *cpuid = strcmp(argv[1], "machine") == 0 ? supported_cpuid() : NULL;
         double t0 = now(), c0 = cpu();
         for (long i = 0; i < count; i++) {
             vm_open(&v, code, len);
+            if (cpuid && ioctl(v.vcpu, KVM_SET_CPUID2, cpuid) < 0) die("KVM_SET_CPUID2");
             if (ioctl(v.vcpu, KVM_RUN, 0) < 0) die("KVM_RUN");
             if (v.run->exit_reason != KVM_EXIT_HLT) {
                 fprintf(stderr, "unexpected exit %u\n", v.run->exit_reason);
@@ -123,6 +144,7 @@ int main(int argc, char **argv) {
             vm_close(&v);
         }
         printf("%.1f %.1f\n", (now() - t0) / count * 1e6, (cpu() - c0) / count * 1e6);
+        free(cpuid);
     } else {
         fprintf(stderr, "unknown mode %s\n", argv[1]);
         return 2;

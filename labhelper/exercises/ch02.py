@@ -1,7 +1,9 @@
 """Chapter 02 exercises: write guests, count their exits, make a console faster.
 
-The checks of q1 and q3 assemble the learner's guest and run it on /dev/kvm (with a time limit);
-where /dev/kvm is missing they say so instead of guessing.
+The checks of q1 and q3 assemble the learner's guest and run it on /dev/kvm (with a time limit).
+What can be judged without a VM is judged anywhere (the answer's type, the assembler's errors); where
+the guest would have to run and /dev/kvm (or binutils, or an x86 CPU) is missing, the check answers
+cannot_check(...): "cannot check here", never "wrong".
 """
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import random
 
 from .. import kvm
 from ..kvm import guests
-from . import Exercise, right, wrong
+from ..errors import RequirementError
+from . import Exercise, cannot_check, right, wrong
 
 __all__ = ["q1", "q2", "q3", "COUNT_ME", "FAST_MESSAGE"]
 
@@ -24,10 +27,12 @@ def _run_guest(source, prepare=None):
         program = guests.assemble(source, mode="real", name="your guest")
     except guests.AssemblerError as exc:
         return None, wrong(f"the assembler refused your guest: {exc.message}")
+    except RequirementError as exc:              # no GNU binutils here
+        return None, cannot_check(f"{exc.message}; compare your code with the solution instead.")
     ok, why = kvm.available()
     if not ok:
-        return None, wrong(f"this check runs your guest in a real VM, and /dev/kvm is not usable here ({why}). "
-                           "Compare your code with the solution instead.")
+        return None, cannot_check(f"this check runs your guest in a real VM, and /dev/kvm is not usable here "
+                                  f"({why}). Compare your code with the solution instead.")
     try:
         with kvm.Machine(program) as m:
             if prepare:
@@ -35,6 +40,8 @@ def _run_guest(source, prepare=None):
             return m.run(**_LIMITS), None
     except kvm.MemoryError_ as exc:
         return None, wrong(f"your guest does not fit: {exc.message}")
+    except RequirementError as exc:              # e.g. not an x86 machine
+        return None, cannot_check(f"{exc.message}. Compare your code with the solution instead.")
 
 
 def _stopped_badly(result):
@@ -105,7 +112,7 @@ again:
     mov byte ptr es:[0], 'A'      # a store to the MMIO UART
     hlt
 """
-COUNT_ME_EXITS = 7   # tests/system/test_exercises_ch02.py runs COUNT_ME and checks this number
+COUNT_ME_EXITS = 7   # tests/system/test_kvm_exercises_ch02.py runs COUNT_ME and checks this number
 
 
 def _check_count(answer) -> object:
@@ -130,8 +137,10 @@ q2 = Exercise(
     "An exit reaches user space for: port I/O (`out`, `in`), loads/stores to addresses without memory "
     "(MMIO, here 0xd0000 through es), and `hlt`. Memory stores run at full speed; `cpuid` is handled by "
     "KVM inside the kernel. `loop` repeats cx times.",
-    "`with kvm.Machine(ch02.COUNT_ME) as m: r = m.run()` then `ch02.q2.check(r.exits)`; `r.counts` "
-    "shows which kinds.",
+    f"{COUNT_ME_EXITS} exits: the two `out` to the serial port, the three `out 0x10` of the loop, the store to "
+    "the MMIO UART, and the `hlt`. The store to guest memory and `cpuid` never reach the VMM. Count them for real: "
+    "`with kvm.Machine(ch02.COUNT_ME) as m: r = m.run()`, then `ch02.q2.check(r.exits)`; `r.counts` shows which "
+    "kinds.",
 )
 
 

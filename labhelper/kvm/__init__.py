@@ -12,6 +12,7 @@ Laid out like rust-vmm's kvm-ioctls, one module per level:
 ``guests``     guest programs in assembly, assembled by GNU as, with listings
 ``machine``    :class:`Machine`: all of the above plus devices (serial port, paravirtual console,
                MMIO UART) and the run loop
+``watchdog``   the thread that kicks a vCPU out of KVM_RUN (timeouts, interrupts), as KVM documents
 ``stepper``    an ipywidgets panel that runs a guest one exit at a time
 ``diagrams``   graphviz pictures of hypervisor types, nesting, and the exit round trip
 =============  =================================================================================
@@ -22,22 +23,23 @@ Quick start::
     with kvm.Machine(kvm.guests.SERIAL_HELLO) as m:
         print(m.run())
 
-Every ioctl goes through :func:`labhelper.syscalls.ioctl`. ``LABHELPER_KVM_DEVICE`` points at
+Every ioctl goes through :func:`labhelper.syscalls.ioctl` (KVM_RUN, once per exit, through its
+untyped fast twin ``syscalls._ioctl_fast``). A teardown cell calls :func:`close_all`. ``LABHELPER_KVM_DEVICE`` points at
 another device path (``/nonexistent`` pretends there is no KVM).
 """
 from __future__ import annotations
 
-from . import diagrams, exits, guests, ioctls, stepper, structs
+from . import diagrams, exits, guests, ioctls, stepper, structs, watchdog
 from .exits import (FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut, MmioRead, MmioWrite,
                     Shutdown)
 from .guests import Program, assemble
 from .machine import GuestError, LongModeUnavailable, Machine, RunResult, long_mode_check
-from .system import DEVICE_ENV, Kvm, KvmUnavailable, device_path, open_fds
+from .system import DEVICE_ENV, Closed, Kvm, KvmUnavailable, close_all, device_path, open_fds
 from .vcpu import Registers, RegisterError, Segment, SpecialRegisters, Vcpu
 from .vm import MEMORY_CAP, GuestMemory, MemoryError_, Vm
 
 __all__ = [
-    "exits", "guests", "ioctls", "structs", "stepper", "diagrams", "Kvm", "Vm", "Vcpu", "Machine", "RunResult", "Program",
+    "exits", "guests", "ioctls", "structs", "stepper", "diagrams", "watchdog", "close_all", "Closed", "Kvm", "Vm", "Vcpu", "Machine", "RunResult", "Program",
     "assemble", "GuestError", "LongModeUnavailable", "KvmUnavailable", "MemoryError_", "RegisterError",
     "Registers", "Segment", "SpecialRegisters", "GuestMemory", "MEMORY_CAP", "DEVICE_ENV",
     "device_path", "open_fds", "available", "long_mode_check",

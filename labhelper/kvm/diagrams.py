@@ -52,8 +52,8 @@ def nesting(flavour: str = "kvm_intel", in_vm: bool = True) -> Diagram:
     }.get(flavour, f"{flavour}: no KVM here (our VM cannot run)")
     nodes = {
         "hw": {"label": "your laptop / a cloud server: the hardware", **_HW},
-        "outer": {"label": "outer hypervisor: type 2 on a laptop (VirtualBox, VMware,\n"
-                           "QEMU/KVM, Parallels) or type 1 in a cloud", **_HV},
+        "outer": {"label": "outer hypervisor: type 2 (VirtualBox, VMware Workstation/Fusion,\n"
+                           "Parallels) or type 1 (Hyper-V, KVM)", **_HV},
         "labvm": {"label": "the lab VM: a Linux kernel, Jupyter, this notebook" if in_vm else "this machine: Linux", **_OS},
         "kvm": {"label": f"/dev/kvm: {how}", **_HV},
         "python": {"label": "this notebook's Python: the VMM (labhelper.kvm)", **_US},

@@ -240,8 +240,10 @@ for _cls in EXIT_TYPES:
 
 
 def is_error(exit_) -> bool:
-    """True for exits after which the guest cannot go on."""
-    return isinstance(exit_, (Shutdown, FailEntry, InternalError, Unhandled))
+    """True for exits after which this VMM cannot let the guest go on: a triple fault, a refused
+    entry, KVM's own failure, a shutdown/reset/crash the guest asked for (SystemEvent: this small
+    VMM implements no reset), or an exit it does not decode."""
+    return isinstance(exit_, (Shutdown, FailEntry, InternalError, SystemEvent, Unhandled))
 
 
 # Offsets come from the ctypes layout, so there is one source of truth for the ABI.
@@ -258,15 +260,18 @@ _HLT, _SHUTDOWN, _INTR = Hlt(), Shutdown(), Interrupted()
 _new = tuple.__new__  # building the NamedTuple without its Python-level __new__: faster on the hot path
 
 
-# The hot path reads exit_reason and the I/O member in one unpack (port I/O is the common exit).
-_REASON_AND_IO = struct.Struct(f"<{_OFF_REASON}xI{_OFF_UNION - _OFF_REASON - 4}xBBHIQ")
-
-
 def decode(run) -> object:
-    """Decode the exit described in ``run``: the kvm_run mapping, or any bytes-like copy of it."""
-    reason, direction, size, port, count, data_offset = _REASON_AND_IO.unpack_from(run)
+    """Decode the exit described in ``run``: the kvm_run mapping, or any bytes-like copy of it.
+
+    This runs once per exit, so it reads only what the exit needs: the 4-byte exit_reason first,
+    then the one member of the union that this reason uses.
+    """
+    reason = _REASON.unpack_from(run, _OFF_REASON)[0]
     if reason == KVM_EXIT_IO:
+        direction, size, port, count, data_offset = _IO.unpack_from(run, _OFF_UNION)
         if direction == KVM_EXIT_IO_OUT:
+            # The bytes lie in the same mapping, at data_offset from its start (a slice of an
+            # mmap is already a bytes copy).
             return _new(IoOut, (port, size, bytes(run[data_offset:data_offset + size * count]), count))
         return _new(IoIn, (port, size, count))
     if reason == KVM_EXIT_MMIO:

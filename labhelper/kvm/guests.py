@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ..errors import LabError, RequirementError
 
@@ -29,7 +30,8 @@ __all__ = [
     "Program", "ListingLine", "AssemblerError", "assemble", "tools", "ORIGIN",
     "SERIAL_PORT", "REPORT_PORT", "DOORBELL_PORT", "MAILBOX", "MMIO_BASE",
     "SERIAL_HELLO", "PV_HELLO", "MMIO_HELLO", "LONG_HELLO", "SPIN", "TRIPLE_FAULT", "ADD_TWO",
-    "EXIT_LOOP", "CPUID_PROBE", "serial_source", "pv_source", "ascii_directive",
+    "EXIT_LOOP", "CPUID_PROBE", "serial_source", "pv_source", "ascii_directive", "Expected", "EXPECTED",
+    "reference",
 ]
 
 ORIGIN = 0x1000           # where programs are loaded (and start): guest physical 4 KiB
@@ -266,7 +268,18 @@ def ascii_directive(data: bytes | str) -> str:
 
 
 def serial_source(message: bytes | str) -> str:
-    """Real-mode guest: print ``message`` on COM1, one `out` (one VM exit) per byte, then hlt."""
+    """Real-mode guest: print ``message`` on COM1, one `out` (one VM exit) per byte, then hlt.
+
+    The message must not be empty: `loop` decrements cx *before* it tests it, so with cx = 0
+    it would run 65,536 times (cx wraps to 0xffff) and print whatever follows in memory.
+    """
+    if isinstance(message, str):
+        message = message.encode()
+    if not message:
+        raise ValueError("the serial guest needs a message of at least one byte "
+                         "(with cx = 0, `loop` would run 65,536 times)")
+    if len(message) > 0xFFFF:
+        raise ValueError(f"the message is {len(message)} bytes; cx counts at most 65,535")
     return f"""\
 # Print a message on the serial port, one byte at a time: full virtualization of a device.
     mov dx, {SERIAL_PORT:#x}           # COM1's data register
@@ -398,3 +411,36 @@ CPUID_PROBE = f"""\
     out {REPORT_PORT:#x}, eax
     hlt
 """
+
+
+# --- what the key guests do in a VM, for hosts that cannot run them ------------------------------
+
+class Expected(NamedTuple):
+    """What a guest does on any KVM: its output, its exits by kind, what it reports on port 0x10.
+    Deterministic (no timings): tests/system/test_kvm.py runs each guest and checks it."""
+    output: bytes
+    counts: dict
+    reports: tuple = ()
+
+    def describe(self) -> str:
+        counts = ", ".join(f"{k} {v}" for k, v in self.counts.items())
+        text = f"{sum(self.counts.values())} exits ({counts})"
+        if self.output:
+            text += f", output {self.output.decode(errors='replace')!r}"
+        if self.reports:
+            text += f", reports {', '.join(f'{r:#x}' for r in self.reports)}"
+        return text
+
+
+EXPECTED: dict[str, Expected] = {
+    "SERIAL_HELLO": Expected(b"Hello from a real-mode guest!\n", {"IoOut": 30, "Hlt": 1}),
+    "PV_HELLO": Expected(b"Hello through the paravirtual console!\n", {"IoOut": 1, "Hlt": 1}),
+    "MMIO_HELLO": Expected(b"MMIO!\n", {"MmioWrite": 6, "MmioRead": 1, "IoOut": 1, "Hlt": 1}, (6,)),
+    "LONG_HELLO": Expected(b"Hello from long mode!\n", {"IoOut": 3, "MmioWrite": 22, "Hlt": 1}),
+    "CPUID_PROBE": Expected(b"", {"IoOut": 4, "Hlt": 1}),   # cpuid itself never reaches the VMM
+}
+
+
+def reference(name: str) -> str:
+    """One line: what guest ``name`` (a key of EXPECTED) does in the lab VM."""
+    return EXPECTED[name].describe()

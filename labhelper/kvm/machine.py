@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import platform
-import signal
 import struct
-import threading
 import time
 from dataclasses import dataclass, field
 
 from ..errors import LabError, RequirementError, SyscallError
 from . import exits as ex
+from . import watchdog
 from .guests import (DOORBELL_PORT, MAILBOX, MMIO_BASE, REPORT_PORT, SERIAL_PORT, Program,
                      assemble)
 from .system import Kvm
@@ -217,8 +216,7 @@ class Machine:
                 self._mmio.append(d)
         self.output = bytearray()
         self.reports: list[int] = []
-        self.counts: dict[str, int] = {}
-        self.interruptions = 0                  # KVM_RUN calls a signal cut short (not guest exits)
+        self.counts: dict[str, int] = {}       # guest exits by kind, over the Machine's life
         self.kvm = self.vm = self.vcpu = None
         with contextlib.ExitStack() as undo:
             undo.callback(self.close)           # any failure below closes what was opened
@@ -232,7 +230,7 @@ class Machine:
             if cpuid:
                 # Like QEMU's "-cpu host": offer the guest what KVM supports, including the
                 # hypervisor leaves at 0x40000000 ("KVMKVMKVM").
-                self.vcpu.set_cpuid(self.kvm.supported_cpuid())
+                self.vcpu.set_cpuid(guest_cpuid(self.kvm.supported_cpuid()))
             self.memory.write(program.origin, program.code)
             if self.mode == "long":
                 self._enter_long_mode(memory)
@@ -284,26 +282,50 @@ class Machine:
 
     # --- running --------------------------------------------------------------------------------
 
+    @property
+    def interruptions(self) -> int:
+        """KVM_RUN calls that a signal cut short (the watchdog's kicks, an interrupt): not exits."""
+        return self.vcpu.interruptions if self.vcpu is not None else 0
+
+    @property
+    def exits(self) -> int:
+        """Guest exits so far, over the Machine's life (the sum of ``counts``; kicks not included)."""
+        return sum(self.counts.values())
+
     def step(self, timeout: float | None = None):
         """Run until the next exit, emulate it (devices), and return it.
 
         With ``timeout``, a guest that makes no exit for that long gives Interrupted() instead
-        of blocking (a timer signal brings KVM_RUN back; see :func:`_ticker`)."""
-        if timeout is None:
-            return self._step()
-        deadline = time.monotonic() + timeout
-        with _ticker():
-            while True:
-                exit_ = self._step()
-                if type(exit_) is not ex.Interrupted or time.monotonic() >= deadline:
-                    return exit_
+        of blocking (the watchdog kicks it out of KVM_RUN; see :mod:`.watchdog`). A notebook
+        interrupt raises KeyboardInterrupt and closes the VM, as in :meth:`run`.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        vcpu = self.vcpu
+        try:
+            try:
+                watchdog.arm(vcpu, deadline)    # inside the try: the finally always disarms
+                while True:
+                    exit_ = self._step()
+                    if type(exit_) is not ex.Interrupted or (deadline is not None and time.monotonic() >= deadline):
+                        return exit_
+            finally:
+                watchdog.disarm(vcpu)
+        except KeyboardInterrupt as exc:        # wherever it lands, the disarm included
+            self._interrupted(exc)
+            raise
+
+    def _interrupted(self, exc: KeyboardInterrupt) -> None:
+        # Keep the promise of R26: an interrupted VM does not linger with its fds open.
+        self.close()
+        exc.add_note("labhelper.kvm: the guest was stopped by the interrupt and its VM closed")
 
     def _step(self):
         exit_ = self.vcpu.run()
         kind = type(exit_)
         if kind is ex.Interrupted:
-            # Not the guest's doing: a signal (our timer, an interrupt). Not counted as an exit.
-            self.interruptions += 1
+            # Not the guest's doing: a signal (the watchdog's kick, an interrupt). Not counted as
+            # an exit. The kick may have set immediate_exit: clear it, or the guest never runs.
+            self.vcpu.set_immediate_exit(False)
             return exit_
         name = kind.__name__
         self.counts[name] = self.counts.get(name, 0) + 1
@@ -342,11 +364,16 @@ class Machine:
         counts_before = dict(self.counts)
         stopped, last = "exit limit", None
         step = self._step
+        vcpu = self.vcpu
         exits = 0
         t0 = time.perf_counter()
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            with _ticker():
+            try:
+                # Inside the try: whatever happens next, the finally disarms (and if an interrupt
+                # lands inside disarm itself, the VM is closed below, and a watchdog armed for a
+                # closed vCPU disarms itself; the next run arms afresh in any case).
+                watchdog.arm(vcpu, deadline)
                 while exits < max_exits:
                     last = step()
                     kind = type(last)
@@ -362,10 +389,10 @@ class Machine:
                     if ex.is_error(last):
                         stopped = last.reason
                         break
-        except KeyboardInterrupt as exc:
-            # Keep the promise of R26: an interrupted VM does not linger with its fds open.
-            self.close()
-            exc.add_note("labhelper.kvm: the guest was stopped by the interrupt and its VM closed")
+            finally:
+                watchdog.disarm(vcpu)
+        except KeyboardInterrupt as exc:        # wherever it lands, the disarm included
+            self._interrupted(exc)
             raise
         seconds = time.perf_counter() - t0
         counts = {k: v - counts_before.get(k, 0) for k, v in self.counts.items() if v - counts_before.get(k, 0)}
@@ -415,7 +442,20 @@ class Machine:
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
-        return f"Machine({self.program!r}, {self.mode} mode, {state}, {self.vcpu.exits if self.vcpu else 0} exits)"
+        return f"Machine({self.program!r}, {self.mode} mode, {state}, {self.exits} exits)"
+
+
+CPUID_HYPERVISOR = 1 << 31   # leaf 1, ECX bit 31: "you are running on a hypervisor"
+
+
+def guest_cpuid(supported) -> tuple:
+    """The CPUID table a guest gets: what KVM supports, plus the hypervisor bit.
+
+    KVM_GET_SUPPORTED_CPUID leaves bit 31 of leaf 1's ECX to the VMM: telling the guest that it
+    is a guest is a choice, and QEMU (like us) makes it. With the bit set, a guest kernel looks
+    at leaf 0x40000000 for the hypervisor's name ("KVMKVMKVM") and its paravirtual features.
+    """
+    return tuple(e._replace_ecx(e.ecx | CPUID_HYPERVISOR) if e.function == 1 else e for e in supported)
 
 
 def _check_layout(program: Program, memory: int) -> None:
@@ -429,39 +469,6 @@ def _check_layout(program: Program, memory: int) -> None:
             hint="give the Machine more memory= (a multiple of 4096), or make the program smaller")
     if program.origin < MAILBOX + 4 and program.end > MAILBOX:
         raise MemoryError_(f"the program overlaps the paravirtual console's mailbox at {MAILBOX:#x}")
-
-
-TICK = 0.1   # seconds between two timer signals while a guest runs
-
-
-@contextlib.contextmanager
-def _ticker():
-    """While a guest runs, a SIGALRM every TICK seconds brings KVM_RUN back (EINTR), so that:
-
-    * a deadline (``timeout=``) is checked even for a guest that never exits;
-    * an interrupt that arrived in the few microseconds between two KVM_RUN calls (when Python
-      had already taken the signal but not yet acted on it) surfaces within TICK, not never.
-
-    Signal handlers belong to the main thread, and SIGALRM may have another owner: then there is
-    no ticker (a timeout is checked only at exits; use max_exits)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    current = signal.getsignal(signal.SIGALRM)
-    if current not in (signal.SIG_DFL, signal.SIG_IGN, None) or signal.getitimer(signal.ITIMER_REAL) != (0.0, 0.0):
-        yield                                   # someone else's alarm: leave it alone
-        return
-    signal.signal(signal.SIGALRM, _tick)        # a handler that does nothing: only the EINTR matters
-    signal.setitimer(signal.ITIMER_REAL, TICK, TICK)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, current if current is not None else signal.SIG_DFL)
-
-
-def _tick(signum, frame) -> None:
-    pass
 
 
 def long_mode_check(device: str | None = None) -> tuple[bool, str]:

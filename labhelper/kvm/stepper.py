@@ -74,8 +74,14 @@ class Stepper:
         return bytes(self.machine.output) if self.machine else b""
 
     def step(self) -> Step:
-        if self.machine is None or self.machine.closed:
+        """Run the guest to its next exit. The first step starts the VM; after :meth:`close`
+        (or an interrupt, which closes it) a step is refused until :meth:`reset`."""
+        if self.machine is None:
             self.reset()
+        elif self.machine.closed:
+            raise LabError("this stepper's VM is closed: call reset() to start the guest again",
+                           hint="close() (and the teardown cell, and an interrupt) closes the VM; "
+                                "a step never opens a new one behind your back")
         if self.done:
             raise LabError("the guest has stopped (hlt or a fatal exit): reset() to run it again")
         before = self.history[-1].regs if self.history else self._start
@@ -94,6 +100,7 @@ class Stepper:
         return step
 
     def close(self) -> None:
+        """Close the VM (idempotent). step() then refuses until reset()."""
         if self.machine is not None:
             self.machine.close()
 

@@ -10,6 +10,7 @@ Only layout lives here. Nothing in this module calls the kernel; the ioctls go t
 from __future__ import annotations
 
 import ctypes
+import functools
 
 u8, u16, u32, u64, s32 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int32
 
@@ -162,8 +163,10 @@ class kvm_cpuid2(ctypes.Structure):
     _fields_ = [("nent", u32), ("padding", u32)]
 
 
+@functools.lru_cache(maxsize=16)
 def cpuid2_with(n: int) -> type[ctypes.Structure]:
-    """A kvm_cpuid2 type with room for ``n`` entries (C's ``entries[]`` has no size)."""
+    """A kvm_cpuid2 type with room for ``n`` entries (C's ``entries[]`` has no size). One type
+    per n, made once: building a ctypes type costs more than the ioctl that uses it."""
     class kvm_cpuid2_n(ctypes.Structure):
         _fields_ = [("nent", u32), ("padding", u32), ("entries", kvm_cpuid_entry2 * n)]
     return kvm_cpuid2_n

@@ -18,15 +18,17 @@ fd hygiene (R25):
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import weakref
+from typing import NamedTuple
 
 from .. import syscalls
 from ..errors import LabError, RequirementError, SyscallError
 from . import ioctls, structs
 from .ioctls import CAPS
 
-__all__ = ["DEVICE_ENV", "device_path", "KvmUnavailable", "Kvm", "CpuidEntry", "open_fds"]
+__all__ = ["DEVICE_ENV", "device_path", "KvmUnavailable", "Kvm", "CpuidEntry", "open_fds", "close_all", "Closed"]
 
 DEVICE_ENV = "LABHELPER_KVM_DEVICE"
 
@@ -90,6 +92,35 @@ class _Owner:
         self.close()
 
 
+class Closed(NamedTuple):
+    """What :func:`close_all` closed."""
+    vcpus: int
+    vms: int
+    systems: int
+
+    def __repr__(self) -> str:
+        return f"Closed({self.vcpus} vCPU(s), {self.vms} VM(s), {self.systems} /dev/kvm handle(s))"
+
+
+def close_all() -> Closed:
+    """Close every KVM object this process still holds: vCPUs, then VMs (and their guest
+    memory), then /dev/kvm handles -- the order in which each depends on the next.
+
+    For a teardown cell: a Machine, a Stepper or a bare Vm left open by an earlier cell (or by
+    a variable still pointing at it) is closed here, so that no fd is left behind.
+    """
+    from .vcpu import Vcpu
+    from .vm import Vm
+    live = list(_LIVE)
+    counts = []
+    for kind in (Vcpu, Vm, Kvm):
+        objs = [o for o in live if isinstance(o, kind) and not o.closed]
+        for o in objs:
+            o.close()
+        counts.append(len(objs))
+    return Closed(*counts)
+
+
 def _after_fork_in_child() -> None:
     # Runs in the child right after os.fork(). The child gets copies of our fds and mappings;
     # close them so that no KVM fd leaks into children (and from them into containers).
@@ -138,9 +169,15 @@ class CpuidEntry(tuple):
     ecx = property(lambda self: self[5])
     edx = property(lambda self: self[6])
 
+    def _replace_ecx(self, ecx: int) -> "CpuidEntry":
+        return CpuidEntry(self.function, self.index, self.flags, self.eax, self.ebx, ecx, self.edx)
+
     def __repr__(self) -> str:
         return (f"CpuidEntry({self.function:#x}.{self.index}: eax={self.eax:#x} ebx={self.ebx:#x} "
                 f"ecx={self.ecx:#x} edx={self.edx:#x})")
+
+
+_CPUID_CACHE: dict[str, tuple[CpuidEntry, ...]] = {}   # device path -> KVM_GET_SUPPORTED_CPUID
 
 
 class Kvm(_Owner):
@@ -196,8 +233,16 @@ class Kvm(_Owner):
         """KVM_GET_SUPPORTED_CPUID: the CPUID leaves this host can offer a guest.
 
         The array has no fixed size: we offer room for n entries; the kernel answers E2BIG if
-        that is too few, and we try again with more.
+        that is too few, and we try again with more. The answer depends only on the host's CPU
+        and KVM module, so it is asked once per process (per device path) and kept: every
+        Machine needs it, and asking costs about as much as creating the VM.
         """
+        cached = _CPUID_CACHE.get(self.path)
+        if cached is None:
+            cached = _CPUID_CACHE[self.path] = self._ask_supported_cpuid()
+        return list(cached)
+
+    def _ask_supported_cpuid(self) -> tuple[CpuidEntry, ...]:
         n = 64
         while True:
             buf = structs.cpuid2_with(n)()
@@ -209,8 +254,8 @@ class Kvm(_Owner):
                     n *= 2
                     continue
                 raise
-            return [CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
-                    for e in buf.entries[:buf.nent]]
+            return tuple(CpuidEntry(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+                         for e in buf.entries[:buf.nent])
 
     def create_vm(self):
         """KVM_CREATE_VM: a new, empty VM (no memory, no vCPU)."""
@@ -220,6 +265,19 @@ class Kvm(_Owner):
 
 
 def _cpuid_bytes(entries) -> ctypes.Structure:
+    """struct kvm_cpuid2 with ``entries``, for KVM_SET_CPUID2."""
+    entries = tuple(entries)
+    try:
+        return _cpuid_struct(entries)
+    except TypeError:                     # an unhashable entry: build it without the cache
+        return _cpuid_struct.__wrapped__(entries)
+
+
+@functools.lru_cache(maxsize=8)
+def _cpuid_struct(entries: tuple) -> ctypes.Structure:
+    # Cached: every Machine sets the same table (the host's), and filling ~60 entries field by
+    # field costs more than the ioctl. The kernel only reads it (KVM_SET_CPUID2 is _IOW), so one
+    # buffer can be passed again and again.
     buf = structs.cpuid2_with(len(entries))()
     buf.nent = len(entries)
     for slot, e in zip(buf.entries, entries):

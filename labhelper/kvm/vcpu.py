@@ -8,9 +8,14 @@ guest -> kernel -> this Python process -> kernel -> guest, is the price of trap-
 
 Interrupting a guest: KVM_RUN blocks in the kernel for as long as the guest runs without an
 exit (``jmp $`` runs forever). A signal to this thread makes the kernel leave the guest and
-KVM_RUN fail with EINTR (exit reason KVM_EXIT_INTR). A notebook interrupt is SIGINT, so Python
-then raises KeyboardInterrupt: :meth:`Vcpu.run` lets it propagate, and the ``with`` blocks of the
-caller close the VM.
+KVM_RUN fail with EINTR (exit reason KVM_EXIT_INTR); so does ``immediate_exit`` set in the kvm_run
+page before KVM_RUN starts. :mod:`.watchdog` uses both for timeouts. A notebook interrupt is
+SIGINT, so Python then raises KeyboardInterrupt: :meth:`Vcpu.run` lets it propagate, and the
+caller (``Machine.run``) closes the VM.
+
+Counting: ``exits`` counts the KVM_RUN calls that came back with a guest exit, ``interruptions``
+those a signal cut short. They are kept apart so that ``vcpu.exits`` agrees with the exits a
+Machine reports (its ``counts`` and each RunResult's ``exits``).
 """
 from __future__ import annotations
 
@@ -22,11 +27,15 @@ import sys
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from ctypes import get_errno
+
 from .. import syscalls
 from ..errors import LabError, SyscallError
+from ..syscalls import _ioctl_fast
 from . import ioctls, structs
-from .exits import Interrupted, decode
+from .exits import _IO, Interrupted, decode
 from .system import _Owner, _cpuid_bytes
+from .vm import CName
 
 __all__ = ["Registers", "Segment", "DescriptorTable", "SpecialRegisters", "Translation", "Vcpu",
            "RegisterError"]
@@ -38,7 +47,6 @@ _EINTR = errno.EINTR
 _INTERRUPTED = Interrupted()
 _OFF_UNION = structs.kvm_run.exit.offset
 _OFF_MMIO_DATA = _OFF_UNION + structs.kvm_run_mmio.data.offset
-_OFF_IO_DATA_OFFSET = _OFF_UNION + structs.kvm_run_io.data_offset.offset
 _OFF_IMMEDIATE_EXIT = structs.kvm_run.immediate_exit.offset
 
 
@@ -241,14 +249,22 @@ class Vcpu(_Owner):
         try:
             self._run = mmap.mmap(fd, mmap_size, flags=mmap.MAP_SHARED,
                                   prot=mmap.PROT_READ | mmap.PROT_WRITE, **kwargs)
+        except OSError as exc:
+            self._release()
+            raise SyscallError("mmap", {"addr": CName("NULL"), "length": mmap_size,
+                                        "prot": CName("PROT_READ|PROT_WRITE"), "flags": CName("MAP_SHARED"),
+                                        "fd": fd, "offset": 0},
+                               exc.errno or 0, hint="the vCPU's kvm_run page could not be mapped") from None
         except BaseException:
             self._release()
             raise
-        self.exits = 0                     # KVM_RUN calls that came back
+        self.exits = 0                     # KVM_RUN calls that came back with a guest exit
+        self.interruptions = 0             # KVM_RUN calls a signal cut short (EINTR): not exits
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fd}"
-        return f"Vcpu({self.index}, {state}, {self.exits} exits)"
+        extra = f", {self.interruptions} interruptions" if self.interruptions else ""
+        return f"Vcpu({self.index}, {state}, {self.exits} exits{extra})"
 
     # --- registers -------------------------------------------------------------------------------
 
@@ -301,24 +317,34 @@ class Vcpu(_Owner):
         (Shutdown, FailEntry, InternalError), not as an exception. A signal gives Interrupted()
         -- unless it was SIGINT, which raises KeyboardInterrupt as usual.
         """
-        try:
-            _ioctl(self._fd, _KVM_RUN, 0, name="KVM_RUN")
-        except SyscallError as exc:
-            if exc.errno == _EINTR:
+        # The hot path: one call per exit. The untyped libc ioctl with plain ints (the ctypes
+        # boundary in syscalls.py) and no argument checks; errors are decoded only when it fails.
+        if _ioctl_fast(self._fd, _KVM_RUN, 0) == -1:
+            err = get_errno()
+            if err == _EINTR:
                 # A signal (or immediate_exit). Python runs a SIGINT handler at the next bytecode
                 # boundary, so a notebook interrupt surfaces as KeyboardInterrupt around here.
-                self.exits += 1
+                self.interruptions += 1
                 return _INTERRUPTED
             if self._fd < 0:
-                raise LabError("this vCPU is closed") from None
-            raise
+                raise LabError("this vCPU is closed",
+                               hint="create a new Machine (each `with` block closes its VM at the end)")
+            raise SyscallError("ioctl", {"fd": self._fd, "request": "KVM_RUN"}, err)
         self.exits += 1
         return decode(self._run)
 
     def complete_io_in(self, data: bytes) -> None:
-        """Answer the last IoIn exit: the guest's ``in`` gets ``data`` when it resumes."""
-        offset = int.from_bytes(self._run[_OFF_IO_DATA_OFFSET:_OFF_IO_DATA_OFFSET + 8], "little")
-        self._run[offset:offset + len(data)] = bytes(data)
+        """Answer the last IoIn exit: the guest's ``in`` gets ``data`` when it resumes.
+
+        ``data`` must be exactly size x count bytes (count > 1 for ``rep insb``): the kernel copies
+        that many bytes into the guest at the next KVM_RUN, whatever we wrote.
+        """
+        data = bytes(data)
+        _direction, size, _port, count, offset = _IO.unpack_from(self._run, _OFF_UNION)
+        if len(data) != size * count:
+            raise ValueError(f"the guest's `in` reads {size * count} bytes ({count} x {size}); "
+                             f"got {len(data)}")
+        self._run[offset:offset + len(data)] = data
 
     def complete_mmio_read(self, data: bytes) -> None:
         """Answer the last MmioRead exit (at most 8 bytes)."""

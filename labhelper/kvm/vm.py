@@ -17,7 +17,7 @@ from __future__ import annotations
 import mmap
 
 from .. import syscalls
-from ..errors import LabError
+from ..errors import LabError, SyscallError
 from . import ioctls, structs
 from .system import _Owner
 
@@ -26,6 +26,13 @@ __all__ = ["MEMORY_CAP", "PAGE_SIZE", "GuestMemory", "Vm", "MemoryError_", "chec
 PAGE_SIZE = mmap.PAGESIZE
 MEMORY_CAP = 256 * 1024 * 1024   # the most guest memory one lab VM may have (R26): 256 MiB
 TSS_ADDRESS = 0xFFFBD000         # 3 pages just under 4 GiB that Intel's real-mode emulation needs (as QEMU)
+
+
+class CName(str):
+    """A C constant's name, shown bare in an error message (``prot=PROT_READ``, not ``'PROT_READ'``)."""
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 class MemoryError_(LabError):
@@ -68,8 +75,16 @@ class GuestMemory:
         self.size = size
         self.readonly = readonly
         # MAP_SHARED | MAP_ANONYMOUS, zero-filled; Python gives us no fd for it, so none can leak.
-        self._map = mmap.mmap(-1, size, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS,
-                              prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        try:
+            self._map = mmap.mmap(-1, size, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS,
+                                  prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as exc:
+            # ENOMEM: this process may not map that much (ulimit -v, a cgroup memory limit).
+            raise SyscallError("mmap", {"addr": CName("NULL"), "length": size,
+                                        "prot": CName("PROT_READ|PROT_WRITE"),
+                                        "flags": CName("MAP_SHARED|MAP_ANONYMOUS"), "fd": -1, "offset": 0},
+                               exc.errno or 0,
+                               hint=f"guest memory for slot {slot} could not be mapped") from None
         # The address for the kernel. address_of() borrows the buffer only for the duration of
         # the call, so the mmap can still be closed later (a live ctypes view would pin it).
         self.host_address = syscalls.address_of(self._map)

@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 
 import pytest
 
@@ -181,16 +182,31 @@ def test_invalid_special_registers_are_refused_by_kvm():
         assert m.run().stopped == "hlt"            # the refused state changed nothing
 
 
-def test_memory_cap_before_mmap():
+def test_memory_cap_before_mmap(monkeypatch):
+    import mmap as mmap_module
+    calls = []
+
+    def no_mmap(*args, **kwargs):                  # any mmap from here on is a failure of the test
+        calls.append(args)
+        raise AssertionError("mmap was called before the cap was checked")
     with kvm.Kvm() as k:
         vm = k.create_vm()
         try:
+            monkeypatch.setattr(mmap_module, "mmap", no_mmap)
             with pytest.raises(kvm.MemoryError_, match="cap"):
                 vm.add_memory(kvm.MEMORY_CAP + 4096)
-            assert vm.memory == []
+            with pytest.raises(kvm.MemoryError_, match="page size"):
+                vm.add_memory(4096 + 1)
+            assert calls == [] and vm.memory == []  # refused before any mapping was attempted
+            monkeypatch.undo()
             vm.add_memory(0x10000)
+            monkeypatch.setattr(mmap_module, "mmap", no_mmap)
             with pytest.raises(kvm.MemoryError_, match="overlaps"):
                 vm.add_memory(0x1000, guest_address=0x8000)
+            with pytest.raises(kvm.MemoryError_, match="over the lab's cap"):   # the total counts
+                vm.add_memory(kvm.MEMORY_CAP, guest_address=0x100000)
+            assert calls == []
+            monkeypatch.undo()
             with pytest.raises(kvm.MemoryError_, match="no memory slot covers"):
                 vm.write(0xFFFF, b"ab")
             with pytest.raises(kvm.MemoryError_, match="cannot write 2 bytes"):
@@ -198,6 +214,28 @@ def test_memory_cap_before_mmap():
         finally:
             vm.close()
     assert all(m._map.closed for m in vm.memory)
+
+
+def _mappings() -> list[str]:
+    with open("/proc/self/maps") as fh:
+        return fh.read().splitlines()
+
+
+def test_create_close_cycles_leave_no_mapping():
+    # R26: guest memory (anonymous, shared) and each vCPU's kvm_run page are mappings of this
+    # process; a VM that forgot to unmap them would grow /proc/self/maps by two lines per cycle.
+    prog = kvm.assemble(guests.SERIAL_HELLO)
+    with Machine(prog) as m:
+        m.run()
+        during = _mappings()
+    assert any("kvm-vcpu" in line for line in during), "the kvm_run page should show while the VM is open"
+    before = _mappings()
+    for _ in range(20):
+        with Machine(prog) as m:
+            m.run()
+    after = _mappings()
+    assert not any("kvm-vcpu" in line for line in after)
+    assert len(after) == len(before), "\n".join(sorted(set(after) - set(before)))
 
 
 def test_closed_objects_say_so():
@@ -253,7 +291,9 @@ def test_no_kvm_fd_in_a_forked_child():
     with Machine(guests.SERIAL_HELLO) as m:
         assert kvm_fds()
         r, w = os.pipe()
-        pid = os.fork()
+        with warnings.catch_warnings():     # Python 3.12: "multi-threaded, fork() may deadlock";
+            warnings.simplefilter("ignore", DeprecationWarning)   # the child only reports and exits
+            pid = os.fork()
         if pid == 0:
             os.write(w, repr(kvm.open_fds()).encode())
             os._exit(0)
@@ -383,13 +423,149 @@ def test_interruptions_are_not_counted_as_exits():
     assert r.exits == 3001 and r.counts == {"IoOut": 3000, "Hlt": 1}
 
 
-def test_ticks_bring_kvm_run_back_from_a_guest_without_exits():
-    # The timer (machine.TICK) is what lets a deadline, or an interrupt that Python took just
-    # before KVM_RUN, be acted on while the guest never exits.
+def test_kicks_bring_kvm_run_back_from_a_guest_without_exits():
+    # The watchdog's kicks (immediate_exit + a signal to this thread) are what let a deadline, or
+    # an interrupt that Python took just before KVM_RUN, be acted on while the guest never exits.
+    from labhelper.kvm import watchdog
+    alarm = signal.getsignal(signal.SIGALRM), signal.getitimer(signal.ITIMER_REAL)
     with Machine(guests.SPIN) as m:
         t0 = time.monotonic()
         r = m.run(timeout=0.35)
         assert r.stopped == "timeout" and time.monotonic() - t0 < 1.0
-        assert m.interruptions >= 3               # one per tick (0.1 s)
-    assert signal.getsignal(signal.SIGALRM) == signal.SIG_DFL          # the timer is given back
-    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        assert m.interruptions >= 3 and r.exits == 0            # one kick per tick (0.1 s)
+        assert m.run(timeout=0.15).stopped == "timeout"         # and again
+    assert signal.getsignal(watchdog.KICK_SIGNAL) is watchdog._kicked
+    assert (signal.getsignal(signal.SIGALRM), signal.getitimer(signal.ITIMER_REAL)) == alarm   # never borrowed
+
+
+@pytest.mark.parametrize("where", ["after arm", "in disarm"])
+def test_timeouts_still_work_after_an_interrupt_at_the_worst_moment(where, monkeypatch):
+    # The review's case: a KeyboardInterrupt while the timer was being set up (or put back)
+    # left later run(timeout=) calls without a timer, and a spinning guest hung the kernel.
+    from labhelper.kvm import watchdog
+    real_arm, real_disarm = watchdog.arm, watchdog.disarm
+
+    def arm_then_interrupt(vcpu, deadline=None):
+        real_arm(vcpu, deadline)
+        raise KeyboardInterrupt
+
+    def interrupt_in_disarm(vcpu):
+        raise KeyboardInterrupt                      # never disarms
+
+    if where == "after arm":
+        monkeypatch.setattr(watchdog, "arm", arm_then_interrupt)
+    else:
+        monkeypatch.setattr(watchdog, "disarm", interrupt_in_disarm)
+    m = Machine(guests.SPIN)
+    with pytest.raises(KeyboardInterrupt):
+        m.run(timeout=0.1)
+    assert m.closed
+    monkeypatch.undo()
+    with Machine(guests.SPIN) as again:
+        t0 = time.monotonic()
+        assert again.run(timeout=0.3).stopped == "timeout"
+        assert time.monotonic() - t0 < 1.0
+    real_disarm(m.vcpu)
+
+
+def test_sigint_right_after_a_timeout_still_interrupts():
+    # An interrupt must work the same on a Machine whose previous run ended by timeout.
+    m = Machine(guests.SPIN)
+    assert m.run(timeout=0.1).stopped == "timeout"
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    t0 = time.monotonic()
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            m.run()
+    finally:
+        timer.cancel()
+    assert time.monotonic() - t0 < 0.3 + 1.0 and m.closed
+
+
+def test_exit_counts_agree_everywhere():
+    with Machine(guests.serial_source(b"z" * 40)) as m:
+        first = m.run(timeout=5)
+        m.vcpu.set_immediate_exit(True)              # one EINTR: not an exit
+        assert m.vcpu.run() == kvm.Interrupted()
+        m.vcpu.set_immediate_exit(False)
+        assert m.interruptions >= 1
+        assert first.exits == 41 == m.exits == m.vcpu.exits == sum(m.counts.values())
+        assert "41 exits" in repr(m) and "41 exits" in repr(m.vcpu)
+
+
+def test_supported_cpuid_is_asked_once_per_process(monkeypatch):
+    from labhelper import syscalls
+    from labhelper.kvm import ioctls, system
+    with kvm.Kvm() as k:
+        first = k.supported_cpuid()
+    asked = []
+    real = syscalls.ioctl
+
+    def counting(fd, request, *args, **kwargs):
+        asked.append(request)
+        return real(fd, request, *args, **kwargs)
+    from labhelper.kvm import vcpu as vcpu_module
+    monkeypatch.setattr(syscalls, "ioctl", counting)
+    monkeypatch.setattr(vcpu_module, "_ioctl", counting)
+    with kvm.Kvm() as k:
+        assert k.supported_cpuid() == first
+    with Machine(guests.SERIAL_HELLO) as m:
+        assert m.run().stopped == "hlt"
+    assert ioctls.KVM_GET_SUPPORTED_CPUID not in asked and ioctls.KVM_SET_CPUID2 in asked
+    assert system._CPUID_CACHE
+
+
+def test_close_all_leaves_no_fd_and_a_closed_stepper_refuses():
+    from labhelper.kvm.stepper import Stepper
+    s = Stepper(guests.SERIAL_HELLO)
+    s.step()
+    m = Machine(guests.SERIAL_HELLO)
+    bare = kvm.Kvm()
+    vm = bare.create_vm()
+    assert len(kvm.open_fds()) >= 3 * 3
+    closed = kvm.close_all()
+    assert closed.vcpus >= 2 and closed.vms >= 3 and closed.systems >= 3, closed
+    assert kvm.open_fds() == [] and m.closed and s.machine.closed and vm.closed and bare.closed
+    with pytest.raises(LabError, match=r"closed: call reset\(\)"):
+        s.step()
+    s.reset()                                       # a fresh VM, on purpose
+    assert s.step().number == 1
+    s.close()
+
+
+@pytest.mark.parametrize("name", sorted(guests.EXPECTED))
+def test_the_notebooks_reference_outputs_are_true(name):
+    # Without /dev/kvm, chapter 02 prints guests.reference(name) instead of running the guest.
+    expected = guests.EXPECTED[name]
+    mode = "long" if name.startswith("LONG") else "real"
+    if mode == "long" and not _long_mode()[0]:
+        pytest.skip(f"this host refuses 64-bit guests: {_long_mode()[1]}")
+    with Machine(kvm.assemble(getattr(guests, name), mode=mode)) as m:
+        r = m.run()
+    assert (r.output, r.counts) == (expected.output, expected.counts)
+    if expected.reports:
+        assert r.reports == expected.reports
+    assert guests.reference(name).startswith(f"{r.exits} exits (")
+
+
+def test_an_interrupt_that_misses_kvm_run_surfaces_within_a_tick():
+    # The race the periodic kick exists for: Python has taken the SIGINT (its flag is set) but the
+    # thread running the guest was not interrupted, so KVM_RUN goes on. Here the SIGINT is sent to
+    # another thread, which catches it, exactly as if it had landed just before KVM_RUN began.
+    # Without the kick, KeyboardInterrupt would wait for the guest's next exit: the 3 s deadline.
+    def catch_sigint_here():
+        time.sleep(0.2)
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+    helper = threading.Thread(target=catch_sigint_here)
+    m = Machine(guests.SPIN)
+    t0 = time.monotonic()
+    helper.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            m.run(timeout=3.0)
+    finally:
+        helper.join()
+    took = time.monotonic() - t0
+    assert took < 0.2 + 1.0, f"the interrupt surfaced after {took:.2f} s"
+    assert m.closed

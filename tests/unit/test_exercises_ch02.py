@@ -1,4 +1,4 @@
-"""Chapter 02 exercises, the parts that need no /dev/kvm (the rest: tests/system/test_exercises_ch02.py)."""
+"""Chapter 02 exercises, the parts that need no /dev/kvm (the rest: tests/system/test_kvm_exercises_ch02.py)."""
 from __future__ import annotations
 
 import pytest
@@ -35,10 +35,22 @@ def test_q1_and_q3_report_assembler_errors():
 
 @needs_as
 def test_checks_say_when_kvm_is_missing(monkeypatch):
+    # A right answer and a wrong one: without a VM neither can be judged, and neither is "wrong".
     monkeypatch.setenv("LABHELPER_KVM_DEVICE", "/nonexistent")
-    for q, src in ((ch02.q1, guests.ADD_TWO), (ch02.q3, guests.pv_source(ch02.FAST_MESSAGE))):
+    for q, src in ((ch02.q1, guests.ADD_TWO), (ch02.q3, guests.pv_source(ch02.FAST_MESSAGE)),
+                   (ch02.q1, "    hlt\n"), (ch02.q3, guests.serial_source(ch02.FAST_MESSAGE))):
         r = q.check(src)
-        assert not r.ok and "/dev/kvm is not usable" in r.message
+        assert r.ok is None and not r, r
+        assert "/dev/kvm is not usable" in r.message and "Cannot check here" in repr(r)
+    # What needs no VM is still judged: a syntax error is wrong anywhere.
+    assert ch02.q1.check("    mov ax, [0x600\n").ok is False
+
+
+def test_checks_without_binutils_cannot_check(monkeypatch):
+    from labhelper.kvm import guests as g
+    monkeypatch.setattr(g, "tools", lambda: {"as": None, "ld": "/usr/bin/ld", "objcopy": None})
+    r = ch02.q3.check("    hlt  # a source no earlier test assembled (the assembler's cache)\n")
+    assert r.ok is None and "binutils" in r.message, r
 
 
 def test_hints_and_solutions():

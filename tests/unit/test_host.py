@@ -165,3 +165,10 @@ def test_module_loaded_but_device_missing():
     kvm = host.KvmInfo("/nonexistent/kvm", False, False, "kvm_pvm", ("hypervisor",), False,
                        "/nonexistent/kvm does not exist")
     assert host.virtualization_case(_facts(kvm=kvm)).case == "no-device"
+
+
+def test_kvm_fix_follows_the_case(capsys):
+    kvm = host.KvmInfo("/nonexistent/kvm", False, False, "kvm_pvm", ("hypervisor",), False, "absent")
+    assert not host.ready("kvm", f=_facts(kvm=kvm))
+    out = capsys.readouterr().out
+    assert "ls -l /dev/kvm" in out and "nested" not in out

@@ -185,3 +185,113 @@ def test_other_architectures_are_told_why(monkeypatch):
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
     with pytest.raises(RequirementError, match="x86 guests, and this machine is aarch64"):
         Machine(guests.Program("p", "real", 0x1000, b"\xf4"), device=NOWHERE)
+
+
+# --- failures the kernel or the VMM reports: typed, with nothing left behind --------------------
+
+def _fake_vcpu_with_page(size: int, count: int, offset: int = 4096):
+    from labhelper.kvm import structs
+    from labhelper.kvm.vcpu import Vcpu
+    run = structs.kvm_run()
+    run.exit_reason = 2
+    run.io.direction, run.io.size, run.io.port, run.io.count, run.io.data_offset = 0, size, 0x3FD, count, offset
+    page = bytearray(3 * 4096)
+    page[:len(bytes(run))] = bytes(run)
+    v = Vcpu.__new__(Vcpu)
+    v._run = page
+    return v, page
+
+
+def test_complete_io_in_wants_size_times_count_bytes():
+    v, page = _fake_vcpu_with_page(size=2, count=3)
+    with pytest.raises(ValueError, match=r"reads 6 bytes \(3 x 2\); got 2"):
+        v.complete_io_in(b"ab")
+    assert page[4096:4102] == bytes(6)                # nothing written
+    v.complete_io_in(b"abcdef")
+    assert page[4096:4102] == b"abcdef"
+
+
+def test_guest_memory_mmap_failure_is_a_syscall_error(monkeypatch):
+    import errno
+    import mmap as mmap_module
+    from labhelper.errors import SyscallError
+    from labhelper.kvm.vm import GuestMemory
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+    monkeypatch.setattr(mmap_module, "mmap", refuse)
+    with pytest.raises(SyscallError) as info:
+        GuestMemory(0, 0, 0x10000)
+    assert info.value.errno == errno.ENOMEM and info.value.call == "mmap"
+    assert "mmap(addr=NULL, length=65536, prot=PROT_READ|PROT_WRITE, flags=MAP_SHARED|MAP_ANONYMOUS" in str(info.value)
+
+
+def test_kvm_run_mmap_failure_is_a_syscall_error_and_closes_the_fd(monkeypatch):
+    import errno
+    import mmap as mmap_module
+    from labhelper.errors import SyscallError
+    from labhelper.kvm.vcpu import Vcpu
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EINVAL, "Invalid argument")
+    fd = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+    monkeypatch.setattr(mmap_module, "mmap", refuse)
+    with pytest.raises(SyscallError) as info:
+        Vcpu(None, fd, 0, 3 * 4096)
+    assert info.value.errno == errno.EINVAL and "kvm_run" in str(info.value)
+    with pytest.raises(OSError):
+        os.fstat(fd)                                  # the vCPU fd it was given is closed
+
+
+def _adopted(cls, **attrs):
+    obj = cls.__new__(cls)
+    obj._adopt(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+    for k, v in attrs.items():
+        setattr(obj, k, v)
+    return obj
+
+
+def test_close_all_closes_vcpus_then_vms_then_systems():
+    from labhelper.kvm.system import Kvm
+    from labhelper.kvm.vcpu import Vcpu
+    from labhelper.kvm.vm import Vm
+    order = []
+    system = _adopted(Kvm)
+    vm = _adopted(Vm, memory=[], vcpus=[])
+    vcpu = _adopted(Vcpu)
+    vm.vcpus.append(vcpu)
+    for obj in (system, vm, vcpu):
+        close = obj.close
+        obj.close = (lambda close=close, name=type(obj).__name__: (order.append(name), close()))
+    fds = [o._fd for o in (system, vm, vcpu)]
+    closed = kvm.close_all()
+    assert list(dict.fromkeys(order)) == ["Vcpu", "Vm", "Kvm"]     # (a VM also closes its vCPUs: idempotent)
+    assert (closed.vcpus, closed.vms, closed.systems) >= (1, 1, 1)
+    assert repr(closed).startswith("Closed(") and "vCPU(s)" in repr(closed)
+    assert system.closed and vm.closed and vcpu.closed
+    for fd in fds:
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    assert kvm.close_all() == kvm.Closed(0, 0, 0)      # nothing left: idempotent
+
+
+def test_stepper_after_close_refuses_instead_of_opening_a_new_vm():
+    from types import SimpleNamespace
+    from labhelper.errors import LabError
+    from labhelper.kvm.stepper import Stepper
+    s = Stepper(guests.Program("p", "real", 0x1000, b"\xf4"))
+    s.machine = SimpleNamespace(closed=True, close=lambda: None)
+    with pytest.raises(LabError, match=r"closed: call reset\(\)"):
+        s.step()
+    assert s.machine.closed and s.history == []
+
+
+def test_guest_cpuid_adds_the_hypervisor_bit_to_leaf_1_only():
+    from labhelper.kvm.machine import CPUID_HYPERVISOR, guest_cpuid
+    from labhelper.kvm.system import CpuidEntry
+    supported = [CpuidEntry(0, 0, 0, 0xD, 1, 2, 3), CpuidEntry(1, 0, 0, 0x906EA, 0, 0x7FFAFBFF, 0),
+                 CpuidEntry(0x40000000, 0, 0, 0x40000001, 0x4B4D564B, 0x564B4D56, 0x4D)]
+    offered = guest_cpuid(supported)
+    assert offered[1].ecx == 0x7FFAFBFF | CPUID_HYPERVISOR and offered[1].eax == 0x906EA
+    assert offered[0] == supported[0] and offered[2] == supported[2]
+    assert supported[1].ecx == 0x7FFAFBFF              # the cached table itself is untouched

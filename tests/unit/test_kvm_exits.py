@@ -106,12 +106,13 @@ def test_system_event_and_unknown():
     assert u == Unhandled(29) and u.reason == "KVM_EXIT_X86_RDMSR" and repr(u) == "Unhandled(KVM_EXIT_X86_RDMSR)"
     assert decode(page(1234)).reason == "exit 1234"
     assert exits.is_error(u)
+    assert exits.is_error(SystemEvent(2, ())), "a guest's reset/crash request ends this VMM's run"
 
 
-def test_hot_path_format_matches_the_ctypes_layout():
-    # One struct format reads exit_reason and the I/O member: its offsets must be the ABI's.
-    fmt = exits._REASON_AND_IO
-    assert fmt.size == structs.kvm_run.exit.offset + ctypes.sizeof(structs.kvm_run_io)
+def test_struct_formats_match_the_ctypes_layout():
+    # decode() reads with struct at offsets and sizes that must be the ABI's (the ctypes mirror).
+    assert exits._OFF_REASON == structs.kvm_run.exit_reason.offset and exits._REASON.size == 4
+    assert exits._IO.size == ctypes.sizeof(structs.kvm_run_io)
     assert exits._MMIO.size <= ctypes.sizeof(structs.kvm_run_mmio)
     assert exits._INTERNAL.size == ctypes.sizeof(structs.kvm_run_internal)
 

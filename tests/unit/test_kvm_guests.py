@@ -112,3 +112,13 @@ def test_no_temporary_files_left(tmp_path, monkeypatch):
     with pytest.raises(AssemblerError):
         assemble("    nope # tmp check\n")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_serial_source_refuses_an_empty_message():
+    # `loop` decrements cx before testing it: cx = 0 would mean 65,536 iterations.
+    for empty in ("", b""):
+        with pytest.raises(ValueError, match="at least one byte"):
+            guests.serial_source(empty)
+    with pytest.raises(ValueError, match="65,535"):
+        guests.serial_source(b"x" * 0x10000)
+    assert "message_end - message" in guests.serial_source("x")

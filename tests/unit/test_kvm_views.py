@@ -17,6 +17,7 @@ def test_diagrams_are_dot_sources_with_the_words_that_teach():
     assert repr(t) == "<diagram: hypervisor types>"
     pvm = diagrams.nesting("kvm_pvm")
     assert "PVM" in pvm.source and "outer hypervisor" in pvm.source
+    assert "type 2 (VirtualBox, VMware Workstation/Fusion" in pvm.source and "type 1 (Hyper-V, KVM)" in pvm.source
     bare = diagrams.nesting("kvm_intel", in_vm=False)
     assert '"outer"' not in bare.source and "VT-x" in bare.source and "nested" not in bare.source
     assert "nested" in diagrams.nesting("kvm_amd").source
