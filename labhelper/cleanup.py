@@ -120,14 +120,6 @@ class Action:
 # ---------------------------------------------------------------------------------------------
 # The census
 
-def _read(path: Path) -> str:
-    # Bytes, then os.fsdecode: a path in mountinfo or a cgroup name need not be UTF-8.
-    try:
-        return os.fsdecode(path.read_bytes())
-    except OSError:
-        return ""
-
-
 def _cgroup_dirs(fs_root: Path, mountpoint: str) -> list[str]:
     """Every directory at or below <mountpoint>/labhelper, as host paths, parents first."""
     top = fs_root / mountpoint.lstrip("/") / CGROUP_PARENT
@@ -238,7 +230,7 @@ def census(proc: Path | str = "/proc", sys_: Path | str = "/sys", netns_dir: Pat
             rec = by_key.get((kind, name))
         objects[(kind, name)] = Obj(kind, name, detail, rec.owner if rec else None, cgroups)
 
-    table = parse_mountinfo(_read(proc / "self" / "mountinfo"))
+    table = parse_mountinfo(host.read_text(proc / "self" / "mountinfo"))
     for m in table:
         if m.mountpoint.startswith(str(netns_dir) + "/"):
             continue  # a named netns is a bind mount of nsfs: counted as a netns below
@@ -271,8 +263,8 @@ def census(proc: Path | str = "/proc", sys_: Path | str = "/sys", netns_dir: Pat
     for entry in entries:
         if not entry.name.isdigit() or int(entry.name) in spared:
             continue
-        lines = [line for line in _read(Path(entry.path) / "cgroup").splitlines() if _is_lab_cgroup(line)]
-        if not lines or _is_zombie(_read(Path(entry.path) / "stat")):
+        lines = [line for line in host.read_text(Path(entry.path) / "cgroup").splitlines() if _is_lab_cgroup(line)]
+        if not lines or _is_zombie(host.read_text(Path(entry.path) / "stat")):
             continue
         where = tuple(dict.fromkeys(p for line in lines for p in _cgroup_host_paths(line, table)))
         detail = f"start={start_time(int(entry.name), str(proc))}" + (f" in {', '.join(where)}" if where else "")
@@ -369,7 +361,7 @@ def _kill(obj: Obj) -> None:
 def _wait_gone(pids: list[int], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while pids and time.monotonic() < deadline:
-        pids = [p for p in pids if os.path.exists(f"/proc/{p}") and not _is_zombie(_read(Path(f"/proc/{p}/stat")))]
+        pids = [p for p in pids if os.path.exists(f"/proc/{p}") and not _is_zombie(host.read_text(Path(f"/proc/{p}/stat")))]
         if pids:
             time.sleep(0.02)
 

@@ -98,7 +98,7 @@ class Facts:
 # ---------------------------------------------------------------------------------------------
 # Readers. Each is small and takes its root so that tests can use a fake tree.
 
-def _read(path: Path, default: str = "") -> str:
+def read_text(path: Path, default: str = "") -> str:
     # Bytes, decoded as the OS does (surrogateescape): a path with non-UTF-8 bytes anywhere on the
     # host (in mountinfo, say) must not crash the doctor.
     try:
@@ -107,7 +107,7 @@ def _read(path: Path, default: str = "") -> str:
         return default
 
 
-def _unescape(field_: str) -> str:
+def unescape_mountinfo(field_: str) -> str:
     # mountinfo writes space, tab, newline and backslash in paths as octal escapes (\040 ...).
     if "\\" not in field_:
         return field_
@@ -132,7 +132,7 @@ def cgroup_info(proc: Path | str = "/proc", fs_root: Path | str = "/") -> Cgroup
     proc, fs_root = Path(proc), Path(fs_root)
     hierarchies = []
     seen = set()
-    for line in _read(proc / "self" / "mountinfo").splitlines():
+    for line in read_text(proc / "self" / "mountinfo").splitlines():
         # "36 35 0:31 / /sys/fs/cgroup/memory rw,... shared:12 - cgroup cgroup rw,memory"
         left, sep, right = line.partition(" - ")
         if not sep:
@@ -140,7 +140,7 @@ def cgroup_info(proc: Path | str = "/proc", fs_root: Path | str = "/") -> Cgroup
         fields, rfields = left.split(), right.split()
         if len(fields) < 5 or len(rfields) < 3:
             continue
-        fstype, mountpoint = rfields[0], _unescape(fields[4])
+        fstype, mountpoint = rfields[0], unescape_mountinfo(fields[4])
         if fstype not in ("cgroup", "cgroup2") or mountpoint in seen:
             continue
         seen.add(mountpoint)
@@ -151,7 +151,7 @@ def cgroup_info(proc: Path | str = "/proc", fs_root: Path | str = "/") -> Cgroup
             ctl = tuple(o for o in opts if o not in known and not o.startswith("release_agent"))
             hierarchies.append(Hierarchy(mountpoint, 1, ctl))
         else:
-            text = _read(fs_root / mountpoint.lstrip("/") / "cgroup.controllers")
+            text = read_text(fs_root / mountpoint.lstrip("/") / "cgroup.controllers")
             hierarchies.append(Hierarchy(mountpoint, 2, tuple(text.split())))
     v1 = [h for h in hierarchies if h.version == 1]
     v2 = [h for h in hierarchies if h.version == 2]
@@ -167,7 +167,7 @@ def cgroup_info(proc: Path | str = "/proc", fs_root: Path | str = "/") -> Cgroup
 
 
 def _cpu_flags(proc: Path) -> tuple[str, ...]:
-    for line in _read(proc / "cpuinfo").splitlines():
+    for line in read_text(proc / "cpuinfo").splitlines():
         if line.startswith("flags"):
             flags = set(line.split(":", 1)[1].split())
             return tuple(sorted(flags & {"vmx", "svm", "hypervisor"}))
@@ -183,7 +183,7 @@ def kvm_info(device: str | None = None, proc: Path | str = "/proc", sys_: Path |
     flavour = next((m for m in ("kvm_intel", "kvm_amd", "kvm_pvm") if (modules / m).is_dir()), "none")
     nested = None
     if flavour in ("kvm_intel", "kvm_amd"):
-        value = _read(modules / flavour / "parameters" / "nested").strip()
+        value = read_text(modules / flavour / "parameters" / "nested").strip()
         nested = value in ("Y", "1") if value else None
     elif flavour == "kvm_pvm":
         nested = False  # PVM runs guests without hardware virtualization: no VMX to pass on
@@ -221,7 +221,7 @@ HYPERVISORS = (
 def dmi_hypervisor(sys_: Path | str = "/sys") -> str | None:
     """The hypervisor named by the firmware tables, or None (bare metal, or DMI absent)."""
     dmi = Path(sys_) / "class" / "dmi" / "id"
-    vendor = " ".join(_read(dmi / f).strip() for f in ("sys_vendor", "product_name"))
+    vendor = " ".join(read_text(dmi / f).strip() for f in ("sys_vendor", "product_name"))
     for key, name, _ in HYPERVISORS:
         if key.lower() in vendor.lower():
             return name
@@ -259,7 +259,7 @@ def facts(proc: Path | str = "/proc", sys_: Path | str = "/sys", env: dict | Non
     proc = Path(proc)
     release = platform.release()
     why = disposable_reason(env, marker)
-    userns = _read(proc / "sys" / "user" / "max_user_namespaces", "0").strip()
+    userns = read_text(proc / "sys" / "user" / "max_user_namespaces", "0").strip()
     try:
         namespaces = tuple(sorted(os.listdir(proc / "self" / "ns")))
     except OSError:
@@ -273,7 +273,7 @@ def facts(proc: Path | str = "/proc", sys_: Path | str = "/sys", env: dict | Non
         machine=platform.machine(),
         python=platform.python_version(),
         cgroup=cgroup_info(proc),
-        overlayfs="overlay" in _read(proc / "filesystems").split(),
+        overlayfs="overlay" in read_text(proc / "filesystems").split(),
         user_namespaces=userns.isdigit() and int(userns) > 0,
         namespaces=namespaces,
         kvm=kvm_info(proc=proc, sys_=sys_),

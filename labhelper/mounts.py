@@ -29,21 +29,6 @@ __all__ = ["Mount", "parse_mountinfo", "mounts", "mounts_under", "mount_tmpfs", 
 LAB_DIRS = ("/var/lib/labhelper", "/run/labhelper")
 
 
-def _unescape(text: str) -> str:
-    # Space, tab, newline and backslash in paths are written as \040, \011, \012, \134.
-    if "\\" not in text:
-        return text
-    out, i = [], 0
-    while i < len(text):
-        if text[i] == "\\" and i + 4 <= len(text) and text[i + 1:i + 4].isdigit():
-            out.append(chr(int(text[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(text[i])
-            i += 1
-    return "".join(out)
-
-
 @dataclass(frozen=True)
 class Mount:
     mount_id: int
@@ -83,8 +68,8 @@ def parse_mountinfo(text: str) -> list[Mount]:
             mount_id, parent_id = int(f[0]), int(f[1])
         except ValueError:
             continue
-        result.append(Mount(mount_id, parent_id, f[2], _unescape(f[3]), _unescape(f[4]), f[5],
-                            tuple(f[6:]), r[0], _unescape(r[1]), " ".join(r[2:])))
+        result.append(Mount(mount_id, parent_id, f[2], host.unescape_mountinfo(f[3]), host.unescape_mountinfo(f[4]), f[5],
+                            tuple(f[6:]), r[0], host.unescape_mountinfo(r[1]), " ".join(r[2:])))
     return result
 
 

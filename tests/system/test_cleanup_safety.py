@@ -16,6 +16,8 @@ import pytest
 
 from labhelper import cleanup, host, lab, mounts, process, registry, syscalls
 from labhelper.errors import LabError
+
+from conftest import tree_digest
 from labhelper.flags import CLONE_NEWNS, MountFlags
 
 
@@ -33,19 +35,6 @@ def in_scratch(fn, *args):
     return process.run_in_child(_scratch, fn, *args, unshare=CLONE_NEWNS, timeout=60)
 
 
-def _digest(path: Path) -> list:
-    return sorted((str(p.relative_to(path)), p.read_bytes() if p.is_file() else b"") for p in path.rglob("*"))
-
-
-@pytest.fixture
-def host_folder(tmp_path):
-    folder = tmp_path / "host-data"
-    (folder / "sub").mkdir(parents=True)
-    (folder / "precious.txt").write_text("the learner's work")
-    (folder / "sub" / "more.txt").write_text("more")
-    return folder
-
-
 def _remove_a_bind_mount_at_the_top(host_folder):
     top = "/var/lib/labhelper/c1/rootfs/mnt"
     os.makedirs(top)
@@ -59,9 +48,9 @@ def _remove_a_bind_mount_at_the_top(host_folder):
 
 def test_remove_tree_refuses_a_bind_mount_at_its_top(host_folder):
     # B1: the folder to remove is itself a bind mount of a host folder.
-    before = _digest(host_folder)
+    before = tree_digest(host_folder)
     assert "it is a mount point" in in_scratch(_remove_a_bind_mount_at_the_top, str(host_folder))
-    assert _digest(host_folder) == before
+    assert tree_digest(host_folder) == before
 
 
 def _mount_through_symlinks(outside):

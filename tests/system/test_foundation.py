@@ -1,5 +1,4 @@
 """The foundation against the real kernel: isolation in a child, the ledger, cleanup (R1, R2, R5-R7)."""
-import hashlib
 import os
 import shutil
 import signal
@@ -15,7 +14,7 @@ import pytest
 from labhelper import cleanup, mounts, process, registry
 from labhelper.flags import CLONE_NEWNS, CLONE_NEWUTS, MountFlags
 
-from conftest import labhelper_cli, sh
+from conftest import labhelper_cli, sh, tree_digest
 
 
 def _hostname_in_new_uts():
@@ -147,27 +146,9 @@ def test_cli_cleanup_dry_run_changes_nothing(uid):
         labhelper_cli("cleanup")
 
 
-def _tree_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(path.rglob("*")):
-        h.update(str(p.relative_to(path)).encode())
-        if p.is_file():
-            h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-@pytest.fixture
-def host_folder(tmp_path):
-    folder = tmp_path / "host-data"
-    (folder / "sub").mkdir(parents=True)
-    (folder / "precious.txt").write_text("the learner's work")
-    (folder / "sub" / "more.txt").write_text("more")
-    return folder
-
-
 def test_cleanup_never_deletes_through_a_bind_mount(uid, host_folder):
     # R5: a host folder bind-mounted inside a container's rootfs survives cleanup byte-identical.
-    digest = _tree_digest(host_folder)
+    digest = tree_digest(host_folder)
     root = Path(f"/var/lib/labhelper/test-{uid}")
     (root / "rootfs/mnt").mkdir(parents=True)
     registry.ledger().add("dir", str(root), owner="systest")
@@ -176,12 +157,12 @@ def test_cleanup_never_deletes_through_a_bind_mount(uid, host_folder):
     result = cleanup.cleanup()
     assert result.ok, result.failures
     assert not root.exists()
-    assert _tree_digest(host_folder) == digest
+    assert tree_digest(host_folder) == digest
 
 
 def test_remove_tree_stops_at_a_mount_it_was_not_told_about(uid, host_folder):
     # Even called directly, with a bind mount still in place, remove_tree refuses to cross it.
-    digest = _tree_digest(host_folder)
+    digest = tree_digest(host_folder)
     root = Path(f"/var/lib/labhelper/test-{uid}")
     (root / "rootfs/mnt").mkdir(parents=True)
     from labhelper import syscalls
@@ -189,21 +170,21 @@ def test_remove_tree_stops_at_a_mount_it_was_not_told_about(uid, host_folder):
     try:
         with pytest.raises(Exception, match="another filesystem is mounted there"):
             cleanup.remove_tree(str(root))
-        assert _tree_digest(host_folder) == digest
+        assert tree_digest(host_folder) == digest
     finally:
         mounts.unmount(str(root / "rootfs/mnt"), record=False)
         cleanup.remove_tree(str(root))
 
 
 def test_cleanup_of_a_rootfs_replaced_by_a_symlink(uid, host_folder):
-    digest = _tree_digest(host_folder)
+    digest = tree_digest(host_folder)
     root = Path(f"/var/lib/labhelper/test-{uid}")
     root.mkdir(parents=True)
     os.symlink(host_folder, root / "rootfs")
     registry.ledger().add("dir", str(root / "rootfs"), owner="systest")
     registry.ledger().add("dir", str(root), owner="systest")
     assert cleanup.cleanup().ok
-    assert not root.exists() and _tree_digest(host_folder) == digest
+    assert not root.exists() and tree_digest(host_folder) == digest
 
 
 def test_foreign_objects_survive_cleanup(uid, tmp_path):
