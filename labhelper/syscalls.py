@@ -13,6 +13,7 @@ import ctypes
 import ctypes.util
 import os
 import platform
+import sys
 
 from .errors import SyscallError
 from .flags import CloneFlags, MountFlags, Prctl, UmountFlags
@@ -175,8 +176,28 @@ def prctl(option: Prctl | int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5
 
 
 # The same libc function without argument types: ctypes then converts plain ints with the least
-# work, which matters in KVM's run loop (one ioctl per VM exit).
+# work.
 _ioctl_fast = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).ioctl
+
+
+def _ioctl_noarg_ctypes(fd: int, request: int) -> int:
+    result = _ioctl_fast(fd, request, 0)
+    if result == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return result
+
+
+# ioctl_noarg(fd, request): an ioctl whose argument is unused (KVM_RUN), raising OSError on
+# failure. It is KVM's run loop, one call per VM exit, so it takes the shortest way from Python
+# to the system call: fcntl.ioctl called with no third argument parses nothing and releases the
+# GIL, about half of what a ctypes call costs. Python 3.14 made fcntl.ioctl retry a call that
+# failed with EINTR (gh-132742) -- and an EINTR is exactly how the KVM watchdog's kick gets a vCPU
+# back, so a retried KVM_RUN would never come back. From 3.14 on, the ctypes call is used.
+if sys.version_info < (3, 14):
+    from fcntl import ioctl as ioctl_noarg
+else:
+    ioctl_noarg = _ioctl_noarg_ctypes
 
 
 def ioctl(fd: int, request: int, arg: int | ctypes.Structure | ctypes.Array | None = 0,

@@ -1,16 +1,20 @@
 /* The C reference for benchmarks/kvm_exits.py: the same guest, the same ioctls, no Python.
  *
- *   kvm_reference exits  GUEST.bin N      run the guest (an endless `out` loop) for N exits;
- *                                         prints nanoseconds per exit round trip: wall, CPU
- *   kvm_reference create GUEST.bin M      M times: open /dev/kvm, create a VM with 64 KiB, one vCPU,
- *                                         run the guest to hlt, close everything; prints
- *                                         microseconds per cycle: wall, CPU
- *   kvm_reference machine GUEST.bin M     the same, plus what labhelper.kvm.Machine adds: the vCPU
- *                                         gets the host's CPUID table (KVM_SET_CPUID2, as QEMU's
- *                                         -cpu host), asked once per process like Machine does
+ * Built by the benchmark with gcc -O2 as a shared library, and called through ctypes from the
+ * benchmark's own process, once per round (so ctypes costs nothing per exit):
  *
- * Built by the benchmark with gcc -O2 into a temporary folder. Every step mirrors what
- * labhelper.kvm does (Kvm(), create_vm(), add_memory(), create_vcpu(), real-mode sregs, run()).
+ *   kvm_reference_exits(vcpu_fd, run, n, sink)
+ *       KVM_RUN n times on a vCPU that labhelper.kvm created and set up, reading each exit as a
+ *       VMM must (reason, direction, port, size, count, and the bytes written). Python and C then
+ *       drive the *same* vCPU of the same VM, in turns: the only difference is the VMM's language.
+ *   kvm_reference_create(code, len, n, with_cpuid)
+ *       n times: open /dev/kvm, create a VM with 64 KiB, one vCPU, real-mode registers, run the
+ *       guest to hlt, close everything. with_cpuid also gives the vCPU the host's CPUID table
+ *       (KVM_SET_CPUID2, as QEMU's -cpu host), asked once per call, as labhelper.kvm.Machine does.
+ *
+ * Each returns 0, or -1 with kvm_reference_error() saying which step failed and errno kept.
+ * Every step mirrors what labhelper.kvm does (Kvm(), create_vm(), add_memory(), create_vcpu(),
+ * real-mode sregs, run()).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -21,25 +25,40 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
 #define MEM_SIZE 0x10000
 #define ORIGIN 0x1000
 #define TSS_ADDRESS 0xfffbd000
 
-static void die(const char *what) { perror(what); exit(1); }
+static char error[128];
 
-static double clock_s(clockid_t clock) {
-    struct timespec t;
-    clock_gettime(clock, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
+const char *kvm_reference_error(void) { return error; }
+
+/* Record which step failed; errno is left as the failing call set it. */
+static int fail(const char *what) {
+    int saved = errno;
+    snprintf(error, sizeof error, "%s", what);
+    errno = saved;
+    return -1;
 }
 
-/* Wall-clock time, and this thread's CPU time (guest time included): the second is less
- * disturbed by other processes on a busy machine. The benchmark prints both. */
-static double now(void) { return clock_s(CLOCK_MONOTONIC); }
-static double cpu(void) { return clock_s(CLOCK_THREAD_CPUTIME_ID); }
+int kvm_reference_exits(int vcpu, struct kvm_run *run, long n, uint8_t sink[64]) {
+    for (long i = 0; i < n; i++) {
+        if (ioctl(vcpu, KVM_RUN, 0) < 0) return fail("KVM_RUN");
+        if (run->exit_reason != KVM_EXIT_IO || run->io.direction != KVM_EXIT_IO_OUT) {
+            errno = EPROTO;
+            snprintf(error, sizeof error, "unexpected exit %u", run->exit_reason);
+            return -1;
+        }
+        /* What labhelper's IoOut carries: the port, the size, the count and a copy of the data. */
+        size_t len = (size_t)run->io.size * run->io.count;
+        if (len > 64) len = 64;
+        memcpy(sink, (uint8_t *)run + run->io.data_offset, len);
+        sink[len < 64 ? len : 63] ^= (uint8_t)run->io.port;
+    }
+    return 0;
+}
 
 struct vm {
     int kvm, vm, vcpu;
@@ -48,106 +67,82 @@ struct vm {
     int run_size;
 };
 
-static void vm_open(struct vm *v, const uint8_t *code, size_t len) {
-    v->kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-    if (v->kvm < 0) die("open /dev/kvm");
-    if (ioctl(v->kvm, KVM_GET_API_VERSION, 0) != KVM_API_VERSION) die("KVM_GET_API_VERSION");
-    v->run_size = ioctl(v->kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
-    if (v->run_size < 0) die("KVM_GET_VCPU_MMAP_SIZE");
-    v->vm = ioctl(v->kvm, KVM_CREATE_VM, 0);
-    if (v->vm < 0) die("KVM_CREATE_VM");
-    if (ioctl(v->kvm, KVM_CHECK_EXTENSION, KVM_CAP_SET_TSS_ADDR) > 0 &&
-        ioctl(v->vm, KVM_SET_TSS_ADDR, TSS_ADDRESS) < 0) die("KVM_SET_TSS_ADDR");
-    v->mem = mmap(NULL, MEM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (v->mem == MAP_FAILED) die("mmap memory");
-    struct kvm_userspace_memory_region region = {
-        .slot = 0, .guest_phys_addr = 0, .memory_size = MEM_SIZE, .userspace_addr = (uint64_t)v->mem};
-    if (ioctl(v->vm, KVM_SET_USER_MEMORY_REGION, &region) < 0) die("KVM_SET_USER_MEMORY_REGION");
-    v->vcpu = ioctl(v->vm, KVM_CREATE_VCPU, 0);
-    if (v->vcpu < 0) die("KVM_CREATE_VCPU");
-    v->run = mmap(NULL, v->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->vcpu, 0);
-    if (v->run == MAP_FAILED) die("mmap kvm_run");
-    memcpy(v->mem + ORIGIN, code, len);
-    struct kvm_sregs sregs;
-    if (ioctl(v->vcpu, KVM_GET_SREGS, &sregs) < 0) die("KVM_GET_SREGS");
-    struct kvm_segment *segs[] = {&sregs.cs, &sregs.ds, &sregs.es, &sregs.fs, &sregs.gs, &sregs.ss};
-    for (int i = 0; i < 6; i++) { segs[i]->base = 0; segs[i]->selector = 0; }
-    if (ioctl(v->vcpu, KVM_SET_SREGS, &sregs) < 0) die("KVM_SET_SREGS");
-    struct kvm_regs regs = {.rip = ORIGIN, .rsp = MEM_SIZE - 0x10, .rflags = 2};
-    if (ioctl(v->vcpu, KVM_SET_REGS, &regs) < 0) die("KVM_SET_REGS");
+static void vm_close(struct vm *v) {
+    if (v->run != MAP_FAILED) munmap(v->run, v->run_size);
+    if (v->vcpu >= 0) close(v->vcpu);
+    if (v->vm >= 0) close(v->vm);
+    if (v->mem != MAP_FAILED) munmap(v->mem, MEM_SIZE);
+    if (v->kvm >= 0) close(v->kvm);
 }
 
-/* KVM_GET_SUPPORTED_CPUID once (it is constant per host): room for n entries, more on E2BIG. */
+static int vm_open(struct vm *v, const uint8_t *code, size_t len) {
+    *v = (struct vm){.kvm = -1, .vm = -1, .vcpu = -1, .mem = MAP_FAILED, .run = MAP_FAILED};
+    v->kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
+    if (v->kvm < 0) return fail("open /dev/kvm");
+    if (ioctl(v->kvm, KVM_GET_API_VERSION, 0) != KVM_API_VERSION) return fail("KVM_GET_API_VERSION");
+    v->run_size = ioctl(v->kvm, KVM_GET_VCPU_MMAP_SIZE, 0);
+    if (v->run_size < 0) return fail("KVM_GET_VCPU_MMAP_SIZE");
+    v->vm = ioctl(v->kvm, KVM_CREATE_VM, 0);
+    if (v->vm < 0) return fail("KVM_CREATE_VM");
+    if (ioctl(v->kvm, KVM_CHECK_EXTENSION, KVM_CAP_SET_TSS_ADDR) > 0 &&
+        ioctl(v->vm, KVM_SET_TSS_ADDR, TSS_ADDRESS) < 0) return fail("KVM_SET_TSS_ADDR");
+    v->mem = mmap(NULL, MEM_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (v->mem == MAP_FAILED) return fail("mmap memory");
+    struct kvm_userspace_memory_region region = {
+        .slot = 0, .guest_phys_addr = 0, .memory_size = MEM_SIZE, .userspace_addr = (uint64_t)v->mem};
+    if (ioctl(v->vm, KVM_SET_USER_MEMORY_REGION, &region) < 0) return fail("KVM_SET_USER_MEMORY_REGION");
+    v->vcpu = ioctl(v->vm, KVM_CREATE_VCPU, 0);
+    if (v->vcpu < 0) return fail("KVM_CREATE_VCPU");
+    v->run = mmap(NULL, v->run_size, PROT_READ | PROT_WRITE, MAP_SHARED, v->vcpu, 0);
+    if (v->run == MAP_FAILED) return fail("mmap kvm_run");
+    memcpy(v->mem + ORIGIN, code, len);
+    struct kvm_sregs sregs;
+    if (ioctl(v->vcpu, KVM_GET_SREGS, &sregs) < 0) return fail("KVM_GET_SREGS");
+    struct kvm_segment *segs[] = {&sregs.cs, &sregs.ds, &sregs.es, &sregs.fs, &sregs.gs, &sregs.ss};
+    for (int i = 0; i < 6; i++) { segs[i]->base = 0; segs[i]->selector = 0; }
+    if (ioctl(v->vcpu, KVM_SET_SREGS, &sregs) < 0) return fail("KVM_SET_SREGS");
+    struct kvm_regs regs = {.rip = ORIGIN, .rsp = MEM_SIZE - 0x10, .rflags = 2};
+    if (ioctl(v->vcpu, KVM_SET_REGS, &regs) < 0) return fail("KVM_SET_REGS");
+    return 0;
+}
+
+/* KVM_GET_SUPPORTED_CPUID (constant per host): room for n entries, more on E2BIG. */
 static struct kvm_cpuid2 *supported_cpuid(void) {
     int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-    if (kvm < 0) die("open /dev/kvm");
+    if (kvm < 0) { fail("open /dev/kvm"); return NULL; }
     for (int n = 64; n <= 4096; n *= 2) {
         struct kvm_cpuid2 *c = calloc(1, sizeof *c + n * sizeof c->entries[0]);
-        if (!c) die("calloc");
+        if (!c) break;
         c->nent = n;
         if (ioctl(kvm, KVM_GET_SUPPORTED_CPUID, c) == 0) { close(kvm); return c; }
-        if (errno != E2BIG) die("KVM_GET_SUPPORTED_CPUID");
+        int saved = errno;
         free(c);
+        if (saved != E2BIG) { errno = saved; break; }
     }
-    die("KVM_GET_SUPPORTED_CPUID: too many entries");
+    fail("KVM_GET_SUPPORTED_CPUID");
+    close(kvm);
     return NULL;
 }
 
-static void vm_close(struct vm *v) {
-    munmap(v->run, v->run_size);
-    close(v->vcpu);
-    close(v->vm);
-    munmap(v->mem, MEM_SIZE);
-    close(v->kvm);
-}
-
-static size_t read_guest(const char *path, uint8_t *buf, size_t max) {
-    FILE *f = fopen(path, "rb");
-    if (!f) die(path);
-    size_t n = fread(buf, 1, max, f);
-    fclose(f);
-    return n;
-}
-
-int main(int argc, char **argv) {
-    if (argc != 4) {
-        fprintf(stderr, "usage: %s exits|create GUEST.bin COUNT\n", argv[0]);
-        return 2;
-    }
-    uint8_t code[4096];
-    size_t len = read_guest(argv[2], code, sizeof code);
-    long count = atol(argv[3]);
-    struct vm v;
-    if (strcmp(argv[1], "exits") == 0) {
-        vm_open(&v, code, len);
-        double t0 = now(), c0 = cpu();
-        for (long i = 0; i < count; i++) {
-            if (ioctl(v.vcpu, KVM_RUN, 0) < 0) die("KVM_RUN");
-            if (v.run->exit_reason != KVM_EXIT_IO || v.run->io.direction != KVM_EXIT_IO_OUT) {
-                fprintf(stderr, "unexpected exit %u\n", v.run->exit_reason);
-                return 1;
-            }
+int kvm_reference_create(const uint8_t *code, size_t len, long n, int with_cpuid) {
+    if (len > MEM_SIZE - ORIGIN) { errno = EINVAL; return fail("guest code larger than memory"); }
+    struct kvm_cpuid2 *cpuid = NULL;
+    if (with_cpuid && !(cpuid = supported_cpuid())) return -1;
+    int rc = 0;
+    for (long i = 0; i < n && rc == 0; i++) {
+        struct vm v;
+        rc = vm_open(&v, code, len);
+        if (rc == 0 && cpuid && ioctl(v.vcpu, KVM_SET_CPUID2, cpuid) < 0) rc = fail("KVM_SET_CPUID2");
+        if (rc == 0 && ioctl(v.vcpu, KVM_RUN, 0) < 0) rc = fail("KVM_RUN");
+        if (rc == 0 && v.run->exit_reason != KVM_EXIT_HLT) {
+            errno = EPROTO;
+            snprintf(error, sizeof error, "unexpected exit %u", v.run->exit_reason);
+            rc = -1;
         }
-        printf("%.1f %.1f\n", (now() - t0) / count * 1e9, (cpu() - c0) / count * 1e9);
+        int saved = errno;
         vm_close(&v);
-    } else if (strcmp(argv[1], "create") == 0 || strcmp(argv[1], "machine") == 0) {
-        struct kvm_cpuid2 *cpuid = strcmp(argv[1], "machine") == 0 ? supported_cpuid() : NULL;
-        double t0 = now(), c0 = cpu();
-        for (long i = 0; i < count; i++) {
-            vm_open(&v, code, len);
-            if (cpuid && ioctl(v.vcpu, KVM_SET_CPUID2, cpuid) < 0) die("KVM_SET_CPUID2");
-            if (ioctl(v.vcpu, KVM_RUN, 0) < 0) die("KVM_RUN");
-            if (v.run->exit_reason != KVM_EXIT_HLT) {
-                fprintf(stderr, "unexpected exit %u\n", v.run->exit_reason);
-                return 1;
-            }
-            vm_close(&v);
-        }
-        printf("%.1f %.1f\n", (now() - t0) / count * 1e6, (cpu() - c0) / count * 1e6);
-        free(cpuid);
-    } else {
-        fprintf(stderr, "unknown mode %s\n", argv[1]);
-        return 2;
+        errno = saved;
     }
-    return 0;
+    free(cpuid);
+    return rc;
 }

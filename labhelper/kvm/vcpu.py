@@ -27,13 +27,12 @@ import sys
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ctypes import get_errno
-
 from .. import syscalls
 from ..errors import LabError, SyscallError
-from ..syscalls import _ioctl_fast
+from ..syscalls import ioctl_noarg as _ioctl_noarg
 from . import ioctls, structs
-from .exits import _IO, Interrupted, decode
+from .exits import _IO, Interrupted
+from .exits import decode as _decode
 from .system import _Owner, _cpuid_bytes
 from .vm import CName
 
@@ -317,21 +316,27 @@ class Vcpu(_Owner):
         (Shutdown, FailEntry, InternalError), not as an exception. A signal gives Interrupted()
         -- unless it was SIGINT, which raises KeyboardInterrupt as usual.
         """
-        # The hot path: one call per exit. The untyped libc ioctl with plain ints (the ctypes
-        # boundary in syscalls.py) and no argument checks; errors are decoded only when it fails.
-        if _ioctl_fast(self._fd, _KVM_RUN, 0) == -1:
-            err = get_errno()
-            if err == _EINTR:
-                # A signal (or immediate_exit). Python runs a SIGINT handler at the next bytecode
-                # boundary, so a notebook interrupt surfaces as KeyboardInterrupt around here.
-                self.interruptions += 1
-                return _INTERRUPTED
-            if self._fd < 0:
-                raise LabError("this vCPU is closed",
-                               hint="create a new Machine (each `with` block closes its VM at the end)")
-            raise SyscallError("ioctl", {"fd": self._fd, "request": "KVM_RUN"}, err)
+        # The hot path: one call per exit, so as little Python as possible between two KVM_RUNs
+        # (syscalls.ioctl_noarg is the shortest way to the system call); errors are sorted out
+        # only when it fails.
+        try:
+            _ioctl_noarg(self._fd, _KVM_RUN)
+        except (OSError, ValueError) as exc:
+            return self._run_failed(exc)
         self.exits += 1
-        return decode(self._run)
+        return _decode(self._run)
+
+    def _run_failed(self, exc: Exception):
+        if isinstance(exc, OSError) and exc.errno == _EINTR:
+            # A signal (the watchdog's kick, or immediate_exit). A SIGINT's handler has already
+            # run by now and raised KeyboardInterrupt instead: a notebook interrupt propagates.
+            self.interruptions += 1
+            return _INTERRUPTED
+        if self._fd < 0:
+            raise LabError("this vCPU is closed",
+                           hint="create a new Machine (each `with` block closes its VM at the end)") from None
+        raise SyscallError("ioctl", {"fd": self._fd, "request": "KVM_RUN"},
+                           getattr(exc, "errno", 0) or 0) from None
 
     def complete_io_in(self, data: bytes) -> None:
         """Answer the last IoIn exit: the guest's ``in`` gets ``data`` when it resumes.

@@ -6,6 +6,7 @@ cycles) are tested here.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -41,6 +42,19 @@ def _no_kvm_fd_left():
     before = kvm_fds()
     yield
     assert kvm_fds() == before, "a KVM fd was left open"
+
+
+@contextlib.contextmanager
+def sigint_after(seconds: float):
+    """Send this process SIGINT after ``seconds``, as JupyterLab's interrupt button does, and
+    expect the block to raise KeyboardInterrupt (yields pytest's ExceptionInfo)."""
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt) as info:
+            yield info
+    finally:
+        timer.cancel()
 
 
 def _long_mode() -> tuple[bool, str]:
@@ -262,14 +276,9 @@ def test_spinning_guest_stops_on_timeout():
 
 def test_sigint_stops_a_spinning_guest_within_a_second_and_closes_it():
     m = Machine(guests.SPIN)
-    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
     t0 = time.monotonic()
-    timer.start()
-    try:
-        with pytest.raises(KeyboardInterrupt) as info:
-            m.run()
-    finally:
-        timer.cancel()
+    with sigint_after(0.2) as info:
+        m.run()
     took = time.monotonic() - t0
     assert took < 0.2 + 1.0, f"the interrupt took {took - 0.2:.2f} s to stop the guest"
     assert m.closed and "VM closed" in "".join(getattr(info.value, "__notes__", []))
@@ -277,13 +286,8 @@ def test_sigint_stops_a_spinning_guest_within_a_second_and_closes_it():
 
 def test_sigint_while_not_in_a_with_block_leaves_no_fd():
     before = kvm_fds()
-    timer = threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            Machine(guests.SPIN).run()
-    finally:
-        timer.cancel()
+    with sigint_after(0.1):
+        Machine(guests.SPIN).run()
     assert kvm_fds() == before
 
 
@@ -472,14 +476,9 @@ def test_sigint_right_after_a_timeout_still_interrupts():
     # An interrupt must work the same on a Machine whose previous run ended by timeout.
     m = Machine(guests.SPIN)
     assert m.run(timeout=0.1).stopped == "timeout"
-    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
     t0 = time.monotonic()
-    timer.start()
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            m.run()
-    finally:
-        timer.cancel()
+    with sigint_after(0.3):
+        m.run()
     assert time.monotonic() - t0 < 0.3 + 1.0 and m.closed
 
 
@@ -569,3 +568,50 @@ def test_an_interrupt_that_misses_kvm_run_surfaces_within_a_tick():
     took = time.monotonic() - t0
     assert took < 0.2 + 1.0, f"the interrupt surfaced after {took:.2f} s"
     assert m.closed
+
+
+@pytest.fixture(params=["fcntl", "ctypes"])
+def run_ioctl(request, monkeypatch):
+    """Both ways KVM_RUN is called (syscalls.ioctl_noarg: fcntl.ioctl before Python 3.14, ctypes
+    from 3.14 on): the same exits, interruptions and errors, whichever this Python uses."""
+    import fcntl
+
+    from labhelper import syscalls
+    from labhelper.kvm import vcpu
+    if request.param == "fcntl" and sys.version_info >= (3, 14):
+        pytest.skip("fcntl.ioctl retries EINTR from Python 3.14 on (gh-132742), so it is not used there")
+    impl = {"fcntl": fcntl.ioctl, "ctypes": syscalls._ioctl_noarg_ctypes}[request.param]
+    monkeypatch.setattr(vcpu, "_ioctl_noarg", impl)
+    return request.param
+
+
+def test_both_kvm_run_paths_exit_interrupt_and_fail_alike(run_ioctl):
+    with Machine(guests.SERIAL_HELLO) as m:
+        r = m.run()
+        expected = guests.EXPECTED["SERIAL_HELLO"]
+        assert (r.stopped, r.output, r.counts) == ("hlt", expected.output, expected.counts)
+    with Machine(guests.SPIN) as m:
+        m.vcpu.set_immediate_exit(True)
+        assert m.vcpu.run() == kvm.Interrupted() and m.vcpu.interruptions == 1 and m.vcpu.exits == 0
+        m.vcpu.set_immediate_exit(False)
+        t0 = time.monotonic()
+        assert m.run(timeout=0.25).stopped == "timeout" and time.monotonic() - t0 < 1.0
+    m = Machine(guests.SPIN)
+    with sigint_after(0.2):
+        m.run()
+    assert m.closed
+    with pytest.raises(LabError, match="vCPU is closed"):
+        m.vcpu.run()
+
+
+def test_kvm_run_on_a_wrong_fd_names_the_call(run_ioctl):
+    with Machine(guests.SERIAL_HELLO) as m:
+        real = m.vcpu._fd
+        with open(os.devnull) as null:
+            m.vcpu._fd = null.fileno()          # not a vCPU: the kernel answers ENOTTY
+            try:
+                with pytest.raises(SyscallError) as info:
+                    m.vcpu.run()
+            finally:
+                m.vcpu._fd = real
+    assert info.value.errno == errno.ENOTTY and "KVM_RUN" in str(info.value)

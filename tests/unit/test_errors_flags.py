@@ -92,3 +92,15 @@ def test_ioctl_fast_path_reports_errors():
     with pytest.raises(SyscallError) as info:
         syscalls.ioctl(999, 0x5401, 0, name="TCGETS")
     assert str(info.value).startswith("ioctl(fd=999, request='TCGETS'): EBADF")
+
+
+def test_ioctl_noarg_raises_oserror_with_the_errno():
+    # KVM_RUN's path: an OSError (EBADF here), whichever implementation this Python uses.
+    import fcntl
+    import sys
+    for impl in (syscalls.ioctl_noarg, syscalls._ioctl_noarg_ctypes):
+        with pytest.raises(OSError) as info:
+            impl(999, 0x5401)
+        assert info.value.errno == errno.EBADF
+    # fcntl.ioctl retries EINTR from Python 3.14 on, which would swallow the KVM watchdog's kick.
+    assert (syscalls.ioctl_noarg is fcntl.ioctl) == (sys.version_info < (3, 14))

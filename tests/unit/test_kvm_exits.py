@@ -12,7 +12,7 @@ from labhelper.kvm.exits import (FailEntry, Hlt, InternalError, Interrupted, IoI
 PAGE = 4096
 
 
-def page(reason: int, fill=None, extra: dict | None = None) -> bytearray:
+def page(reason: int, fill=None, extra: dict | None = None) -> bytes:
     """A fake kvm_run mapping (3 pages, like the real one) with exit_reason and a union member."""
     run = structs.kvm_run()
     run.exit_reason = reason
@@ -22,7 +22,7 @@ def page(reason: int, fill=None, extra: dict | None = None) -> bytearray:
     buf[:ctypes.sizeof(run)] = bytes(run)
     for offset, data in (extra or {}).items():
         buf[offset:offset + len(data)] = data
-    return buf
+    return bytes(buf)
 
 
 def io(direction, size, port, count, data_offset=PAGE):
@@ -111,7 +111,11 @@ def test_system_event_and_unknown():
 
 def test_struct_formats_match_the_ctypes_layout():
     # decode() reads with struct at offsets and sizes that must be the ABI's (the ctypes mirror).
-    assert exits._OFF_REASON == structs.kvm_run.exit_reason.offset and exits._REASON.size == 4
+    assert exits._OFF_REASON == structs.kvm_run.exit_reason.offset
+    # _HEAD reads exit_reason and the I/O member in one go: check it against fields set by ctypes.
+    raw = page(exits.KVM_EXIT_IO, io(1, 2, 0x3F8, 3, 0x1234))
+    assert exits._HEAD.unpack_from(raw) == (exits.KVM_EXIT_IO, 1, 2, 0x3F8, 3, 0x1234)
+    assert exits._HEAD.size == structs.kvm_run.exit.offset + ctypes.sizeof(structs.kvm_run_io)
     assert exits._IO.size == ctypes.sizeof(structs.kvm_run_io)
     assert exits._MMIO.size <= ctypes.sizeof(structs.kvm_run_mmio)
     assert exits._INTERNAL.size == ctypes.sizeof(structs.kvm_run_internal)
@@ -119,7 +123,7 @@ def test_struct_formats_match_the_ctypes_layout():
 
 def test_decode_accepts_any_buffer():
     raw = page(exits.KVM_EXIT_HLT)
-    for buf in (bytes(raw), raw, memoryview(raw)):
+    for buf in (raw, bytearray(raw), memoryview(raw)):
         assert decode(buf) == Hlt()
     with pytest.raises(Exception):
         decode(b"\0" * 10)   # too short to be a kvm_run page
