@@ -3,7 +3,9 @@
 Python's ``os`` module covers many system calls (fork, waitpid, setns, pidfd_open, ...). The ones
 it lacks (unshare with flags, mount, umount2, pivot_root, sethostname, prctl, ioctl with a
 structure, raw ``syscall(2)``) are wrapped here, and each wrapper turns a failure into a
-:class:`~labhelper.errors.SyscallError` that names the call, its arguments and the errno.
+:class:`~labhelper.errors.SyscallError` that names the call, its arguments and the errno. The
+one exception to that rule is :func:`ioctl_noarg`, KVM_RUN's path, which raises a plain OSError
+for its caller to sort out (one call per VM exit: the error handling stays off the hot path).
 
 Nothing above this module imports ctypes to *call* anything.
 """
@@ -20,7 +22,7 @@ from .flags import CloneFlags, MountFlags, Prctl, UmountFlags
 
 __all__ = [
     "SYSCALL_NUMBERS", "syscall_number", "raw_syscall", "unshare", "setns", "mount", "umount2",
-    "pivot_root", "sethostname", "prctl", "ioctl", "address_of", "check",
+    "pivot_root", "sethostname", "prctl", "ioctl", "ioctl_noarg", "address_of", "check",
 ]
 
 # use_errno=True: ctypes saves errno right after each call, so threads cannot clobber it.
