@@ -18,9 +18,12 @@ two halves of one round share the noise, so the ratio stays put where the absolu
 
 Targets (issue 4): exit round trip within 1.3x of C, create-run-close within 1.5x. Ratios of
 wall-clock time and of the thread's CPU time (guest time included) are both printed; the exit
-status judges the CPU-time ones, which other processes disturb least.
+status judges the CPU-time ones, which other processes disturb least. (CPU time is the thread's
+own: the watchdog thread of a Machine is not counted, but it sleeps through these short runs.)
+On Python 3.14 and later KVM_RUN goes through ctypes (see labhelper.syscalls.ioctl_noarg), which
+costs about 1 us more per exit.
 
-    sudo .venv/bin/python benchmarks/kvm_exits.py [--rounds 21] [--exits 5000] [--creates 50]
+    sudo .venv/bin/python benchmarks/kvm_exits.py [--rounds 31] [--exits 5000] [--creates 50]
 """
 from __future__ import annotations
 
@@ -45,12 +48,9 @@ TARGETS = {"exit round trip": 1.3, "create, objects": 1.5, "create, Machine": 1.
 UNITS = {"exit round trip": ("ns", 1e9), "create, objects": ("µs", 1e6), "create, Machine": ("µs", 1e6)}
 
 
-def build_reference(tmp: str) -> ctypes.CDLL:
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        sys.exit("skipped: gcc is not installed (apt-get install gcc libc6-dev)")
+def build_reference(tmp: str, gcc: str) -> ctypes.CDLL:
     lib = os.path.join(tmp, "libkvm_reference.so")
-    subprocess.run([gcc, "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", lib,
+    subprocess.run([gcc, "-O2", "-Wall", "-shared", "-fPIC", "-o", lib,
                     os.path.join(HERE, "c", "kvm_reference.c")], check=True)
     ref = ctypes.CDLL(lib, use_errno=True)
     ref.kvm_reference_exits.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_long, ctypes.c_char_p]
@@ -164,7 +164,7 @@ def quartiles(values):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=21)
+    ap.add_argument("--rounds", type=int, default=31)
     ap.add_argument("--exits", type=int, default=5000, help="exits per half round")
     ap.add_argument("--creates", type=int, default=50, help="create-run-close cycles per half round")
     ap.add_argument("--no-pin", action="store_true", help="do not pin the benchmark to one CPU at nice -5")
@@ -172,6 +172,11 @@ def main(argv=None) -> int:
     if args.rounds < 2:
         ap.error("--rounds must be at least 2")
     ok, why = kvm.available()
+    gcc = shutil.which("gcc")
+    if ok and gcc is None:
+        ok, why = False, "gcc is not installed (apt-get install gcc libc6-dev): no C reference"
+    if ok and not all(guests.tools().values()):
+        ok, why = False, "GNU binutils (as, ld, objcopy) is not installed: guests cannot be assembled"
     if not ok:
         print(f"skipped: {why}")
         return 0
@@ -186,7 +191,7 @@ def main(argv=None) -> int:
     halt_program = kvm.assemble("    hlt\n", name="hlt")
     results = {}
     with tempfile.TemporaryDirectory(prefix="lh-bench-") as tmp:
-        ref = build_reference(tmp)
+        ref = build_reference(tmp, gcc)
         with kvm.Kvm() as k:
             vm = k.create_vm()
             try:

@@ -192,10 +192,16 @@ def _ioctl_noarg_ctypes(fd: int, request: int) -> int:
 
 # ioctl_noarg(fd, request): an ioctl whose argument is unused (KVM_RUN), raising OSError on
 # failure. It is KVM's run loop, one call per VM exit, so it takes the shortest way from Python
-# to the system call: fcntl.ioctl called with no third argument parses nothing and releases the
-# GIL, about half of what a ctypes call costs. Python 3.14 made fcntl.ioctl retry a call that
-# failed with EINTR (gh-132742) -- and an EINTR is exactly how the KVM watchdog's kick gets a vCPU
-# back, so a retried KVM_RUN would never come back. From 3.14 on, the ctypes call is used.
+# to the system call: fcntl.ioctl called with no third argument converts the fd and the request
+# and calls ioctl() with the GIL released, where ctypes also prepares a call frame for libffi and
+# swaps errno: about half the cost. Two CPython behaviours matter here:
+# * on EINTR, fcntl.ioctl raises through PyErr_SetFromErrno, which first runs the pending signal
+#   handlers (in the main thread): a notebook's SIGINT then comes out as KeyboardInterrupt from
+#   the call itself, and the KVM watchdog's kick (a handler that does nothing) as an OSError
+#   with errno EINTR;
+# * Python 3.14 made fcntl.ioctl retry a call that failed with EINTR (gh-132742). An EINTR is
+#   exactly how the watchdog's kick gets a vCPU back, so a retried KVM_RUN would never come back:
+#   from 3.14 on, the ctypes call is used (and an exit costs about 1 us more).
 if sys.version_info < (3, 14):
     from fcntl import ioctl as ioctl_noarg
 else:

@@ -9,8 +9,9 @@
  *       drive the *same* vCPU of the same VM, in turns: the only difference is the VMM's language.
  *   kvm_reference_create(code, len, n, with_cpuid)
  *       n times: open /dev/kvm, create a VM with 64 KiB, one vCPU, real-mode registers, run the
- *       guest to hlt, close everything. with_cpuid also gives the vCPU the host's CPUID table
- *       (KVM_SET_CPUID2, as QEMU's -cpu host), asked once per call, as labhelper.kvm.Machine does.
+ *       guest to hlt, close everything. with_cpuid also gives the vCPU the host's CPUID table with
+ *       the hypervisor bit set (KVM_SET_CPUID2, as QEMU's -cpu host); the table is asked once per
+ *       process and kept, as labhelper.kvm.Machine does.
  *
  * Each returns 0, or -1 with kvm_reference_error() saying which step failed and errno kept.
  * Every step mirrors what labhelper.kvm does (Kvm(), create_vm(), add_memory(), create_vcpu(),
@@ -106,15 +107,24 @@ static int vm_open(struct vm *v, const uint8_t *code, size_t len) {
     return 0;
 }
 
-/* KVM_GET_SUPPORTED_CPUID (constant per host): room for n entries, more on E2BIG. */
+/* KVM_GET_SUPPORTED_CPUID (constant per host): room for n entries, more on E2BIG. Asked once
+ * per process and kept, like labhelper.kvm's cache, so neither side pays for it in its rounds. */
 static struct kvm_cpuid2 *supported_cpuid(void) {
+    static struct kvm_cpuid2 *kept;
+    if (kept) return kept;
     int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
     if (kvm < 0) { fail("open /dev/kvm"); return NULL; }
     for (int n = 64; n <= 4096; n *= 2) {
         struct kvm_cpuid2 *c = calloc(1, sizeof *c + n * sizeof c->entries[0]);
         if (!c) break;
         c->nent = n;
-        if (ioctl(kvm, KVM_GET_SUPPORTED_CPUID, c) == 0) { close(kvm); return c; }
+        if (ioctl(kvm, KVM_GET_SUPPORTED_CPUID, c) == 0) {
+            close(kvm);
+            /* The hypervisor bit (leaf 1, ECX bit 31), which labhelper's guest_cpuid() and QEMU set. */
+            for (unsigned i = 0; i < c->nent; i++)
+                if (c->entries[i].function == 1) c->entries[i].ecx |= 1u << 31;
+            return kept = c;
+        }
         int saved = errno;
         free(c);
         if (saved != E2BIG) { errno = saved; break; }
@@ -143,6 +153,5 @@ int kvm_reference_create(const uint8_t *code, size_t len, long n, int with_cpuid
         vm_close(&v);
         errno = saved;
     }
-    free(cpuid);
     return rc;
 }

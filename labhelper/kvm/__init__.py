@@ -23,9 +23,10 @@ Quick start::
     with kvm.Machine(kvm.guests.SERIAL_HELLO) as m:
         print(m.run())
 
-Every ioctl goes through :func:`labhelper.syscalls.ioctl` (KVM_RUN, once per exit, through its
-untyped fast twin ``syscalls._ioctl_fast``). A teardown cell calls :func:`close_all`. ``LABHELPER_KVM_DEVICE`` points at
-another device path (``/nonexistent`` pretends there is no KVM).
+Every ioctl goes through :func:`labhelper.syscalls.ioctl`, except KVM_RUN, which runs once per
+exit and takes the shorter :func:`labhelper.syscalls.ioctl_noarg`. A teardown cell calls
+:func:`close_all`. ``LABHELPER_KVM_DEVICE`` points at another device path (``/nonexistent``
+pretends there is no KVM).
 """
 from __future__ import annotations
 

@@ -305,7 +305,7 @@ class Vcpu(_Owner):
 
     def set_cpuid(self, entries) -> None:
         """KVM_SET_CPUID2: what the guest's CPUID instruction answers (a VMM decides it)."""
-        _ioctl(self.fd, ioctls.KVM_SET_CPUID2, _cpuid_bytes(list(entries)), name="KVM_SET_CPUID2")
+        _ioctl(self.fd, ioctls.KVM_SET_CPUID2, _cpuid_bytes(entries), name="KVM_SET_CPUID2")
 
     # --- running -----------------------------------------------------------------------------------
 
@@ -328,10 +328,14 @@ class Vcpu(_Owner):
 
     def _run_failed(self, exc: Exception):
         if isinstance(exc, OSError) and exc.errno == _EINTR:
-            # A signal (the watchdog's kick, or immediate_exit). A SIGINT's handler has already
-            # run by now and raised KeyboardInterrupt instead: a notebook interrupt propagates.
+            # A signal (the watchdog's kick, or immediate_exit). A signal whose handler raises
+            # does not come this way: Python runs the handlers before it builds this OSError (see
+            # syscalls.ioctl_noarg; on 3.14's ctypes path, at the next bytecode), so a notebook
+            # interrupt comes out of KVM_RUN as KeyboardInterrupt and propagates.
             self.interruptions += 1
             return _INTERRUPTED
+        if (isinstance(exc, OSError) and exc.errno is None) or (isinstance(exc, ValueError) and self._fd >= 0):
+            raise exc               # not the kernel's answer: e.g. a signal handler's TimeoutError
         if self._fd < 0:
             raise LabError("this vCPU is closed",
                            hint="create a new Machine (each `with` block closes its VM at the end)") from None

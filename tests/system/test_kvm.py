@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import faulthandler
 import os
 import signal
 import subprocess
@@ -515,6 +516,18 @@ def test_supported_cpuid_is_asked_once_per_process(monkeypatch):
     assert system._CPUID_CACHE
 
 
+def test_every_machine_offers_its_guest_the_hypervisor_leaves():
+    # The guests' CPUID table is built once per process: the second Machine must get it too.
+    from labhelper.kvm.machine import CPUID_HYPERVISOR
+    for _ in range(2):
+        with Machine(guests.CPUID_PROBE) as m:
+            leaf1_ecx, *name = m.run().reports
+        assert leaf1_ecx & CPUID_HYPERVISOR
+        assert b"".join(r.to_bytes(4, "little") for r in name).rstrip(b"\0") == b"KVMKVMKVM"
+    with Machine(guests.CPUID_PROBE, cpuid=False) as m:
+        assert not m.run().reports[0] & CPUID_HYPERVISOR        # no table given: the vCPU's empty one
+
+
 def test_close_all_leaves_no_fd_and_a_closed_stepper_refuses():
     from labhelper.kvm.stepper import Stepper
     s = Stepper(guests.SERIAL_HELLO)
@@ -584,7 +597,11 @@ def run_ioctl(request, monkeypatch):
         pytest.skip("fcntl.ioctl retries EINTR from Python 3.14 on (gh-132742), so it is not used there")
     impl = {"fcntl": fcntl.ioctl, "ctypes": syscalls._ioctl_noarg_ctypes}[request.param]
     monkeypatch.setattr(vcpu, "_ioctl_noarg", impl)
-    return request.param
+    # A path that retried EINTR would spin forever on a kicked vCPU: end the run with a traceback
+    # (and a failure) instead of hanging the whole suite.
+    faulthandler.dump_traceback_later(60, exit=True)
+    yield request.param
+    faulthandler.cancel_dump_traceback_later()
 
 
 def test_both_kvm_run_paths_exit_interrupt_and_fail_alike(run_ioctl):
@@ -604,6 +621,22 @@ def test_both_kvm_run_paths_exit_interrupt_and_fail_alike(run_ioctl):
     assert m.closed
     with pytest.raises(LabError, match="vCPU is closed"):
         m.vcpu.run()
+
+
+def test_a_signal_handlers_exception_comes_out_of_kvm_run_unchanged(run_ioctl):
+    # Not every signal is the watchdog's: an exception that another handler raises while the
+    # guest runs (here SIGALRM's) must reach the caller as itself, not as a KVM_RUN error.
+    def alarm(signum, frame):
+        raise TimeoutError("the notebook's own alarm")
+    previous = signal.signal(signal.SIGALRM, alarm)
+    try:
+        with Machine(guests.SPIN) as m:
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            with pytest.raises(TimeoutError, match="own alarm"):
+                m.run()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_kvm_run_on_a_wrong_fd_names_the_call(run_ioctl):

@@ -121,10 +121,12 @@ def test_struct_formats_match_the_ctypes_layout():
     assert exits._INTERNAL.size == ctypes.sizeof(structs.kvm_run_internal)
 
 
-def test_decode_accepts_any_buffer():
+def test_decode_reads_the_reason_from_any_buffer_and_copies_io_data_from_bytes():
     raw = page(exits.KVM_EXIT_HLT)
     for buf in (raw, bytearray(raw), memoryview(raw)):
         assert decode(buf) == Hlt()
+    out = decode(page(exits.KVM_EXIT_IO, io(1, 1, 0x3F8, 1), {PAGE: b"H"}))
+    assert type(out.data) is bytes   # from the live mmap too: a slice of an mmap is a bytes copy
     with pytest.raises(Exception):
         decode(b"\0" * 10)   # too short to be a kvm_run page
 
