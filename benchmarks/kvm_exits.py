@@ -14,7 +14,7 @@ two halves of one round share the noise, so the ratio stays put where the absolu
   run to hlt, close all -- with the bare ``Kvm``/``Vm``/``Vcpu`` objects.
 * create-run-close, Machine: the same through ``kvm.Machine(program).run()``, what the notebook
   uses: it also gives the vCPU the host's CPUID table (KVM_SET_CPUID2; the table itself is asked
-  once per process), devices, and the watchdog. C also sets the CPUID table.
+  once per process), devices, and the watchdog. C sets the same CPUID table, also asked once.
 
 Targets (issue 4): exit round trip within 1.3x of C, create-run-close within 1.5x. Ratios of
 wall-clock time and of the thread's CPU time (guest time included) are both printed; the exit
@@ -197,12 +197,12 @@ def main(argv=None) -> int:
             try:
                 vcpu = setup(vm, loop)
                 results["exit round trip"] = measure(exit_halves(ref, vcpu, args.exits), args.rounds,
-                                                     args.exits, 1e9)
+                                                     args.exits, UNITS["exit round trip"][1])
             finally:
                 vm.close()
         for name, machine in (("create, objects", False), ("create, Machine", True)):
             halves = create_halves(ref, halt_program.code, halt_program, args.creates, machine)
-            results[name] = measure(halves, args.rounds, args.creates, 1e6)
+            results[name] = measure(halves, args.rounds, args.creates, UNITS[name][1])
     from labhelper import host
     pinned = "" if args.no_pin else f", pinned to CPU {max(os.sched_getaffinity(0))}"
     print(f"KVM here: {host.kvm_info().flavour}; {args.rounds} rounds, C and Python alternating in one "
