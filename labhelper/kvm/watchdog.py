@@ -14,7 +14,8 @@ inside the guest (the signal gets it out) or it is about to go in (immediate_exi
 The VMM clears immediate_exit before it runs the guest again.
 
 The signal is a real-time signal of our own, :data:`KICK_SIGNAL`, with a handler that does nothing
-(only the EINTR matters). Its handler stays installed for the life of the process: it is
+(only the EINTR matters). The handler is installed when this module is imported from the main
+thread (or at the first run from it), and stays installed for the life of the process: it is
 harmless, and putting the default back would only reopen the window in which a late kick
 kills the process (the default action of a real-time signal is to terminate). Nothing
 process-wide is borrowed per run: no SIGALRM, no interval timer.
@@ -173,3 +174,9 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+# Python lets only the main thread install a signal handler. Install the kick's now if we can
+# (labhelper.kvm is normally imported by the notebook's main thread), so that a guest run later
+# from another thread can be kicked too: the kick goes to whichever thread runs the guest.
+if threading.current_thread() is threading.main_thread():
+    can_kick()

@@ -528,6 +528,26 @@ def test_every_machine_offers_its_guest_the_hypervisor_leaves():
         assert not m.run().reports[0] & CPUID_HYPERVISOR        # no table given: the vCPU's empty one
 
 
+def test_a_guest_run_from_another_thread_still_times_out():
+    # The kick's handler can only be installed by the main thread: importing labhelper.kvm there
+    # is enough, so a worker thread's spinning guest is still kicked at its deadline. In a fresh
+    # process, where no Machine has run yet; a hang (the old behaviour) fails by the timeout.
+    code = textwrap.dedent("""
+        import threading
+        from labhelper import kvm
+        result = []
+        def work():
+            with kvm.Machine(kvm.guests.SPIN) as m:
+                result.append(m.run(timeout=0.3).stopped)
+        t = threading.Thread(target=work, daemon=True)
+        t.start()
+        t.join(5)
+        print(result)
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.strip() == "['timeout']", (r.stdout, r.stderr)
+
+
 def test_close_all_leaves_no_fd_and_a_closed_stepper_refuses():
     from labhelper.kvm.stepper import Stepper
     s = Stepper(guests.SERIAL_HELLO)
