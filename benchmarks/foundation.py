@@ -12,10 +12,9 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from labhelper import process  # noqa: E402
+from labhelper import process, syscost  # noqa: E402
 
 
 def bare_fork() -> None:
@@ -30,12 +29,7 @@ def in_child() -> None:
 
 
 def median_us(fn, rounds: int) -> float:
-    samples = []
-    for _ in range(rounds):
-        t = time.perf_counter_ns()
-        fn()
-        samples.append(time.perf_counter_ns() - t)
-    return statistics.median(samples) / 1000
+    return syscost.measure(fn, samples=rounds, batch=1, warmup=0).median / 1000
 
 
 def import_seconds(module: str, rounds: int = 7) -> float:

@@ -113,7 +113,9 @@ def exit_halves(ref, vcpu, count: int):
     return c, python
 
 
-def create_halves(ref, code: bytes, halt_program, count: int, machine: bool):
+def create_halves(ref, program, count: int, machine: bool):
+    code = program.code
+
     def c(clock):
         with clock:
             rc = ref.kvm_reference_create(code, len(code), count, int(machine))
@@ -133,7 +135,7 @@ def create_halves(ref, code: bytes, halt_program, count: int, machine: bool):
     def with_machine(clock):
         with clock:
             for _ in range(count):
-                with kvm.Machine(halt_program) as m:
+                with kvm.Machine(program) as m:
                     r = m.run()
         assert r.stopped == "hlt", r
     return c, (with_machine if machine else objects)
@@ -201,7 +203,7 @@ def main(argv=None) -> int:
             finally:
                 vm.close()
         for name, machine in (("create, objects", False), ("create, Machine", True)):
-            halves = create_halves(ref, halt_program.code, halt_program, args.creates, machine)
+            halves = create_halves(ref, halt_program, args.creates, machine)
             results[name] = measure(halves, args.rounds, args.creates, UNITS[name][1])
     from labhelper import host
     pinned = "" if args.no_pin else f", pinned to CPU {max(os.sched_getaffinity(0))}"

@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -88,12 +87,8 @@ def cost_table(samples: int, batch: int, read_size: int) -> None:
 
 
 def _median_time(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    """Median seconds of one ``fn()`` over ``runs`` runs."""
+    return syscost.measure(fn, samples=runs, batch=1, warmup=0).median / 1e9
 
 
 def tracing_overhead(runs: int) -> None:

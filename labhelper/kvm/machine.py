@@ -230,7 +230,7 @@ class Machine:
             if cpuid:
                 # Like QEMU's "-cpu host": offer the guest what KVM supports, including the
                 # hypervisor leaves at 0x40000000 ("KVMKVMKVM").
-                self.vcpu.set_cpuid(_guest_cpuid_of(self.kvm))
+                self.vcpu.set_cpuid(guest_cpuid(self.kvm.supported_cpuid()))
             self.memory.write(program.origin, program.code)
             if self.mode == "long":
                 self._enter_long_mode(memory)
@@ -456,18 +456,6 @@ def guest_cpuid(supported) -> tuple:
     at leaf 0x40000000 for the hypervisor's name ("KVMKVMKVM") and its paravirtual features.
     """
     return tuple(e._replace_ecx(e.ecx | CPUID_HYPERVISOR) if e.function == 1 else e for e in supported)
-
-
-_GUEST_CPUID: dict[str, tuple] = {}    # device path -> guest_cpuid() of its supported table
-
-
-def _guest_cpuid_of(kvm: Kvm) -> tuple:
-    # The host's table is asked once per process (Kvm.supported_cpuid), so the guests' table
-    # built from it is the same every time too: built once, then passed as it is.
-    table = _GUEST_CPUID.get(kvm.path)
-    if table is None:
-        table = _GUEST_CPUID[kvm.path] = guest_cpuid(kvm.supported_cpuid())
-    return table
 
 
 def _check_layout(program: Program, memory: int) -> None:

@@ -16,9 +16,9 @@ import sys
 import textwrap
 import threading
 import time
-import warnings
 
 import pytest
+from forking import child_answer
 
 from labhelper import host, kvm
 from labhelper.errors import LabError, SyscallError
@@ -299,17 +299,7 @@ def test_sigint_while_not_in_a_with_block_leaves_no_fd():
 def test_no_kvm_fd_in_a_forked_child():
     with Machine(guests.SERIAL_HELLO) as m:
         assert kvm_fds()
-        r, w = os.pipe()
-        with warnings.catch_warnings():     # Python 3.12: "multi-threaded, fork() may deadlock";
-            warnings.simplefilter("ignore", DeprecationWarning)   # the child only reports and exits
-            pid = os.fork()
-        if pid == 0:
-            os.write(w, repr(kvm.open_fds()).encode())
-            os._exit(0)
-        os.close(w)
-        os.waitpid(pid, 0)
-        seen = os.read(r, 4096)
-        os.close(r)
+        seen = child_answer(lambda: repr(kvm.open_fds()).encode())
         assert seen == b"[]"
         assert m.run().stopped == "hlt"            # the parent's VM is untouched
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from forking import child_answer
 
 from labhelper import kvm
 from labhelper.errors import RequirementError
@@ -159,19 +160,14 @@ def test_fork_hook_closes_our_fds_in_the_child():
     owner = Fake()
     owner._adopt(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
     fd = owner.fd
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
+
+    def child() -> bytes:
         try:
             os.fstat(fd)
-            os.write(w, b"open")
+            return b"open"
         except OSError:
-            os.write(w, b"closed" if owner.closed else b"closed-but-not-marked")
-        os._exit(0)
-    os.close(w)
-    os.waitpid(pid, 0)
-    answer = os.read(r, 100)
-    os.close(r)
+            return b"closed" if owner.closed else b"closed-but-not-marked"
+    answer = child_answer(child)
     assert answer == b"closed"
     assert not owner.closed and os.fstat(fd)          # the parent keeps its own
     owner.close()

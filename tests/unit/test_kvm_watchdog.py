@@ -7,7 +7,8 @@ from __future__ import annotations
 import signal
 import threading
 import time
-import warnings
+
+from forking import child_answer
 
 from labhelper.kvm import watchdog
 
@@ -128,22 +129,11 @@ def test_the_watchdog_thread_blocks_signals():
 
 
 def test_after_fork_the_child_starts_afresh():
-    import os
     v = FakeVcpu()
     watchdog.arm(v)
     try:
-        r, w = os.pipe()
-        with warnings.catch_warnings():     # Python 3.12: "multi-threaded, fork() may deadlock";
-            warnings.simplefilter("ignore", DeprecationWarning)   # the child only reports and exits
-            pid = os.fork()
-        if pid == 0:
-            ok = watchdog._WATCHDOG._thread is None and watchdog._WATCHDOG._armed is None
-            os.write(w, b"fresh" if ok else b"inherited")
-            os._exit(0)
-        os.close(w)
-        os.waitpid(pid, 0)
-        answer = os.read(r, 20)
-        os.close(r)
+        answer = child_answer(lambda: b"fresh" if watchdog._WATCHDOG._thread is None
+                              and watchdog._WATCHDOG._armed is None else b"inherited")
     finally:
         watchdog.disarm(v)
     assert answer == b"fresh"
