@@ -57,7 +57,7 @@ def main() -> None:
     for module in ("labhelper", "labhelper.cli", "labhelper.cleanup"):
         s = import_seconds(module)
         print(f"{'import ' + module:40} {s * 1000:10.0f}ms {'':8} < 300 ms")
-    heavy = subprocess.run([sys.executable, "-c", "import sys, labhelper.cli, labhelper.lab, labhelper.viz; "
+    heavy = subprocess.run([sys.executable, "-c", "import sys, labhelper.cli, labhelper.teach.lab, labhelper.teach.diagrams; "
                             "print(sorted(m for m in ('pyroute2','graphviz','ipywidgets','matplotlib') if m in sys.modules))"],
                            capture_output=True, text=True, check=True).stdout.strip()
     print(f"heavy modules imported by `import labhelper.cli`: {heavy} (goal: [])")

@@ -17,8 +17,8 @@ import os
 import sys
 
 from . import cleanup as _cleanup
-from . import lab
 from .errors import LabError
+from .teach import lab
 
 __all__ = ["main"]
 

@@ -13,8 +13,8 @@ import errno as _errno
 import os
 
 __all__ = [
-    "LabError", "SyscallError", "RequirementError", "NotDisposableError",
-    "ChildError", "ChildTimeout", "LedgerError", "FaultInjected", "hint_for",
+    "LabError", "Refused", "SyscallError", "RequirementError", "NotDisposableError",
+    "ChildError", "ChildTimeout", "LedgerError", "FaultInjected", "Shown", "hint_for", "errno_name",
 ]
 
 
@@ -37,6 +37,22 @@ class LabError(Exception):
     def __reduce__(self):
         # Exceptions pickle their args only; keep the hint when a child sends us one.
         return (self.__class__, (self.message, self.hint))
+
+
+class Refused(LabError, ValueError):
+    """A request refused before any system call: bad input (a name, a size, a limit), or a path
+    or object that is not the lab's to touch. Nothing was changed.
+
+    It is also a ValueError, so ``except ValueError`` catches bad input as Python code expects.
+    """
+
+
+class Shown(str):
+    """A value shown bare in an error message: a C constant's name (``prot=PROT_READ``) or a
+    description (``buf=<buffer 64 bytes>``), instead of a quoted Python string."""
+
+    def __repr__(self) -> str:
+        return str(self)
 
 
 # Hints for (call, errno) pairs whose cause is well known. "*" matches any call.
@@ -115,6 +131,11 @@ class SyscallError(OSError):
     def __reduce__(self):
         # Keep the class and its fields across the pipe from a forked child (pickle).
         return (self.__class__, (self.call, self.arguments, self.errno, self.hint))
+
+    def with_arguments(self, **shown) -> "SyscallError":
+        """The same error with some arguments shown otherwise: a mount made on
+        ``/proc/self/fd/7`` (to pin the folder) is reported with the path the learner gave."""
+        return self.__class__(self.call, {**self.arguments, **shown}, self.errno, self.hint)
 
 
 class RequirementError(LabError):

@@ -287,31 +287,31 @@ def facts(proc: Path | str = "/proc", sys_: Path | str = "/sys", env: dict | Non
 
 @dataclass(frozen=True)
 class Need:
+    """One thing the course may need from this machine. Which chapters need it is said in the
+    chapter table (labhelper.teach.chapters), not here."""
     name: str
     what: str
-    chapters: str
     fix: str
     required: bool  # the course cannot run without it (doctor exits non-zero)
 
 
 NEEDS: dict[str, Need] = {n.name: n for n in (
-    Need("root", "root privileges", "chapters 03-08 and the live parts of 00",
+    Need("root", "root privileges",
          "run JupyterLab as root inside the lab VM (`vagrant up`), or `sudo make lab`", True),
-    Need("disposable", "a machine declared disposable", "every chapter that changes kernel state",
+    Need("disposable", "a machine declared disposable",
          f"inside a throw-away VM: `sudo mkdir -p {DISPOSABLE_MARKER.parent} && sudo touch {DISPOSABLE_MARKER}`"
          " (the lab VM has it), or set LABHELPER_DISPOSABLE=1 for one session", True),
-    Need("python", "Python 3.11 or newer", "every chapter", "use the lab VM (Python 3.12) or Debian 12", True),
-    Need("namespaces", "mnt, pid, uts, ipc, net, user and cgroup namespaces", "chapters 03, 04, 07, 08",
+    Need("python", "Python 3.11 or newer", "use the lab VM (Python 3.12) or Debian 12", True),
+    Need("namespaces", "mnt, pid, uts, ipc, net, user and cgroup namespaces",
          "use a Linux kernel >= 4.6 (the lab VM has 6.8)", True),
-    Need("cgroups", "a mounted cgroup hierarchy with controllers", "chapters 05, 07, 08",
+    Need("cgroups", "a mounted cgroup hierarchy with controllers",
          "boot with cgroups mounted (every systemd distribution does)", True),
-    Need("overlayfs", "the overlay filesystem", "chapters 06, 07", "`modprobe overlay`", True),
-    Need("userns", "user namespaces", "chapter 03 (user namespaces)",
-         "`sysctl -w user.max_user_namespaces=10000`", False),
-    Need("kvm", "a usable /dev/kvm on x86_64", "chapter 02 (its live cells explain and skip without it)",
+    Need("overlayfs", "the overlay filesystem", "`modprobe overlay`", True),
+    Need("userns", "user namespaces", "`sysctl -w user.max_user_namespaces=10000`", False),
+    Need("kvm", "a usable /dev/kvm on x86_64",
          "enable nested virtualization for the lab VM (see README, troubleshooting)", False),
-    Need("strace", "the strace program", "chapter 01 (tracing)", "`apt-get install strace` (scripts/provision.sh does it)", False),
-    Need("dot", "graphviz's dot program", "every diagram", "`apt-get install graphviz` (scripts/provision.sh does it)", False),
+    Need("strace", "the strace program", "`apt-get install strace` (scripts/provision.sh does it)", False),
+    Need("dot", "graphviz's dot program", "`apt-get install graphviz` (scripts/provision.sh does it)", False),
 )}
 
 
@@ -389,7 +389,7 @@ def require(*names: str, f: Facts | None = None) -> Facts:
     missing = [n for n in names if not _has(n, f)[0]]
     if not missing:
         return f
-    lines = [f"{NEEDS[n].what}: found {_has(n, f)[1]}; needed by {NEEDS[n].chapters}" for n in missing]
+    lines = [f"{NEEDS[n].what}: found {_has(n, f)[1]}" for n in missing]
     fixes = "; ".join(fix_for(n, f) for n in missing)
     cls = NotDisposableError if missing == ["disposable"] else RequirementError
     return_msg = "this machine lacks what this step needs:\n  - " + "\n  - ".join(lines)

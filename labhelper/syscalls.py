@@ -17,12 +17,12 @@ import os
 import platform
 import sys
 
-from .errors import SyscallError
+from .errors import Shown, SyscallError
 from .flags import CloneFlags, MountFlags, Prctl, UmountFlags
 
 __all__ = [
     "SYSCALL_NUMBERS", "syscall_number", "raw_syscall", "unshare", "setns", "mount", "umount2",
-    "pivot_root", "sethostname", "prctl", "ioctl", "ioctl_noarg", "address_of", "check",
+    "pivot_root", "sethostname", "prctl", "ioctl", "ioctl_noarg", "address_of", "check", "error",
 ]
 
 # use_errno=True: ctypes saves errno right after each call, so threads cannot clobber it.
@@ -86,21 +86,26 @@ def syscall_number(name: str, machine: str | None = None) -> int:
 def _show(value) -> object:
     # What an argument looks like in an error message: ctypes buffers by size, not by address.
     if isinstance(value, ctypes.Array):
-        return _Shown(f"<buffer {ctypes.sizeof(value)} bytes>")
+        return Shown(f"<buffer {ctypes.sizeof(value)} bytes>")
     if isinstance(value, (bytes, bytearray)) and len(value) > 40:
-        return _Shown(f"{bytes(value[:32])!r}... ({len(value)} bytes)")
+        return Shown(f"{bytes(value[:32])!r}... ({len(value)} bytes)")
     return value
 
 
-class _Shown(str):
-    def __repr__(self) -> str:
-        return str(self)
+def error(call: str, arguments: dict, err: int, hint: str | None = None) -> SyscallError:
+    """The SyscallError for ``call`` failing with ``err``: the one place where one is made.
+
+    For calls made here through ctypes, :func:`check` uses it; for calls that Python's own
+    modules make (``mmap.mmap``, ``os.open``), the caller passes the OSError's errno, so the
+    learner reads the same kind of message whichever way the call went.
+    """
+    return SyscallError(call, arguments, err, hint)
 
 
 def check(result: int, call: str, arguments: dict) -> int:
     """Raise SyscallError if a libc call returned -1; otherwise return its result."""
     if result == -1:
-        raise SyscallError(call, arguments, ctypes.get_errno())
+        raise error(call, arguments, ctypes.get_errno())
     return result
 
 
@@ -218,7 +223,7 @@ def ioctl(fd: int, request: int, arg: int | ctypes.Structure | ctypes.Array | No
         result = _ioctl_fast(fd, request, arg)
         if result != -1:
             return result
-        raise SyscallError("ioctl", {"fd": fd, "request": name or hex(request)}, ctypes.get_errno())
+        raise error("ioctl", {"fd": fd, "request": name or hex(request)}, ctypes.get_errno())
     if isinstance(arg, (ctypes.Structure, ctypes.Array, ctypes.Union)):
         carg = ctypes.c_void_p(ctypes.addressof(arg))
     else:

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Iterator, NamedTuple
 
-__all__ = ["Cost", "Costs", "measure", "measure_all", "plot", "CALLS", "ClockCheck", "clock_syscalls"]
+__all__ = ["Cost", "Costs", "measure", "measure_all", "CALLS", "ClockCheck", "clock_syscalls"]
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -122,7 +122,8 @@ CALLS: dict[str, tuple[str, bool]] = {
 
 @dataclass(frozen=True)
 class Costs:
-    """Several Costs measured in the same run, with a table, ratios and a plot."""
+    """Several Costs measured in the same run, with a table and ratios (labhelper.teach.plots
+    draws them)."""
     costs: tuple[Cost, ...]
 
     def __iter__(self) -> Iterator[Cost]:
@@ -159,9 +160,6 @@ class Costs:
             f"<td style='text-align:right'>{c.p90:.0f}</td></tr>" for c in self.costs)
         return ("<table><tr><th>call</th><th>mode</th><th>median ns</th><th>p10 ns</th>"
                 f"<th>p90 ns</th></tr>{rows}</table>")
-
-    def plot(self, title: str | None = None):
-        return plot(self, title)
 
 
 def _ctypes_pair() -> tuple[Callable[[], object], Callable[[], object]]:
@@ -219,38 +217,6 @@ def measure_all(keys: tuple[str, ...] | None = None, samples: int = 200, batch: 
     label_64k = f"read {read_size // 1024} KiB of /dev/zero" if read_size >= 1024 else f"read {read_size} B of /dev/zero"
     return Costs(tuple(Cost(k, label_64k if k == "read_64k" else CALLS[k][0], CALLS[k][1],
                             tuple(collected[k]), batch) for k in keys))
-
-
-def plot(costs: Costs, title: str | None = None):
-    """A box plot of each cost's distribution on a log scale; kernel calls in orange.
-
-    Returns a matplotlib Figure (displayed by Jupyter; nothing is left open in pyplot).
-    """
-    import matplotlib.pyplot as plt  # lazy: importing labhelper must stay fast
-
-    items = list(costs)[::-1]  # first call at the top
-    fig, ax = plt.subplots(figsize=(8, 0.55 * len(items) + 1.2))
-    data = [c.samples_ns for c in items]
-    style = dict(whis=(5, 95), showfliers=False, patch_artist=True, widths=0.6)
-    try:  # matplotlib >= 3.10 says orientation=; older ones only know vert=
-        box = ax.boxplot(data, orientation="horizontal", **style)
-    except TypeError:
-        box = ax.boxplot(data, vert=False, **style)
-    for patch, c in zip(box["boxes"], items):
-        patch.set_facecolor("#fdae6b" if c.kernel else "#9ecae1")
-    for median, c in zip(box["medians"], items):
-        median.set_color("black")
-    ax.set_yticks(range(1, len(items) + 1), [c.label for c in items])
-    ax.set_xscale("log")
-    ax.set_xlabel("nanoseconds per call (log scale); box: p25-p75, whiskers: p5-p95")
-    ax.set_title(title or "User mode (blue) vs a trip into the kernel (orange)")
-    for i, c in enumerate(items, start=1):
-        ax.annotate(f"{c.median:.0f} ns", (c.median, i), xytext=(0, 11), textcoords="offset points",
-                    ha="center", fontsize=8)
-    ax.grid(axis="x", which="both", alpha=0.3)
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
 
 
 # --- Does clock_gettime really stay in user mode here? ---

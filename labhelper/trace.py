@@ -42,8 +42,7 @@ from .errors import ChildTimeout, LabError, RequirementError
 __all__ = [
     "Record", "Trace", "Summary", "SummaryRow", "TraceError", "CommandNotFoundError",
     "trace", "trace_call", "parse", "parse_line", "merge", "summarize", "category",
-    "CATEGORIES", "CATEGORY_NAMES", "CATEGORY_COLORS", "strace_path", "strace_argv", "unescape", "layers_diagram",
-    "LAYER_PATHS",
+    "CATEGORIES", "CATEGORY_NAMES", "strace_path", "strace_argv", "unescape",
 ]
 
 STRACE_HINT = "apt-get install strace (scripts/provision.sh installs it with the other course packages)"
@@ -117,11 +116,6 @@ _CATEGORY_LISTS = {
 #: syscall name -> one of CATEGORY_NAMES (names not listed are "other": clocks, getrandom, ...)
 CATEGORIES: dict[str, str] = {name: cat for cat, names in _CATEGORY_LISTS.items()
                               for name in names.split()}
-
-
-#: one color per category, for plots and widgets
-CATEGORY_COLORS = {"file": "#4c72b0", "process": "#dd8452", "memory": "#55a868",
-                   "network": "#c44e52", "signal": "#8172b3", "other": "#937860"}
 
 
 def category(syscall: str | None) -> str:
@@ -587,36 +581,6 @@ class Summary:
     def filter(self, category: str | None = None) -> "Summary":
         _check_category(category)
         return Summary(tuple(r for r in self.rows if category in (None, r.category)), self._base)
-
-    def plot(self, top: int = 15, title: str | None = None):
-        """A bar chart: calls per system call (the ``top`` most called), colored by category,
-        and calls per category. Returns a matplotlib Figure."""
-        import matplotlib.pyplot as plt  # lazy: importing labhelper must stay fast
-        from matplotlib.patches import Patch
-
-        rows = self.sorted("calls").rows[:top][::-1]
-        fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 0.28 * max(len(rows), 6) + 1.4),
-                                     gridspec_kw={"width_ratios": [3, 1.3]})
-        ax.barh([r.syscall for r in rows], [r.calls for r in rows],
-                color=[CATEGORY_COLORS[r.category] for r in rows])
-        errs = [r.errors for r in rows]
-        if any(errs):
-            ax.barh([r.syscall for r in rows], errs, color="none", edgecolor="black", hatch="//",
-                    label="failed")
-        ax.set_xlabel("calls")
-        ax.set_title(title or f"{self.calls} system calls, {len(self)} different "
-                              f"(top {min(top, len(self))})", fontsize=10)
-        cats = self.by_category()
-        bx.bar(list(cats), list(cats.values()), color=[CATEGORY_COLORS[c] for c in cats])
-        bx.set_title("calls per category", fontsize=10)
-        bx.tick_params(axis="x", rotation=45)
-        handles = [Patch(color=CATEGORY_COLORS[c], label=c) for c in CATEGORY_NAMES if c in cats]
-        if any(errs):
-            handles.append(Patch(facecolor="none", edgecolor="black", hatch="//", label="failed"))
-        ax.legend(handles=handles, loc="lower right", fontsize=8)
-        fig.tight_layout()
-        plt.close(fig)
-        return fig
 
     def table(self) -> str:
         total = self._base or 1.0
@@ -1152,97 +1116,6 @@ def trace_call(fn: Callable, *args, timeout: float = 30.0, strsize: int = 80,
         if output is not None:
             _unlink(output)
     return result.check() if check else result
-
-
-# ---------------------------------------------------------------------------------------------
-# The layers between a program and the hardware, as a diagram
-
-#: For each highlightable path: the nodes it goes through, top to bottom, and a caption.
-LAYER_PATHS: dict[str, tuple[tuple[str, ...], str]] = {
-    "open": (("app", "libc", "entry", "vfs", "fs", "block", "driver", "disk"),
-             'Python open("/etc/hostname") -> glibc open() -> openat, system call 257 on x86_64 '
-             "-> VFS path lookup -> ext4 -> page cache or block layer -> disk driver -> disk"),
-    "getpid": (("app", "libc", "entry", "sched"),
-               "getpid() enters the kernel, reads current->tgid and returns: a mode switch, no device"),
-    "clock_gettime": (("app", "libc", "vdso"),
-                      "clock_gettime() never leaves user mode: the kernel maps the vDSO, code and "
-                      "clock data, into every process"),
-    "socket": (("app", "libc", "entry", "net", "nic_driver", "nic"),
-               "send() -> the network stack (TCP/IP) -> the NIC driver -> the network card"),
-}
-
-
-def layers_diagram(highlight: str | None = "open"):
-    """A graphviz diagram of the layers app -> libc -> system call interface -> kernel
-    subsystems -> drivers -> hardware, with the path of one call highlighted.
-
-    ``highlight`` is one of LAYER_PATHS ("open", "getpid", "clock_gettime", "socket") or None.
-    Returns a :class:`labhelper.viz.Diagram` (SVG in a notebook; ``.source`` is the DOT text).
-    """
-    import graphviz  # lazy: importing labhelper must stay fast
-
-    from .viz import Diagram  # a leaf module (it imports only errors); lazy like graphviz
-
-    if highlight is not None and highlight not in LAYER_PATHS:
-        raise ValueError(f"highlight must be one of {', '.join(LAYER_PATHS)} or None, not {highlight!r}")
-    path = LAYER_PATHS[highlight][0] if highlight else ()
-    steps = set(zip(path, path[1:]))
-    hot = "#d62728"
-    g = graphviz.Digraph("layers", graph_attr={"rankdir": "TB", "fontname": "Helvetica",
-                                               "nodesep": "0.3", "ranksep": "0.35",
-                                               "label": LAYER_PATHS[highlight][1] if highlight else "",
-                                               "labelloc": "b", "fontsize": "11"},
-                         node_attr={"shape": "box", "style": "rounded,filled", "fontname": "Helvetica",
-                                    "fontsize": "11", "fillcolor": "white"},
-                         edge_attr={"color": "#999999", "fontname": "Helvetica"})
-
-    def node(sub, key, label):
-        on = key in path
-        sub.node(key, label, color=hot if on else "#555555", penwidth="2.5" if on else "1",
-                 fillcolor="#fde0dd" if on else "white")
-
-    with g.subgraph(name="cluster_user") as u:
-        u.attr(label="user mode (ring 3 / EL0): each process in its own address space",
-               style="filled", fillcolor="#eef5ff", color="#6a8cc7", fontsize="11")
-        node(u, "app", "application\n(python3, ruby, ls)")
-        node(u, "libc", "C library (glibc)\nopen(), read(), getpid() wrappers")
-        node(u, "vdso", "vDSO\nclock_gettime() without a mode switch")
-    with g.subgraph(name="cluster_kernel") as k:
-        k.attr(label="kernel mode (ring 0 / EL1): one kernel for all processes",
-               style="filled", fillcolor="#fff4e6", color="#c98a3a", fontsize="11")
-        node(k, "entry", "system call interface\nsyscall instruction -> entry_SYSCALL_64\n-> sys_call_table[nr]")
-        node(k, "vfs", "VFS\npath lookup, file descriptors")
-        node(k, "fs", "filesystem\n(ext4, overlayfs, proc)")
-        node(k, "block", "page cache,\nblock layer")
-        node(k, "sched", "processes,\nscheduler")
-        node(k, "mm", "memory\nmanagement")
-        node(k, "net", "network stack\n(sockets, TCP/IP)")
-        node(k, "driver", "disk driver\n(NVMe, virtio-blk)")
-        node(k, "nic_driver", "network driver\n(virtio-net, e1000)")
-    with g.subgraph(name="cluster_hw") as h:
-        h.attr(label="hardware", style="filled", fillcolor="#f0f0f0", color="#888888", fontsize="11")
-        node(h, "disk", "disk")
-        node(h, "nic", "network card")
-        node(h, "cpu", "CPU, memory")
-
-    def edge(a, b, **kw):
-        on = (a, b) in steps
-        g.edge(a, b, color=hot if on else "#999999", penwidth="2.5" if on else "1", **kw)
-
-    edge("app", "libc")
-    edge("libc", "vdso")
-    edge("libc", "entry", label=" mode switch", fontsize="10", fontcolor=hot if ("libc", "entry") in steps else "#555555")
-    for sub in ("vfs", "sched", "mm", "net"):
-        edge("entry", sub)
-    edge("vfs", "fs")
-    edge("fs", "block")
-    edge("block", "driver")
-    edge("driver", "disk")
-    edge("net", "nic_driver")
-    edge("nic_driver", "nic")
-    edge("mm", "cpu")
-    edge("sched", "cpu")
-    return Diagram(f"layers, {highlight or 'no'} path highlighted", g.source)
 
 
 def _main(argv: list[str] | None = None) -> int:  # pragma: no cover - a small manual tool

@@ -13,9 +13,10 @@ Laid out like rust-vmm's kvm-ioctls, one module per level:
 ``machine``    :class:`Machine`: all of the above plus devices (serial port, paravirtual console,
                MMIO UART) and the run loop
 ``watchdog``   the thread that kicks a vCPU out of KVM_RUN (timeouts, interrupts), as KVM documents
-``stepper``    an ipywidgets panel that runs a guest one exit at a time
-``diagrams``   graphviz pictures of hypervisor types, nesting, and the exit round trip
 =============  =================================================================================
+
+Chapter 02's pictures and its step-by-step panel are on the teaching side:
+:mod:`labhelper.teach.diagrams` and :mod:`labhelper.teach.stepper`.
 
 Quick start::
 
@@ -30,7 +31,7 @@ pretends there is no KVM).
 """
 from __future__ import annotations
 
-from . import diagrams, exits, guests, ioctls, stepper, structs, watchdog
+from . import exits, guests, ioctls, structs, watchdog
 from .exits import (FailEntry, Hlt, InternalError, Interrupted, IoIn, IoOut, MmioRead, MmioWrite,
                     Shutdown)
 from .guests import Program, assemble
@@ -40,7 +41,7 @@ from .vcpu import Registers, RegisterError, Segment, SpecialRegisters, Vcpu
 from .vm import MEMORY_CAP, GuestMemory, MemoryError_, Vm
 
 __all__ = [
-    "exits", "guests", "ioctls", "structs", "stepper", "diagrams", "watchdog", "close_all", "Closed", "Kvm", "Vm", "Vcpu", "Machine", "RunResult", "Program",
+    "exits", "guests", "ioctls", "structs", "watchdog", "close_all", "Closed", "Kvm", "Vm", "Vcpu", "Machine", "RunResult", "Program",
     "assemble", "GuestError", "LongModeUnavailable", "KvmUnavailable", "MemoryError_", "RegisterError",
     "Registers", "Segment", "SpecialRegisters", "GuestMemory", "MEMORY_CAP", "DEVICE_ENV",
     "device_path", "open_fds", "available", "long_mode_check",

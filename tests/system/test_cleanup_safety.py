@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from labhelper import cleanup, host, lab, mounts, process, registry, syscalls
+from labhelper import cleanup, host, mounts, process, registry, syscalls
 from labhelper.errors import LabError
 
 from conftest import tree_digest
 from labhelper.flags import CLONE_NEWNS, MountFlags
+from labhelper.teach import lab
 
 
 
@@ -110,22 +111,22 @@ def test_unmounting_an_overlay_outside_the_lab_keeps_its_folder(tmp_path):
 
 
 def _two_kernels_of_one_chapter():
-    # Another kernel of chapter 99, alive, holding a folder; and one made by this kernel.
-    theirs, mine = "/var/lib/labhelper/ch99-theirs", "/var/lib/labhelper/ch99-mine"
+    # Another kernel of chapter 08, alive, holding a folder; and one made by this kernel.
+    theirs, mine = "/var/lib/labhelper/ch08-theirs", "/var/lib/labhelper/ch08-mine"
     code = (f"import os, time\nfrom labhelper import registry\nos.makedirs({theirs!r})\n"
-            f"registry.ledger().add('dir', {theirs!r}, owner='ch99')\nprint('ready', flush=True)\ntime.sleep(60)\n")
+            f"registry.ledger().add('dir', {theirs!r}, owner='ch08')\nprint('ready', flush=True)\ntime.sleep(60)\n")
     other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert other.stdout.readline() == "ready\n"
         os.makedirs(mine)
-        registry.ledger().add("dir", mine, owner="ch99")
-        lab.start("99")
+        registry.ledger().add("dir", mine, owner="ch08")
+        lab.start("08")
         after_first = (os.path.isdir(theirs), os.path.isdir(mine))
     finally:
         other.kill()
         other.wait()
         other.stdout.close()
-    lab.start("99")  # now the other kernel is gone: its folder is an orphan
+    lab.start("08")  # now the other kernel is gone: its folder is an orphan
     return after_first, os.path.isdir(theirs), registry.ledger().records()
 
 

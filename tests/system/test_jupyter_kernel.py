@@ -45,7 +45,7 @@ def run(kc, code, timeout=60):
 
 def test_interrupt_kills_the_child_and_leaves_nothing(kernel):
     km, kc = kernel
-    status, _ = run(kc, "import os; from labhelper import lab, process; lab.start('zz')")
+    status, _ = run(kc, "import os; from labhelper import process; from labhelper.teach import lab; lab.start('08')")
     assert status == "ok"
     long_id = kc.execute("import time; process.run_in_child(time.sleep, 60, timeout=None)")
     time.sleep(1.5)
@@ -66,12 +66,12 @@ def test_interrupt_kills_the_child_and_leaves_nothing(kernel):
 def test_restart_then_start_removes_what_the_dead_kernel_made(kernel):
     km, kc = kernel
     target = "/run/labhelper/zz-restart/m"
-    status, _ = run(kc, f"from labhelper import lab, mounts; lab.start('zz'); mounts.mount_tmpfs({target!r})")
+    status, _ = run(kc, f"from labhelper import mounts; from labhelper.teach import lab; lab.start('08'); mounts.mount_tmpfs({target!r})")
     assert status == "ok" and ("mount", target) in cleanup.census().names()
     km.restart_kernel(now=True)  # SIGKILL, as Kernel -> Restart does
     kc.wait_for_ready(timeout=60)
     assert ("mount", target) in cleanup.census().names()  # kernel objects outlive the kernel
-    status, out = run(kc, "from labhelper import lab; lab.start('zz')")
+    status, out = run(kc, "from labhelper.teach import lab; lab.start('08')")
     assert status == "ok" and "Removed" in out
     assert ("mount", target) not in cleanup.census().names()
     os.rmdir("/run/labhelper/zz-restart")

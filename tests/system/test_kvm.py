@@ -368,7 +368,7 @@ def test_immediate_exit_returns_at_once():
 
 
 def test_stepper_goes_one_exit_at_a_time():
-    from labhelper.kvm.stepper import Stepper
+    from labhelper.teach.stepper import Stepper
     with Stepper(guests.SERIAL_HELLO) as s:
         first = s.step()
         assert first.exit == kvm.IoOut(0x3F8, 1, b"H") and first.number == 1
@@ -407,7 +407,7 @@ def test_sigkill_after_each_step_leaves_nothing(step):
 
 
 def test_stepper_on_a_guest_without_exits_comes_back():
-    from labhelper.kvm.stepper import Stepper
+    from labhelper.teach.stepper import Stepper
     with Stepper(guests.SPIN, step_timeout=0.3) as s:
         t0 = time.monotonic()
         step = s.step()
@@ -543,7 +543,7 @@ def test_a_guest_run_from_another_thread_still_times_out():
 
 
 def test_close_all_leaves_no_fd_and_a_closed_stepper_refuses():
-    from labhelper.kvm.stepper import Stepper
+    from labhelper.teach.stepper import Stepper
     s = Stepper(guests.SERIAL_HELLO)
     s.step()
     m = Machine(guests.SERIAL_HELLO)

@@ -78,7 +78,8 @@ def test_measure_all_and_plot():
     with pytest.raises(ValueError, match="unknown call"):
         syscost.measure_all(keys=("teleport",))
     pytest.importorskip("matplotlib")
-    fig = costs.plot()
+    from labhelper.teach import plots
+    fig = plots.costs(costs)
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels[-1] == syscost.CALLS["python_call"][0] and len(labels) == len(costs)
 

@@ -263,7 +263,7 @@ def test_overhead_is_visible():
 
 
 def test_the_explorer_widget():
-    from labhelper.widgets import SyscallExplorer, explorer_commands
+    from labhelper.teach.widgets import SyscallExplorer, explorer_commands
 
     commands = explorer_commands()
     assert "mkdir demo" in commands and "ls /" in commands

@@ -274,7 +274,7 @@ def test_close_all_closes_vcpus_then_vms_then_systems():
 def test_stepper_after_close_refuses_instead_of_opening_a_new_vm():
     from types import SimpleNamespace
     from labhelper.errors import LabError
-    from labhelper.kvm.stepper import Stepper
+    from labhelper.teach.stepper import Stepper
     s = Stepper(guests.Program("p", "real", 0x1000, b"\xf4"))
     s.machine = SimpleNamespace(closed=True, close=lambda: None)
     with pytest.raises(LabError, match=r"closed: call reset\(\)"):

@@ -365,25 +365,3 @@ def test_strace_argv_flags():
     assert "?mmap" not in only[-1]
     with pytest.raises(ValueError, match="only= must be one of"):
         T.strace_argv("s", "o", only="disk")
-
-
-def test_layers_diagram_highlights_a_path():
-    pytest.importorskip("graphviz")
-    g = T.layers_diagram("open")
-    src = g.source
-    for layer in ("application", "C library", "system call interface", "VFS", "disk driver", "disk"):
-        assert layer in src
-    assert src.count("#d62728") >= 2 * (len(T.LAYER_PATHS["open"][0]) - 1)
-    assert "#d62728" not in T.layers_diagram(None).source
-    with pytest.raises(ValueError, match="highlight must be one of"):
-        T.layers_diagram("teleport")
-
-
-def test_summary_plot_has_one_bar_per_syscall():
-    pytest.importorskip("matplotlib")
-    s = T.summarize(load("shell_children.txt"))
-    fig = s.plot(top=8)
-    ax, bx = fig.axes
-    labels = [t.get_text() for t in ax.get_yticklabels()]
-    assert labels[::-1] == s.names()[:8]  # most called at the top
-    assert [t.get_text() for t in bx.get_xticklabels()] == list(s.by_category())

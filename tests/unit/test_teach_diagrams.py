@@ -1,14 +1,20 @@
-"""Chapter 02's diagrams and the stepper's panel, without /dev/kvm."""
+"""The course's diagrams, as DOT sources: no drawing, no root, no /dev/kvm."""
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
 
-from labhelper.kvm import diagrams, guests
-from labhelper.kvm.stepper import Stepper
+from labhelper.teach import chapters, diagrams
 
-needs_as = pytest.mark.skipif(not all(guests.tools().values()), reason="GNU binutils is not installed")
+
+def test_course_map_follows_the_chapter_table():
+    m = diagrams.course_map(done={"00"})
+    for c in chapters.CHAPTERS:
+        assert f"{c.number} {c.slug}" in m.source
+    assert m.source.count("#d4f4dd") == 1   # one chapter done
+    assert m.source.count(" -> ") == len(chapters.CHAPTERS) - 1
 
 
 def test_diagrams_are_dot_sources_with_the_words_that_teach():
@@ -27,23 +33,22 @@ def test_diagrams_are_dot_sources_with_the_words_that_teach():
     assert ev.source.count('label=" 1"') == 1 and '" 3"' in ev.source and "1 doorbell" in ev.source
 
 
-def test_importing_the_views_does_not_import_widgets_or_graphviz():
-    import subprocess
-    code = ("import sys, labhelper.kvm, labhelper.kvm.stepper, labhelper.kvm.diagrams; "
+def test_layers_diagram_highlights_a_path():
+    pytest.importorskip("graphviz")
+    g = diagrams.layers_diagram("open")
+    src = g.source
+    for layer in ("application", "C library", "system call interface", "VFS", "disk driver", "disk"):
+        assert layer in src
+    assert src.count("#d62728") >= 2 * (len(diagrams.LAYER_PATHS["open"][0]) - 1)
+    assert "#d62728" not in diagrams.layers_diagram(None).source
+    with pytest.raises(ValueError, match="highlight must be one of"):
+        diagrams.layers_diagram("teleport")
+
+
+def test_importing_the_teaching_side_does_not_import_widgets_graphviz_or_matplotlib():
+    code = ("import sys, labhelper.kvm, labhelper.teach.stepper, labhelper.teach.diagrams, labhelper.teach.plots, labhelper.teach.widgets, labhelper.teach.lab; "
             "print(sorted(m for m in ('ipywidgets', 'graphviz', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
-@needs_as
-def test_stepper_before_the_first_step_opens_nothing(monkeypatch):
-    monkeypatch.setenv("LABHELPER_KVM_DEVICE", "/nonexistent")
-    s = Stepper(guests.SERIAL_HELLO)
-    assert repr(s) == "Stepper(Program('guest', mode=real, origin=0x1000, 44 bytes), not started)"
-    page = s.panel_html()
-    assert "ready" in page and "=&gt;" in page and "0x1000" in page and "(nothing yet)" in page
-    assert s.machine is None and not s.done
-    from labhelper.kvm import KvmUnavailable
-    with pytest.raises(KvmUnavailable):
-        s.step()
-    s.close()

@@ -5,7 +5,7 @@ code and tests; its ``widget`` (ipywidgets, imported only when shown) adds three
 the exit, the registers (those that changed in bold), the listing with an arrow at ``rip``, and
 what the guest has printed so far::
 
-    from labhelper.kvm.stepper import Stepper
+    from labhelper.teach.stepper import Stepper
     s = Stepper(guests.SERIAL_HELLO)
     s            # in a notebook: the panel
     ...
@@ -20,11 +20,11 @@ import html
 from dataclasses import dataclass
 
 from ..errors import LabError
-from . import exits as ex
-from .guests import Program, assemble
-from .machine import Machine
-from .structs import REGISTER_NAMES
-from .vcpu import Registers
+from ..kvm import exits as ex
+from ..kvm.guests import Program, assemble
+from ..kvm.machine import Machine
+from ..kvm.structs import REGISTER_NAMES
+from ..kvm.vcpu import Registers
 
 __all__ = ["Step", "Stepper"]
 

@@ -1,23 +1,29 @@
 """Playgrounds for the notebooks: pick something from a list, see what the kernel did.
 
 ipywidgets and matplotlib are imported inside the functions that use them, so that
-``import labhelper.widgets`` stays cheap and works where they are not installed.
+``import labhelper.teach.widgets`` stays cheap and works where they are not installed.
+(Chapter 02's guest stepper is :mod:`labhelper.teach.stepper`.)
 
-Chapter 01: :class:`SyscallExplorer`: pick a command, see its system calls as a table and a
-bar chart, filtered by category::
+* chapter 00: :func:`chapter_explorer`: a slider over the chapters, and what this machine
+  lets each of them do;
+* chapter 01: :class:`SyscallExplorer`: pick a command, see its system calls as a table and a
+  bar chart, filtered by category::
 
-    from labhelper.widgets import SyscallExplorer
+    from labhelper.teach.widgets import SyscallExplorer
     SyscallExplorer()
 """
 from __future__ import annotations
 
+import html
 import shutil
 import sys
 import tempfile
 
-from . import trace as _trace
+from .. import trace as _trace
+from . import plots
+from .chapters import CHAPTERS
 
-__all__ = ["SyscallExplorer", "explorer_commands"]
+__all__ = ["SyscallExplorer", "explorer_commands", "chapter_explorer"]
 
 
 def explorer_commands() -> dict[str, list[str]]:
@@ -108,7 +114,7 @@ class SyscallExplorer:
                 print(f"no {cat} system calls")
                 return
             display(HTML(summary.top(self.top)._repr_html_()))
-            display(summary.plot(top=self.top, title=f"{self._dropdown.value}: "
+            display(plots.syscalls(summary, top=self.top, title=f"{self._dropdown.value}: "
                                                      f"{summary.calls} {cat or ''} system calls".replace("  ", " ")))
 
     def _ipython_display_(self):
@@ -121,6 +127,31 @@ class SyscallExplorer:
 
 
 def _html(text: str) -> str:
-    import html
-
     return html.escape(text)
+
+
+def chapter_explorer(report=None):
+    """A slider over the chapters: what each teaches, and whether this machine can run it.
+
+    ``report`` is a :func:`labhelper.teach.lab.doctor` report (made here if not given).
+    """
+    import ipywidgets as widgets  # heavy: only when the widget is shown
+
+    from .lab import doctor
+    report = report or doctor()
+    missing = {r.name for r in report.rows if not r.ok}
+    slider = widgets.IntSlider(value=0, min=0, max=len(CHAPTERS) - 1, description="chapter",
+                               continuous_update=False)
+    label = widgets.HTML()
+
+    def show(change=None):
+        c = CHAPTERS[slider.value]
+        lacking = [n for n in c.needs if n in missing]
+        state = ("runs in full" if not lacking else
+                 "explains and skips its live cells (missing: " + ", ".join(lacking) + ")")
+        label.value = (f"<b>{c.number} {html.escape(c.slug)}</b> ({html.escape(c.part)}): "
+                       f"{html.escape(c.what)}.<br>On this machine it {html.escape(state)}.")
+
+    slider.observe(show, names="value")
+    show()
+    return widgets.VBox([slider, label])

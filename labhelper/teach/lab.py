@@ -2,7 +2,7 @@
 
 Every chapter's first cell is::
 
-    from labhelper import lab
+    from labhelper.teach import lab
     lab.start("03")
 
 which makes this kernel's objects owned by "ch03" and removes what an earlier run of the same
@@ -14,23 +14,24 @@ import html
 import os
 from dataclasses import dataclass
 
-from . import cleanup, host, process
+from .. import cleanup, host, process
+from .chapters import chapter, needed_by
 
-__all__ = ["start", "doctor", "Report", "reset"]
+__all__ = ["start", "doctor", "Report", "Row", "reset"]
 
 
-def start(chapter: str) -> None:
-    """Prepare this kernel for ``chapter``: set the owner of what it creates, clean leftovers.
+def start(number: str) -> None:
+    """Prepare this kernel for chapter ``number``: set the owner of what it creates, clean leftovers.
 
     Leftovers are this chapter's objects made by this kernel (the cell run again) or by a
     kernel that is gone, and any dead kernel's objects of any chapter. Objects of another live
     kernel of the same chapter (the notebook open twice) stay: they are in use.
     """
-    owner = f"ch{chapter}"
+    owner = chapter(number).owner
     os.environ["LABHELPER_OWNER"] = owner  # forked children and subprocesses inherit it
     f = host.facts()
     if not (f.root and f.disposable):
-        print(f"Chapter {chapter}: read-only mode. Live cells that change the kernel explain and skip "
+        print(f"Chapter {number}: read-only mode. Live cells that change the kernel explain and skip "
               f"(root: {f.root}, disposable: {f.disposable_why}).")
         return
     # "This kernel" is the process whose life the objects belong to: the kernel itself, also
@@ -38,7 +39,7 @@ def start(chapter: str) -> None:
     result = cleanup.cleanup(owner=owner, orphans_only=True, created_by=process.lifetime_pid())
     orphans = cleanup.cleanup(orphans_only=True)
     removed = len(result.actions) + len(orphans.actions)
-    print(f"Chapter {chapter} is ready; this kernel's objects belong to {owner!r}."
+    print(f"Chapter {number} is ready; this kernel's objects belong to {owner!r}."
           + (f" Removed {removed} leftover object(s) of an earlier run." if removed else ""))
     for line in result.failures + orphans.failures:
         print(f"  ! {line}")
@@ -111,35 +112,6 @@ class Report:
 def doctor(f: host.Facts | None = None) -> Report:
     """What this machine offers the course, and what each missing piece means."""
     f = f or host.facts()
-    rows = tuple(Row(c.name, c.ok, c.need.required, c.found, c.need.what, c.need.chapters, host.fix_for(c.name, f))
+    rows = tuple(Row(c.name, c.ok, c.need.required, c.found, c.need.what, needed_by(c.name), host.fix_for(c.name, f))
                  for c in host.checks(f))
     return Report(rows, host.virtualization_case(f))
-
-
-def chapter_explorer(report: Report | None = None):
-    """A slider over the chapters: what each teaches, and whether this machine can run it."""
-    import ipywidgets as widgets  # heavy: only when the widget is shown
-
-    from .viz import CHAPTERS
-    report = report or doctor()
-    missing = {r.name for r in report.rows if not r.ok}
-    chapter_needs = {"00": ["root", "disposable"], "01": ["strace"], "02": ["kvm"], "03": ["root", "disposable", "namespaces"],
-                     "04": ["root", "disposable", "namespaces"], "05": ["root", "disposable", "cgroups"],
-                     "06": ["root", "disposable", "overlayfs"],
-                     "07": ["root", "disposable", "namespaces", "cgroups", "overlayfs"],
-                     "08": ["root", "disposable", "namespaces", "cgroups", "overlayfs", "kvm"]}
-    slider = widgets.IntSlider(value=0, min=0, max=len(CHAPTERS) - 1, description="chapter",
-                               continuous_update=False)
-    label = widgets.HTML()
-
-    def show(change=None):
-        num, slug, what, part = CHAPTERS[slider.value]
-        lacking = [n for n in chapter_needs[num] if n in missing]
-        state = ("runs in full" if not lacking else
-                 "explains and skips its live cells (missing: " + ", ".join(lacking) + ")")
-        label.value = (f"<b>{num} {html.escape(slug)}</b> ({html.escape(part)}): {html.escape(what)}.<br>"
-                       f"On this machine it {html.escape(state)}.")
-
-    slider.observe(show, names="value")
-    show()
-    return widgets.VBox([slider, label])

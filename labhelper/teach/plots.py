@@ -1,0 +1,78 @@
+"""The course's charts, drawn with matplotlib from the data the concept modules return.
+
+matplotlib is imported inside each function: ``import labhelper.teach.plots`` stays cheap.
+Each function returns a Figure (Jupyter displays it) and leaves nothing open in pyplot.
+
+* :func:`syscalls`: a ``strace -c`` summary as bars, coloured by category (chapter 01)
+* :func:`costs`: what calls cost, as distributions on a log scale (chapters 01 and 02)
+"""
+from __future__ import annotations
+
+from ..syscost import Costs
+from ..trace import CATEGORY_NAMES, Summary
+
+__all__ = ["CATEGORY_COLORS", "syscalls", "costs"]
+
+#: one colour per system call category, for every chart and widget
+CATEGORY_COLORS = {"file": "#4c72b0", "process": "#dd8452", "memory": "#55a868",
+                   "network": "#c44e52", "signal": "#8172b3", "other": "#937860"}
+
+
+def syscalls(summary: Summary, top: int = 15, title: str | None = None):
+    """A bar chart: calls per system call (the ``top`` most called), coloured by category,
+    and calls per category."""
+    import matplotlib.pyplot as plt  # lazy: importing labhelper must stay fast
+    from matplotlib.patches import Patch
+
+    rows = summary.sorted("calls").rows[:top][::-1]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 0.28 * max(len(rows), 6) + 1.4),
+                                 gridspec_kw={"width_ratios": [3, 1.3]})
+    ax.barh([r.syscall for r in rows], [r.calls for r in rows],
+            color=[CATEGORY_COLORS[r.category] for r in rows])
+    errs = [r.errors for r in rows]
+    if any(errs):
+        ax.barh([r.syscall for r in rows], errs, color="none", edgecolor="black", hatch="//",
+                label="failed")
+    ax.set_xlabel("calls")
+    ax.set_title(title or f"{summary.calls} system calls, {len(summary)} different "
+                          f"(top {min(top, len(summary))})", fontsize=10)
+    cats = summary.by_category()
+    bx.bar(list(cats), list(cats.values()), color=[CATEGORY_COLORS[c] for c in cats])
+    bx.set_title("calls per category", fontsize=10)
+    bx.tick_params(axis="x", rotation=45)
+    handles = [Patch(color=CATEGORY_COLORS[c], label=c) for c in CATEGORY_NAMES if c in cats]
+    if any(errs):
+        handles.append(Patch(facecolor="none", edgecolor="black", hatch="//", label="failed"))
+    ax.legend(handles=handles, loc="lower right", fontsize=8)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def costs(measured: Costs, title: str | None = None):
+    """A box plot of each cost's distribution on a log scale; kernel calls in orange."""
+    import matplotlib.pyplot as plt  # lazy: importing labhelper must stay fast
+
+    items = list(measured)[::-1]  # first call at the top
+    fig, ax = plt.subplots(figsize=(8, 0.55 * len(items) + 1.2))
+    data = [c.samples_ns for c in items]
+    style = dict(whis=(5, 95), showfliers=False, patch_artist=True, widths=0.6)
+    try:  # matplotlib >= 3.10 says orientation=; older ones only know vert=
+        box = ax.boxplot(data, orientation="horizontal", **style)
+    except TypeError:
+        box = ax.boxplot(data, vert=False, **style)
+    for patch, c in zip(box["boxes"], items):
+        patch.set_facecolor("#fdae6b" if c.kernel else "#9ecae1")
+    for median in box["medians"]:
+        median.set_color("black")
+    ax.set_yticks(range(1, len(items) + 1), [c.label for c in items])
+    ax.set_xscale("log")
+    ax.set_xlabel("nanoseconds per call (log scale); box: p25-p75, whiskers: p5-p95")
+    ax.set_title(title or "User mode (blue) vs a trip into the kernel (orange)")
+    for i, c in enumerate(items, start=1):
+        ax.annotate(f"{c.median:.0f} ns", (c.median, i), xytext=(0, 11), textcoords="offset points",
+                    ha="center", fontsize=8)
+    ax.grid(axis="x", which="both", alpha=0.3)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig

@@ -1,0 +1,23 @@
+"""Chapter 02's stepper and its panel, without /dev/kvm."""
+from __future__ import annotations
+
+import pytest
+
+from labhelper.kvm import guests
+from labhelper.teach.stepper import Stepper
+
+needs_as = pytest.mark.skipif(not all(guests.tools().values()), reason="GNU binutils is not installed")
+
+
+@needs_as
+def test_stepper_before_the_first_step_opens_nothing(monkeypatch):
+    monkeypatch.setenv("LABHELPER_KVM_DEVICE", "/nonexistent")
+    s = Stepper(guests.SERIAL_HELLO)
+    assert repr(s) == "Stepper(Program('guest', mode=real, origin=0x1000, 44 bytes), not started)"
+    page = s.panel_html()
+    assert "ready" in page and "=&gt;" in page and "0x1000" in page and "(nothing yet)" in page
+    assert s.machine is None and not s.done
+    from labhelper.kvm import KvmUnavailable
+    with pytest.raises(KvmUnavailable):
+        s.step()
+    s.close()
