@@ -16,7 +16,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import procfs
 from .errors import NotDisposableError, RequirementError
+from .procfs import read_text
 
 __all__ = [
     "Hierarchy", "CgroupInfo", "KvmInfo", "Facts", "facts", "require", "ready", "guard",
@@ -98,32 +100,6 @@ class Facts:
 # ---------------------------------------------------------------------------------------------
 # Readers. Each is small and takes its root so that tests can use a fake tree.
 
-def read_text(path: Path, default: str = "") -> str:
-    # Bytes, decoded as the OS does (surrogateescape): a path with non-UTF-8 bytes anywhere on the
-    # host (in mountinfo, say) must not crash the doctor.
-    try:
-        return os.fsdecode(path.read_bytes())
-    except OSError:
-        return default
-
-
-def unescape_mountinfo(field_: str) -> str:
-    # mountinfo writes space, tab, newline and backslash in paths as octal escapes (\040 ...).
-    if "\\" not in field_:
-        return field_
-    raw = os.fsencode(field_)
-    out = bytearray()
-    i = 0
-    while i < len(raw):
-        if raw[i:i + 1] == b"\\" and raw[i + 1:i + 4].isdigit() and len(raw[i + 1:i + 4]) == 3:
-            out.append(int(raw[i + 1:i + 4], 8))
-            i += 4
-        else:
-            out.append(raw[i])
-            i += 1
-    return os.fsdecode(bytes(out))
-
-
 def cgroup_info(proc: Path | str = "/proc", fs_root: Path | str = "/") -> CgroupInfo:
     """Find every mounted cgroup hierarchy from /proc/self/mountinfo and say which mode this is.
 
@@ -132,27 +108,20 @@ def cgroup_info(proc: Path | str = "/proc", fs_root: Path | str = "/") -> Cgroup
     proc, fs_root = Path(proc), Path(fs_root)
     hierarchies = []
     seen = set()
-    for line in read_text(proc / "self" / "mountinfo").splitlines():
-        # "36 35 0:31 / /sys/fs/cgroup/memory rw,... shared:12 - cgroup cgroup rw,memory"
-        left, sep, right = line.partition(" - ")
-        if not sep:
+    for m in procfs.mountinfo(proc):
+        if m.fstype not in ("cgroup", "cgroup2") or m.mountpoint in seen:
             continue
-        fields, rfields = left.split(), right.split()
-        if len(fields) < 5 or len(rfields) < 3:
-            continue
-        fstype, mountpoint = rfields[0], unescape_mountinfo(fields[4])
-        if fstype not in ("cgroup", "cgroup2") or mountpoint in seen:
-            continue
-        seen.add(mountpoint)
-        if fstype == "cgroup":
-            opts = rfields[2].split(",")
+        seen.add(m.mountpoint)
+        if m.fstype == "cgroup":
+            # "36 35 0:31 / /sys/fs/cgroup/memory rw,... - cgroup cgroup rw,memory": the
+            # controllers are among the superblock options.
             known = {"rw", "ro", "nosuid", "nodev", "noexec", "relatime", "noatime", "xattr",
                      "clone_children", "cpuset_v2_mode", "noprefix", "favordynmods"}
-            ctl = tuple(o for o in opts if o not in known and not o.startswith("release_agent"))
-            hierarchies.append(Hierarchy(mountpoint, 1, ctl))
+            ctl = tuple(o for o in m.super_options.split(",") if o not in known and not o.startswith("release_agent"))
+            hierarchies.append(Hierarchy(m.mountpoint, 1, ctl))
         else:
-            text = read_text(fs_root / mountpoint.lstrip("/") / "cgroup.controllers")
-            hierarchies.append(Hierarchy(mountpoint, 2, tuple(text.split())))
+            text = read_text(fs_root / m.mountpoint.lstrip("/") / "cgroup.controllers")
+            hierarchies.append(Hierarchy(m.mountpoint, 2, tuple(text.split())))
     v1 = [h for h in hierarchies if h.version == 1]
     v2 = [h for h in hierarchies if h.version == 2]
     if v1 and v2:
@@ -235,11 +204,12 @@ def _nested_fix(hypervisor: str | None) -> str:
     return "enable nested virtualization in the hypervisor that runs this VM (README, troubleshooting)"
 
 
-def disposable_reason(env: dict | None = None, marker: Path | str = DISPOSABLE_MARKER) -> str | None:
+def disposable_reason(env: dict | None = None, marker: Path | str | None = None) -> str | None:
     """Why this machine counts as disposable, or None if it does not."""
     env = os.environ if env is None else env
     if env.get("LABHELPER_DISPOSABLE") == "1":
         return "LABHELPER_DISPOSABLE=1 is set"
+    marker = DISPOSABLE_MARKER if marker is None else marker   # looked up now: tests replace it
     if Path(marker).is_file():
         return f"{marker} exists"
     return None
@@ -254,7 +224,7 @@ def _kernel_version(release: str) -> tuple[int, int]:
 
 
 def facts(proc: Path | str = "/proc", sys_: Path | str = "/sys", env: dict | None = None,
-          marker: Path | str = DISPOSABLE_MARKER) -> Facts:
+          marker: Path | str | None = None) -> Facts:
     """Gather every fact at once (a few ms: it only reads small files)."""
     proc = Path(proc)
     release = platform.release()
@@ -396,7 +366,7 @@ def require(*names: str, f: Facts | None = None) -> Facts:
     raise cls(return_msg, hint=fixes, missing=tuple(missing))
 
 
-def guard(action: str, env: dict | None = None, marker: Path | str = DISPOSABLE_MARKER) -> None:
+def guard(action: str, env: dict | None = None, marker: Path | str | None = None) -> None:
     """The safety guard: refuse a privileged ``action`` unless the machine is disposable.
 
     labhelper changes kernel state as root (mounts, cgroups, network devices). On a laptop or a

@@ -1,123 +1,49 @@
-"""Mounts: a /proc/self/mountinfo parser and small mount helpers.
+"""Mounts and lab folders: mount, unmount, and remove, never through a symlink or across a mount.
 
-mountinfo (proc(5)) has one line per mount in this process's mount namespace::
+Every mount and folder labhelper makes lies below a lab folder (marks.LAB_DIRS). Three rules
+keep the host safe while doing that as root:
 
-    36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw,errors=continue
-    (1)(2)(3)   (4)   (5)      (6)     (7)   (8) (9)   (10)         (11)
+* never follow a symlink below a lab folder: a path is walked one component at a time, each
+  opened with O_NOFOLLOW relative to its parent (:func:`open_lab_dir`), and a mount is made on
+  the opened folder (``/proc/self/fd/N``), not on the path again;
+* never unmount through a symlink (UMOUNT_NOFOLLOW), and unmount lazily (MNT_DETACH): the mount
+  disappears from the tree at once, the kernel frees it when its last user is gone
+  (:func:`detach`, the one place that unmounts);
+* never delete across a mount: a folder is emptied by file descriptor, and a directory on
+  another mount than its parent (a bind mount of a host folder, say) stops the removal
+  (:func:`remove_tree`).
 
-(1) mount id, (2) parent id, (3) major:minor, (4) root of the mount within its filesystem,
-(5) mount point, (6) per-mount options, (7) optional fields such as ``shared:N`` (zero or more),
-(8) a separator ``-``, (9) filesystem type, (10) source, (11) per-superblock options.
+The mount table is read from /proc/self/mountinfo (:func:`labhelper.procfs.mountinfo`).
+Mounts and folders are lab objects of kinds "mount" and "dir" (marks.KINDS): their census and
+removal are here too (:func:`find_mounts`, :func:`remove_mount`, :func:`find_dirs`,
+:func:`remove_dir`).
 """
 from __future__ import annotations
 
 import errno
 import os
 import stat
-from dataclasses import dataclass
-from pathlib import Path
 
-from . import host, syscalls
-from .errors import LabError, SyscallError
+from . import marks, procfs, registry, syscalls
+from .errors import LabError, Refused, SyscallError
 from .flags import MountFlags, UmountFlags
+from .procfs import Mount
 from .registry import fault_point, ledger
 
-__all__ = ["Mount", "parse_mountinfo", "mounts", "mounts_under", "mount_tmpfs", "unmount", "LAB_DIRS",
-           "read_mountinfo", "open_lab_dir", "mnt_id", "is_under"]
-
-# Everything we mount lives under these folders (our mark on mounts).
-LAB_DIRS = ("/var/lib/labhelper", "/run/labhelper")
-
-
-@dataclass(frozen=True)
-class Mount:
-    mount_id: int
-    parent_id: int
-    device: str
-    root: str
-    mountpoint: str
-    options: str
-    propagation: tuple[str, ...]
-    fstype: str
-    source: str
-    super_options: str
-
-    @property
-    def upperdir(self) -> str | None:
-        """For an overlay mount, its upper directory (where writes land)."""
-        for opt in self.super_options.split(","):
-            if opt.startswith("upperdir="):
-                return opt[len("upperdir="):]
-        return None
-
-    def __repr__(self) -> str:
-        return f"Mount({self.fstype} on {self.mountpoint})"
-
-
-def parse_mountinfo(text: str) -> list[Mount]:
-    """Parse mountinfo text; lines that do not fit the format are skipped."""
-    result = []
-    for line in text.splitlines():
-        left, sep, right = line.partition(" - ")
-        if not sep:
-            continue
-        f, r = left.split(" "), right.split(" ")
-        if len(f) < 6 or len(r) < 3:
-            continue
-        try:
-            mount_id, parent_id = int(f[0]), int(f[1])
-        except ValueError:
-            continue
-        result.append(Mount(mount_id, parent_id, f[2], host.unescape_mountinfo(f[3]), host.unescape_mountinfo(f[4]), f[5],
-                            tuple(f[6:]), r[0], host.unescape_mountinfo(r[1]), " ".join(r[2:])))
-    return result
-
-
-def read_mountinfo(proc: Path | str = "/proc", pid: str = "self") -> str:
-    """The mountinfo text. Read as bytes: a mount point is any byte string the kernel accepts,
-    not necessarily UTF-8; os.fsdecode keeps such bytes as lone surrogates (surrogateescape),
-    so the path still names the same file when it goes back to a system call."""
-    return os.fsdecode(Path(proc, str(pid), "mountinfo").read_bytes())
-
-
-def mounts(proc: Path | str = "/proc", pid: str = "self") -> list[Mount]:
-    return parse_mountinfo(read_mountinfo(proc, pid))
-
-
-def is_under(path: str, folder: str) -> bool:
-    path, folder = os.path.normpath(path), os.path.normpath(folder)
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
+__all__ = ["mounts_under", "open_lab_dir", "mount_tmpfs", "unmount", "detach", "is_ours", "remove_tree",
+           "find_mounts", "remove_mount", "find_dirs", "remove_dir"]
 
 
 def mounts_under(folder: str, table: list[Mount] | None = None) -> list[Mount]:
     """Mounts at or below ``folder``, deepest first: the order in which to unmount them."""
-    table = mounts() if table is None else table
-    found = [m for m in table if is_under(m.mountpoint, folder)]
+    table = procfs.mountinfo() if table is None else table
+    found = [m for m in table if marks.is_under(m.mountpoint, folder)]
     return sorted(found, key=lambda m: (m.mountpoint.count("/"), m.mount_id), reverse=True)
 
 
-def mnt_id(fd: int) -> int:
-    """The id of the mount ``fd`` lies on (the ``mnt_id:`` line of /proc/self/fdinfo/FD), or -1.
-
-    Two folders of one filesystem can be on different mounts (a bind mount shows the same files
-    twice), so st_dev cannot tell them apart; the mount id can. It is field (1) of mountinfo.
-    """
-    try:
-        with open(f"/proc/self/fdinfo/{fd}", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"mnt_id:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return -1
-
+# --- walking lab folders without following symlinks -------------------------------------------
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def _lab_root(path: str, allowed: tuple[str, ...]) -> str | None:
-    path = os.path.normpath(path)
-    return next((os.path.normpath(d) for d in allowed if is_under(path, d)), None)
 
 
 def open_lab_dir(path: str, allowed: tuple[str, ...] | None = None, create: bool = False,
@@ -130,10 +56,10 @@ def open_lab_dir(path: str, allowed: tuple[str, ...] | None = None, create: bool
     refused. ``create`` makes missing folders on the way (mkdirat). Returns an fd to close;
     raises FileNotFoundError if a component is missing, LabError if one is a symlink or a file.
     """
-    allowed = LAB_DIRS if allowed is None else allowed
-    root = _lab_root(path, allowed)
+    allowed = marks.LAB_DIRS if allowed is None else allowed
+    root = next((os.path.normpath(d) for d in allowed if marks.is_under(path, d)), None)
     if root is None:
-        raise LabError(f"refusing to open {path!r}: labhelper works only below {' or '.join(allowed)}")
+        raise Refused(f"refusing to open {path!r}: labhelper works only below {' or '.join(allowed)}")
     parts = [p for p in os.path.relpath(os.path.normpath(path), root).split("/") if p not in ("", ".")]
     if create:
         os.makedirs(root, mode=0o755, exist_ok=True)
@@ -171,68 +97,246 @@ def _open_step(dir_fd: int | None, name: str, shown: str) -> int:
     raise LabError(f"refusing to go through {shown!r}: it is not a folder") from None
 
 
+# --- mounting and unmounting ------------------------------------------------------------------------
+
 def mount_tmpfs(target: str, size: str = "1m", owner: str | None = None) -> Mount:
-    """Mount a small tmpfs at ``target`` (under a lab folder), and record it in the ledger."""
-    if not any(is_under(target, d) and os.path.normpath(target) != os.path.normpath(d) for d in LAB_DIRS):
-        raise ValueError(f"{target!r} is not under {' or '.join(LAB_DIRS)}: labhelper mounts only there")
-    target = os.path.normpath(target)
-    host.guard(f"mount a tmpfs on {target}")
-    parent = open_lab_dir(os.path.dirname(target), LAB_DIRS, create=True)
-    try:
-        name = os.path.basename(target)
+    """Mount a small tmpfs at ``target`` (below a lab folder), recorded in the ledger.
+
+    The record is written first (registry.Ledger.creating); if any later step fails, what was
+    done is undone and the record forgotten.
+    """
+    target = marks.lab_path(target, "mount a tmpfs on")
+    name = os.path.basename(target)
+    with ledger().creating("mount", target, owner):
+        parent = open_lab_dir(os.path.dirname(target), create=True)
         try:
-            os.mkdir(name, 0o755, dir_fd=parent)
-        except FileExistsError:
-            pass
-        fd = _open_step(parent, name, target)
-        try:
-            # Mount on the folder we opened (without following symlinks), not on the path again:
-            # /proc/self/fd/N names exactly that folder, so a symlink swapped in since cannot
-            # redirect the mount elsewhere.
             try:
+                os.mkdir(name, 0o755, dir_fd=parent)
+            except FileExistsError:
+                pass
+            fd = _open_step(parent, name, target)
+            try:
+                # Mount on the folder we opened (without following symlinks), not on the path
+                # again: /proc/self/fd/N names exactly that folder, so a symlink swapped in since
+                # cannot redirect the mount elsewhere.
                 syscalls.mount("labhelper", f"/proc/self/fd/{fd}", "tmpfs",
                                MountFlags.MS_NOSUID | MountFlags.MS_NODEV, f"size={size}")
             except SyscallError as exc:
-                raise SyscallError("mount", {**exc.arguments, "target": target}, exc.errno, exc.hint) from None
+                raise exc.with_arguments(target=target) from None
+            finally:
+                os.close(fd)
+            try:
+                fault_point("mount")
+                # Find the new mount by its id: open the path again (now the tmpfs's root) and ask.
+                top = _open_step(parent, name, target)
+                try:
+                    mid = procfs.mount_id(top)
+                finally:
+                    os.close(top)
+                found = next((m for m in procfs.mountinfo() if m.mount_id == mid), None)
+                if found is None:
+                    raise LabError(f"mounted a tmpfs on {target}, but cannot find it in /proc/self/mountinfo")
+            except BaseException:
+                detach(target)              # a failed create leaves no mount behind
+                raise
         finally:
-            os.close(fd)
-        ledger().add("mount", target, owner)
-        fault_point("mount")
-        # Find the new mount by its id: open the path again (now the tmpfs's root) and ask.
-        top = _open_step(parent, name, target)
-        try:
-            mid = mnt_id(top)
-        finally:
-            os.close(top)
-    finally:
-        os.close(parent)
-    found = next((m for m in mounts() if m.mount_id == mid), None)
-    if found is None:
-        raise LabError(f"mounted a tmpfs on {target}, but cannot find it in /proc/self/mountinfo",
-                       hint="`labhelper census` shows it; `labhelper cleanup` removes it")
+            os.close(parent)
     return found
 
 
-def unmount(target: str, record: bool = True) -> bool:
-    """Unmount ``target`` and every mount below it, deepest first (idempotent).
+def detach(target: str) -> bool:
+    """Unmount ``target`` lazily and never through a symlink (idempotent): the one unmount.
 
     MNT_DETACH: the mount disappears from the tree now even if a process still uses it; the
-    kernel frees it when the last user is gone. UMOUNT_NOFOLLOW: never unmount through a symlink.
-    Returns True if something was unmounted.
+    kernel frees it when the last user is gone. UMOUNT_NOFOLLOW: if ``target`` is a symlink, the
+    kernel refuses instead of unmounting what it points to. Returns False if nothing was
+    mounted there.
+
+    Only a mount with our mark is touched (:func:`is_ours`); anything else is Refused.
     """
-    if not any(is_under(target, d) for d in LAB_DIRS):
+    path = os.path.normpath(target)
+    if not is_ours(path):
+        # detach("/") would detach the root of this machine.
+        raise Refused(f"refusing to unmount {target!r}: it carries no mark of ours (labhelper unmounts "
+                      f"only below {' or '.join(marks.LAB_DIRS)}, named network namespaces "
+                      f"{marks.NETNS_DIR}/{marks.PREFIX}*, and overlays that write into a lab folder)")
+    registry.guard(f"unmount {path}")
+    try:
+        syscalls.umount2(path, UmountFlags.MNT_DETACH | UmountFlags.UMOUNT_NOFOLLOW)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.ENOENT):   # not mounted (any more); gone
+            return False
+        raise
+    return True
+
+
+def is_ours(path: str, table: list[Mount] | None = None) -> bool:
+    """Does the mount point ``path`` carry our mark? Below a lab folder; or a named network
+    namespace lh-* under /run/netns; or a mount there now that is an overlay writing into a lab
+    folder (its upper directory is ours, so its writes are: chapter 06 mounts such overlays)."""
+    path = os.path.normpath(path)
+    if marks.lab_dir_of(path):
+        return True
+    if os.path.dirname(path) == marks.NETNS_DIR and os.path.basename(path).startswith(marks.PREFIX):
+        return True
+    table = procfs.mountinfo() if table is None else table
+    return any(m.mountpoint == path and m.upperdir is not None and marks.lab_dir_of(m.upperdir) is not None
+               for m in table)
+
+
+def unmount(target: str, record: bool = True) -> bool:
+    """Unmount ``target`` and every mount below it, deepest first (idempotent), and forget its
+    record (``record=False``: leave the ledger alone). Returns True if something was unmounted."""
+    if marks.lab_dir_of(target) is None:
         # unmount("/") would detach every mount of this machine, deepest first.
-        raise ValueError(f"{target!r} is not under {' or '.join(LAB_DIRS)}: labhelper unmounts only there")
+        raise Refused(f"refusing to unmount {target!r}: labhelper unmounts only below "
+                      f"{' or '.join(marks.LAB_DIRS)}")
     target = os.path.normpath(target)
-    host.guard(f"unmount {target}")
+    registry.guard(f"unmount {target}")
     done = False
     for m in mounts_under(target):
-        try:
-            syscalls.umount2(m.mountpoint, UmountFlags.MNT_DETACH | UmountFlags.UMOUNT_NOFOLLOW)
-            done = True
-        except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.ENOENT):  # not mounted (any more); gone
-                raise
+        done = detach(m.mountpoint) or done
     if record:
         ledger().remove("mount", target)
     return done
+
+
+# --- removing folders ---------------------------------------------------------------------------
+
+def _mount_of(fd: int, where: str) -> int:
+    m = procfs.mount_id(fd)
+    if m < 0:
+        # Fail closed: without the mount id, a bind mount cannot be told from a folder.
+        raise LabError(f"refusing to remove {where!r}: cannot tell which mount it is on "
+                       "(/proc/self/fdinfo is unreadable)", hint="is /proc mounted? run labhelper as root")
+    return m
+
+
+def remove_tree(path: str, allowed: tuple[str, ...] | None = None) -> None:
+    """Remove ``path`` and everything below it without following a symlink or crossing a mount.
+
+    The path is walked down from its lab folder one component at a time, each opened with
+    O_NOFOLLOW relative to its parent (:func:`open_lab_dir`): a symlink anywhere in it is refused,
+    not followed. A symlink at the path itself is removed as a link (its target is left alone).
+    Directories are then walked by file descriptor, so a symlink swapped in mid-walk is not
+    followed. Every directory must be on the same mount as the path's parent (mount ids from
+    /proc/self/fdinfo): a bind mount at the top or anywhere inside stops the removal instead of
+    emptying a host folder (R5 in docs/reliability.md).
+    """
+    allowed = marks.LAB_DIRS if allowed is None else allowed
+    normal = os.path.normpath(path)
+    if not any(marks.is_under(normal, d) and normal != os.path.normpath(d) for d in allowed):
+        raise Refused(f"refusing to remove {path!r}: labhelper removes folders only below {' or '.join(allowed)}")
+    registry.guard(f"remove {normal}")
+    name = os.path.basename(normal)
+    try:
+        parent = open_lab_dir(os.path.dirname(normal), allowed)
+    except FileNotFoundError:
+        return
+    try:
+        try:
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=parent)
+            return
+        top = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        try:
+            mnt = _mount_of(top, normal)
+            if mnt != _mount_of(parent, os.path.dirname(normal)):
+                raise LabError(f"refusing to remove {normal!r}: it is a mount point (another filesystem, or a "
+                               "bind mount of a folder, is mounted there)",
+                               hint="unmount it first (labhelper cleanup unmounts ours)")
+            _empty_dir(top, mnt, normal)
+        finally:
+            os.close(top)
+        os.rmdir(name, dir_fd=parent)
+    finally:
+        os.close(parent)
+
+
+def _empty_dir(dfd: int, mnt: int, where: str) -> None:
+    for entry in list(os.scandir(dfd)):
+        st = os.stat(entry.name, dir_fd=dfd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            sub = os.open(entry.name, _DIR_FLAGS, dir_fd=dfd)
+            try:
+                if _mount_of(sub, f"{where}/{entry.name}") != mnt:
+                    raise LabError(f"refusing to remove {where}/{entry.name}: another filesystem is mounted "
+                                   "there", hint="unmount it first (labhelper cleanup unmounts ours)")
+                _empty_dir(sub, mnt, f"{where}/{entry.name}")
+            finally:
+                os.close(sub)
+            os.rmdir(entry.name, dir_fd=dfd)
+        else:
+            os.unlink(entry.name, dir_fd=dfd)
+
+
+# --- mounts and folders as lab objects (marks.KINDS) -------------------------------------------------
+
+def find_mounts(scan: marks.Scan) -> list[marks.Obj]:
+    """Mounts of ours: on a lab path, or an overlay whose upper directory is in a lab folder
+    (it writes there). A named network namespace is a bind mount of nsfs: it is counted as a
+    netns, not here."""
+    return [marks.Obj("mount", m.mountpoint, m.fstype, where=(m.mountpoint,)) for m in scan.mounts
+            if not m.mountpoint.startswith(str(scan.netns_dir) + "/")
+            and (marks.lab_dir_of(m.mountpoint) or (m.upperdir and marks.lab_dir_of(m.upperdir)))]
+
+
+def remove_mount(obj: marks.Obj, ledger: registry.Ledger) -> None:
+    """Unmount one mount of ours, then remove the folder it was on if that is ours and empty."""
+    with ledger.removing("mount", obj.name):
+        detach(obj.name)
+        _rmdir_mount_point(obj.name)
+
+
+def _rmdir_mount_point(path: str) -> None:
+    try:
+        path = marks.lab_path(path, "remove")
+    except Refused:
+        return  # e.g. an overlay on /srv/x writing into our folder: the mount was ours, /srv/x is not
+    try:
+        parent = open_lab_dir(os.path.dirname(path))
+    except (OSError, LabError):
+        return
+    try:
+        os.rmdir(os.path.basename(path), dir_fd=parent)
+    except OSError:
+        pass  # not empty, or still a mount point: leave it
+    finally:
+        os.close(parent)
+
+
+def find_dirs(scan: marks.Scan) -> list[marks.Obj]:
+    """Recorded folders that still exist. (A folder carries no mark of its own beyond its
+    place: only the ledger says which folders below a lab folder are objects.)"""
+    return [marks.Obj("dir", r.name, where=(r.name,)) for r in scan.records
+            if r.kind == "dir" and _exists_here(scan, r.name)]
+
+
+def _exists_here(scan: marks.Scan, path: str) -> bool:
+    """Does ``path`` exist, reached without a symlink below its lab folder? (Its last component
+    may be one: a symlink at a recorded path is removed as a link.) A path that goes through a
+    symlink leads somewhere else: what was recorded there is gone, and only the record is left."""
+    path = os.path.normpath(path)
+    root = marks.lab_dir_of(path) or "/"
+    here = scan.host_path(root)
+    if not os.path.lexists(here):
+        return False
+    parts = [p for p in os.path.relpath(path, root).split("/") if p not in ("", ".")]
+    for i, part in enumerate(parts):
+        here = here / part
+        try:
+            st = os.lstat(here)
+        except OSError:
+            return False
+        if i < len(parts) - 1 and not stat.S_ISDIR(st.st_mode):
+            return False
+    return True
+
+
+def remove_dir(obj: marks.Obj, ledger: registry.Ledger) -> None:
+    """Remove a recorded folder and everything in it (:func:`remove_tree`)."""
+    with ledger.removing("dir", obj.name):
+        remove_tree(obj.name)

@@ -31,12 +31,12 @@ import traceback
 import warnings
 from dataclasses import dataclass
 
-from . import syscalls
+from . import marks, procfs, syscalls
 from .errors import ChildError, ChildTimeout
 from .flags import CloneFlags, Prctl
 
-__all__ = ["run_in_child", "spawn", "Child", "start_time", "is_same_process", "RemoteTraceback",
-           "lifetime_pid"]
+__all__ = ["run_in_child", "spawn", "Child", "is_same_process", "RemoteTraceback", "lifetime_pid",
+           "find_processes", "remove_process"]
 
 # In a child made by spawn(): the pid of the process whose life the child's work belongs to (the
 # notebook kernel). The ledger records it as the creator, so an object a short-lived child made
@@ -55,27 +55,12 @@ class RemoteTraceback(Exception):
         return self.args[0]
 
 
-def start_time(pid: int, proc: str = "/proc") -> int | None:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat), or None.
+def is_same_process(pid: int, started: int | None, proc: str = "/proc") -> bool:
+    """True if ``pid`` is alive and is the process that started at ``started`` (not a reuse).
 
     A pid alone does not name a process for long: the kernel reuses pids. (pid, start time) does.
     """
-    try:
-        with open(f"{proc}/{pid}/stat", "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return None
-    # The command name (field 2) is in parentheses and may contain spaces or ')': split after the last ')'.
-    rest = data[data.rfind(b")") + 2:].split()
-    try:
-        return int(rest[19])  # fields 3.. start at index 0, so field 22 is index 19
-    except (IndexError, ValueError):
-        return None
-
-
-def is_same_process(pid: int, started: int | None, proc: str = "/proc") -> bool:
-    """True if ``pid`` is alive and is the process that started at ``started`` (not a reuse)."""
-    return started is not None and start_time(pid, proc) == started
+    return started is not None and procfs.start_time(pid, proc) == started
 
 
 def _close_fds(keep: set[int]) -> None:
@@ -304,3 +289,77 @@ def run_in_child(fn, *args, unshare: CloneFlags | int = 0, timeout: float | None
     (PR_SET_PDEATHSIG), keeps only fds 0-2 and ``keep_fds``, and is killed after ``timeout`` s.
     """
     return spawn(fn, *args, unshare=unshare, keep_fds=keep_fds, **kwargs).wait(timeout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes as lab objects: found by the census, removed by cleanup (marks.KINDS)
+
+def find_processes(scan: marks.Scan) -> list[marks.Obj]:
+    """Every live process of ours: inside a lab cgroup (in any hierarchy), or recorded in the
+    ledger with the start time it still has.
+
+    Never this process nor its parent: the shell running `labhelper cleanup` may have been
+    moved into a lab cgroup by an exercise, and killing it would end the learner's session.
+    Zombies are left out: they have exited, and only their parent can remove them.
+    """
+    spared = {1, os.getpid(), os.getppid()}
+    found: dict[str, marks.Obj] = {}
+    try:
+        entries = [e.name for e in os.scandir(scan.proc) if e.name.isdigit()]
+    except OSError:
+        entries = []
+    for name in entries:
+        if int(name) in spared:
+            continue
+        lab = [e for e in procfs.cgroups_of(name, scan.proc) if marks.is_lab_cgroup(e.path)]
+        if not lab or procfs.is_zombie(name, scan.proc):
+            continue
+        where = tuple(dict.fromkeys(p for e in lab for p in procfs.cgroup_host_paths(e, scan.mounts)))
+        started = procfs.start_time(int(name), scan.proc)
+        detail = f"start={started}" + (f" in {', '.join(where)}" if where else "")
+        found[name] = marks.Obj("process", name, detail, where=where, ident=started)
+    for r in scan.records:
+        if r.kind != "process" or r.name in found or int(r.name) in spared:
+            continue
+        started = r.data.get("ident")
+        if started is not None and procfs.start_time(int(r.name), scan.proc) == started:
+            found[r.name] = marks.Obj("process", r.name, f"start={started}", ident=started)
+    return list(found.values())
+
+
+def remove_process(obj: marks.Obj, ledger) -> None:
+    """SIGKILL the process the census saw, and wait until it is gone (idempotent).
+
+    The signal goes through a pidfd, and only if the process still has the start time the
+    census read: holding a pidfd pins *this* process, so if the start time matches now, the
+    signal reaches the process the census saw, never a newcomer that reused its pid (R7 in
+    docs/reliability.md). Without a known start time nothing is signalled.
+    """
+    with ledger.removing("process", obj.name):
+        pid = int(obj.name)
+        if obj.ident is None:
+            return
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return
+        try:
+            if procfs.start_time(pid) != obj.ident:
+                return                      # the process we saw is gone; the pid is someone else's
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+        finally:
+            os.close(fd)
+        _wait_gone(pid, obj.ident)
+
+
+def _wait_gone(pid: int, started: int, timeout: float = 5.0) -> None:
+    # Before a mount or a cgroup of the process can go, the process must really be gone: a
+    # SIGKILLed process still holds its cgroup until it has exited (a zombie holds nothing).
+    deadline = time.monotonic() + timeout
+    while procfs.start_time(pid) == started and not procfs.is_zombie(pid):
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.005)

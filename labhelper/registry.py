@@ -2,8 +2,16 @@
 
 Kernel objects outlive the process that made them: a mount, a cgroup, a network namespace stay
 after a notebook kernel is killed (a Jupyter restart is SIGKILL). So each creating step writes a
-record *right after* the object exists, and removes it after the object is gone. ``labhelper
-cleanup`` reads the ledger to know what is ours, who made it, and whether its maker still runs.
+record *before* it makes the object (write-ahead: a kill at any instruction leaves at worst a
+record whose object does not exist, which cleanup forgets), and the record is removed after the
+object is gone. ``labhelper cleanup`` reads the ledger to know what is ours, who made it, and
+whether its maker still runs.
+
+The safety guard lives here, at the one place every persistent change passes: nothing
+persistent is made without a record, and no record is written, and nothing removed, on a
+machine not declared disposable (:meth:`Ledger.guard`). A concept module that makes an object
+does it inside :meth:`Ledger.creating`, and removes one inside :meth:`Ledger.removing`; it never
+has to remember the guard itself.
 
 Layout: one JSON file per object under /run/labhelper/ledger (a tmpfs: it is empty after a
 reboot, exactly like the kernel objects it describes). Each file is written to a temporary name
@@ -14,6 +22,7 @@ tests kill the creator at exactly that point (RELIABILITY.md, R1).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,16 +31,23 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import host, marks
 from .errors import FaultInjected, LedgerError
-from .process import is_same_process, lifetime_pid, start_time
+from .procfs import start_time
+from .process import is_same_process, lifetime_pid
 
-__all__ = ["Record", "Ledger", "ledger", "default_owner", "fault_point", "LEDGER_DIR", "KINDS"]
+__all__ = ["Record", "Ledger", "ledger", "guard", "default_owner", "fault_point", "LEDGER_DIR"]
 
 LEDGER_DIR = Path(os.environ.get("LABHELPER_LEDGER", "/run/labhelper/ledger"))
+_KIND_NAMES = tuple(k.name for k in marks.KINDS)   # what a record may be (marks.KINDS)
 
-# The kinds of kernel object the course creates; cleanup removes them in this order's reverse
-# dependency: processes first, then mounts, links, network namespaces, cgroups, folders.
-KINDS = ("process", "mount", "link", "netns", "cgroup", "dir", "vm")
+
+def guard(action: str) -> None:
+    """The safety guard: raise NotDisposableError unless this machine is declared disposable
+    (host.guard says how to declare it). The ledger's own writes call it; so do the few
+    primitives that change kernel state without a record of their own (e.g. mounts.remove_tree).
+    """
+    host.guard(action)
 
 
 def default_owner() -> str:
@@ -72,11 +88,15 @@ class Ledger:
         self.root = Path(root)
         self.problems: list[str] = []  # unreadable files found by the last records() call
 
+    guard = staticmethod(guard)
+
     def add(self, kind: str, name: str, owner: str | None = None, data: dict | None = None,
             pid: int | None = None) -> Record:
-        """Record that ``kind``/``name`` now exists. Call it right after creating the object."""
-        if kind not in KINDS:
-            raise LedgerError(f"unknown kind {kind!r}; known kinds: {', '.join(KINDS)}")
+        """Record that ``kind``/``name`` is about to exist (or exists). Refused, with nothing
+        written, on a machine not declared disposable. Prefer :meth:`creating`."""
+        if kind not in _KIND_NAMES:
+            raise LedgerError(f"unknown kind {kind!r}; known kinds: {', '.join(_KIND_NAMES)}")
+        self.guard(f"create {kind} {name!r}")
         pid = lifetime_pid() if pid is None else pid
         record = Record(kind, name, owner or default_owner(), pid, start_time(pid), time.time(), dict(data or {}))
         try:
@@ -94,11 +114,43 @@ class Ledger:
 
     def remove(self, kind: str, name: str) -> None:
         """Forget ``kind``/``name`` (idempotent). Call it right after the object is gone."""
-        key = Record(kind, name, "", 0, None, 0).key
+        self.guard(f"remove {kind} {name!r}")
+        self._unlink(Record(kind, name, "", 0, None, 0).key)
+
+    def forget_file(self, filename: str) -> None:
+        """Remove one file of the ledger by its name: a record whose object is gone, or a
+        temporary file a killed writer left (idempotent)."""
+        if "/" in filename or filename in ("", ".", ".."):
+            raise LedgerError(f"{filename!r} is not a file name of the ledger")
+        self.guard(f"forget the ledger file {filename!r}")
+        self._unlink(filename)
+
+    def _unlink(self, filename: str) -> None:
         try:
-            os.unlink(self.root / key)
+            os.unlink(self.root / filename)
         except FileNotFoundError:
             pass
+
+    @contextlib.contextmanager
+    def creating(self, kind: str, name: str, owner: str | None = None, data: dict | None = None):
+        """``with ledger.creating("mount", path): <make it>``: the guard, then the record, then
+        the block that makes the object. If the block fails, the record is forgotten again (the
+        block undoes its own steps first: a failed create leaves nothing)."""
+        record = self.add(kind, name, owner, data)
+        try:
+            yield record
+        except BaseException:
+            self._unlink(record.key)
+            raise
+
+    @contextlib.contextmanager
+    def removing(self, kind: str, name: str):
+        """``with ledger.removing("mount", path): <remove it>``: the guard first (nothing is
+        touched on a machine not declared disposable), then the block; once it succeeded, the
+        record is forgotten. A block that fails leaves the record, so the next cleanup tries again."""
+        self.guard(f"remove {kind} {name!r}")
+        yield
+        self._unlink(Record(kind, name, "", 0, None, 0).key)
 
     def records(self) -> list[Record]:
         """Every readable record, oldest first. A corrupt file is never deleted or fatal: it is
@@ -172,7 +224,7 @@ def _record_from(raw) -> Record:
 
     def is_int(v) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)  # JSON true is a Python int too
-    if fields["kind"] not in KINDS:
+    if fields["kind"] not in _KIND_NAMES:
         raise ValueError(f"unknown kind {fields['kind']!r}")
     if not isinstance(fields["name"], str) or not isinstance(fields["owner"], str):
         raise TypeError("name and owner must be strings")

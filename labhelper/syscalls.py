@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from functools import partial
 import platform
 import sys
 
@@ -245,7 +246,7 @@ def address_of(buffer) -> int:
 # or x8 (aarch64), the arguments into the next registers, and executes `syscall` / `svc #0`.
 from typing import NamedTuple as _NamedTuple
 
-__all__ += ["Uname", "sys_getpid", "sys_uname", "sys_write", "sys_read", "libc_noop"]
+__all__ += ["Uname", "sys_getpid", "sys_uname", "sys_write", "sys_read", "libc_noop", "matched_ctypes_calls"]
 
 _UTS_LEN = 65  # each field of struct utsname is char[__NEW_UTS_LEN + 1] (include/uapi/linux/utsname.h)
 
@@ -301,3 +302,18 @@ def libc_noop() -> int:
     Timing it measures the ctypes boundary alone, without the kernel.
     """
     return _libc.labs(0)
+
+
+def matched_ctypes_calls():
+    """Two ctypes calls that differ only in entering the kernel: libc's abs(nr) and syscall(nr).
+
+    Both are called the cheapest way ctypes offers: no argument types declared, one plain int,
+    bound once with partial(). ctypes then does the same work for both (convert the int, call
+    through libffi, convert the result), so the difference of their costs is the system call
+    (labhelper.syscost measures it). The getpid number is looked up here, once, not on every
+    call as raw_syscall() does.
+    """
+    nr = syscall_number("getpid")
+    # _libc["abs"] (not _libc.abs) makes a fresh function object, with no argument types set,
+    # like _libc.syscall; abs never enters the kernel.
+    return partial(_libc["abs"], nr), partial(_libc.syscall, nr)

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Callable, Iterator, NamedTuple
 
+from . import syscalls
+
 __all__ = ["Cost", "Costs", "measure", "measure_all", "CALLS", "ClockCheck", "clock_syscalls"]
 
 
@@ -162,27 +164,8 @@ class Costs:
                 f"<th>p90 ns</th></tr>{rows}</table>")
 
 
-def _ctypes_pair() -> tuple[Callable[[], object], Callable[[], object]]:
-    """Two ctypes calls that differ only in entering the kernel: libc's abs(nr) and syscall(nr).
-
-    Both are called the cheapest way ctypes offers: no argument types declared, one plain int,
-    bound once with partial(). ctypes then does the same work for both (convert the int, call
-    through libffi, convert the result), so the difference of their costs is the system call.
-    The getpid number is looked up here, once, not on every call as raw_syscall() does.
-    """
-    from . import syscalls  # the one place that loads libc; we only borrow its handle
-
-    nr = syscalls.syscall_number("getpid")
-    libc = syscalls._libc
-    # libc["abs"] (not libc.abs) makes a fresh function object, with no argument types set,
-    # like libc.syscall; abs never enters the kernel.
-    return partial(libc["abs"], nr), partial(libc.syscall, nr)
-
-
 def _callables(read_size: int, zero_fd: int) -> dict[str, Callable[[], object]]:
-    from . import syscalls  # the one ctypes boundary
-
-    noop, getpid_by_number = _ctypes_pair()
+    noop, getpid_by_number = syscalls.matched_ctypes_calls()
     return {
         "python_call": _empty,
         "vdso": partial(time.clock_gettime_ns, time.CLOCK_MONOTONIC),

@@ -8,7 +8,8 @@ import uuid
 
 import pytest
 
-from labhelper import host
+from labhelper import host, marks, process, syscalls
+from labhelper.flags import CLONE_NEWNS, MountFlags
 
 
 def pytest_collection_modifyitems(items):
@@ -59,3 +60,19 @@ def host_folder(tmp_path):
     (folder / "precious.txt").write_text("the learner's work")
     (folder / "sub" / "more.txt").write_text("more")
     return folder
+
+
+def _scratch(fn, *args):
+    # No propagation back to the host, then our own empty lab folders (and ledger).
+    syscalls.mount(None, "/", None, MountFlags.MS_REC | MountFlags.MS_PRIVATE)
+    for d in marks.LAB_DIRS:
+        os.makedirs(d, exist_ok=True)
+        syscalls.mount("lh-scratch", d, "tmpfs", 0, "size=16m")
+    return fn(*args)
+
+
+def in_scratch(fn, *args):
+    """Run ``fn(*args)`` in a forked child with its own mount namespace and a fresh tmpfs over
+    each lab folder (a "scratch" namespace): whatever a bug there mounts or records vanishes
+    with the child, and nothing of the host's /run/labhelper or /var/lib/labhelper is touched."""
+    return process.run_in_child(_scratch, fn, *args, unshare=CLONE_NEWNS, timeout=60)

@@ -158,7 +158,6 @@ def test_mountinfo_with_odd_bytes_does_not_crash(tmp_path):
     (proc / "self" / "mountinfo").write_bytes(V2_MOUNTINFO.encode() + odd)
     write(tmp_path / "sys/fs/cgroup/cgroup.controllers", "memory\n")
     assert host.cgroup_info(proc, fs_root=tmp_path).mode == "v2"
-    assert host.unescape_mountinfo("/a\\040b\\134c") == "/a b\\c"
 
 
 def test_module_loaded_but_device_missing():

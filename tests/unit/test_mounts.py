@@ -1,12 +1,16 @@
-"""mounts.py without root: refusals happen before any system call (B3, B4), bytes in paths (B7)."""
+"""mounts.py without root: refusals happen before any system call (B3, B4), folders removed
+without following a symlink or crossing a mount (R5)."""
 import os
 
 import pytest
 
-from labhelper import mounts, registry
+from labhelper import host, marks, mounts, procfs, registry
 from labhelper.errors import LabError, NotDisposableError
 
-from fake import V2_MOUNTINFO, proc_tree
+
+@pytest.fixture(autouse=True)
+def _disposable(monkeypatch):
+    monkeypatch.setenv("LABHELPER_DISPOSABLE", "1")
 
 
 @pytest.fixture
@@ -28,13 +32,32 @@ def test_unmount_refuses_outside_lab_folders(calls, target):
     assert calls == []
 
 
-def test_unmount_runs_the_safety_guard(calls, monkeypatch):
-    def refuse(action, *a, **k):
-        raise NotDisposableError(f"refused to {action}")
-    monkeypatch.setattr(mounts.host, "guard", refuse)
+def test_unmount_runs_the_safety_guard(calls, monkeypatch, tmp_path):
+    monkeypatch.delenv("LABHELPER_DISPOSABLE")
+    monkeypatch.setattr(host, "DISPOSABLE_MARKER", tmp_path / "no-marker")
     with pytest.raises(NotDisposableError, match="refused to unmount"):
         mounts.unmount("/run/labhelper/x", record=False)
     assert calls == []
+
+
+@pytest.mark.parametrize("target", ["/", "/mnt", "/run/netns/foreign", "/tmp/x"])
+def test_detach_refuses_what_carries_no_mark(calls, target):
+    with pytest.raises(ValueError, match="carries no mark of ours"):
+        mounts.detach(target)
+    assert calls == []
+
+
+def test_an_overlay_outside_the_lab_is_ours_by_its_upper_directory(monkeypatch, calls):
+    upper = "rw,lowerdir=/a,upperdir=/var/lib/labhelper/c2/upper,workdir=/var/lib/labhelper/c2/work"
+    table = [procfs.Mount(93, 25, "0:53", "/", "/srv/x", "rw", (), "overlay", "overlay", upper),
+             procfs.Mount(94, 25, "0:54", "/", "/srv/y", "rw", (), "overlay", "overlay", "rw,upperdir=/srv/u")]
+    assert mounts.is_ours("/srv/x", table) and not mounts.is_ours("/srv/y", table)
+    assert mounts.is_ours("/run/netns/lh-a", table) and not mounts.is_ours("/run/netns/a", table)
+    monkeypatch.setattr(procfs, "mountinfo", lambda *a, **k: table)
+    assert mounts.detach("/srv/x") and calls == [("umount2", ("/srv/x", mounts.UmountFlags.MNT_DETACH
+                                                               | mounts.UmountFlags.UMOUNT_NOFOLLOW))]
+    with pytest.raises(ValueError):
+        mounts.detach("/srv/y")
 
 
 @pytest.fixture
@@ -45,7 +68,7 @@ def lab(monkeypatch, tmp_path):
     lab.mkdir()
     os.symlink(outside, lab / "dirlink")
     os.symlink(outside / "target", lab / "link")
-    monkeypatch.setattr(mounts, "LAB_DIRS", (str(lab),))
+    monkeypatch.setattr(marks, "LAB_DIRS", (str(lab),))
     return lab
 
 
@@ -75,10 +98,78 @@ def test_open_lab_dir_walks_without_following(lab):
         mounts.open_lab_dir(str(lab.parent / "outside"))
 
 
-def test_mounts_reads_paths_that_are_not_utf8(tmp_path):
-    # B7: any mount on the host may have such a name; reading mountinfo must not fail.
-    proc = proc_tree(tmp_path, V2_MOUNTINFO)
-    with open(proc / "self" / "mountinfo", "ab") as fh:
-        fh.write(b"96 22 0:60 / /mnt/caf\xe9\\040x rw - tmpfs tmpfs rw\n")
-    points = [m.mountpoint for m in mounts.mounts(proc)]
-    assert os.fsdecode(b"/mnt/caf\xe9 x") in points
+# --- remove_tree (R5) -------------------------------------------------------------------------
+
+def test_remove_tree_never_follows_symlinks(tmp_path):
+    lab = tmp_path / "lab"
+    outside = tmp_path / "host-folder"
+    outside.mkdir()
+    (outside / "precious").write_text("keep me")
+    (lab / "c1/rootfs/sub").mkdir(parents=True)
+    (lab / "c1/rootfs/sub/file").write_text("x")
+    os.symlink(outside, lab / "c1/rootfs/escape")
+    os.symlink(outside / "precious", lab / "c1/rootfs/sub/link-to-file")
+    mounts.remove_tree(str(lab / "c1"), allowed=(str(lab),))
+    assert not (lab / "c1").exists()
+    assert (outside / "precious").read_text() == "keep me"
+
+
+def test_remove_tree_of_a_symlink_removes_only_the_link(tmp_path):
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    outside = tmp_path / "host"
+    outside.mkdir()
+    (outside / "f").write_text("keep")
+    os.symlink(outside, lab / "rootfs")
+    mounts.remove_tree(str(lab / "rootfs"), allowed=(str(lab),))
+    assert not os.path.lexists(lab / "rootfs") and (outside / "f").read_text() == "keep"
+
+
+@pytest.mark.parametrize("path", ["/", "/etc", "/var/lib/labhelper", "/var/lib/labhelper/../../etc", "/tmp/x"])
+def test_remove_tree_refuses_outside_lab_folders(path):
+    with pytest.raises(LabError, match="refusing to remove"):
+        mounts.remove_tree(path)
+
+
+def test_remove_tree_missing_is_a_no_op(tmp_path):
+    mounts.remove_tree(str(tmp_path / "lab/gone"), allowed=(str(tmp_path / "lab"),))
+
+
+# ---------------------------------------------------------------------------------------------
+# Review findings (B1..B14, P1..P13): each test failed before its fix.
+
+def test_remove_tree_refuses_a_symlink_in_the_middle_of_the_path(tmp_path):
+    # B2: O_NOFOLLOW guards only the last component; lab/dirlink/sub must not reach outside/sub.
+    lab, outside = tmp_path / "lab", tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "sub" / "keep").write_text("keep")
+    lab.mkdir()
+    os.symlink(outside, lab / "dirlink")
+    with pytest.raises(LabError, match="symlink"):
+        mounts.remove_tree(str(lab / "dirlink" / "sub"), allowed=(str(lab),))
+    assert (outside / "sub" / "keep").read_text() == "keep"
+
+
+def test_remove_tree_refuses_when_the_mount_id_is_unknown(tmp_path, monkeypatch):
+    # B1: an unreadable /proc/self/fdinfo must stop the removal (fail closed), not wave it through.
+    lab = tmp_path / "lab"
+    (lab / "c1" / "sub").mkdir(parents=True)
+    (lab / "c1" / "sub" / "f").write_text("x")
+    monkeypatch.setattr(procfs, "mount_id", lambda fd: -1)
+    with pytest.raises(LabError, match="cannot tell"):
+        mounts.remove_tree(str(lab / "c1"), allowed=(str(lab),))
+    assert (lab / "c1" / "sub" / "f").read_text() == "x"
+
+
+def test_remove_tree_refuses_a_mount_point_at_its_top(tmp_path, monkeypatch):
+    # B1: the top itself on another mount than its parent (a bind mount of a host folder at the
+    # top) is refused before anything is deleted. Simulated: the top's fd reports another mount id.
+    lab = tmp_path / "lab"
+    (lab / "c1" / "mnt").mkdir(parents=True)
+    (lab / "c1" / "mnt" / "precious").write_text("keep")
+    real = procfs.mount_id
+    top_ino = os.stat(lab / "c1" / "mnt").st_ino
+    monkeypatch.setattr(procfs, "mount_id", lambda fd: real(fd) + (1 if os.fstat(fd).st_ino == top_ino else 0))
+    with pytest.raises(LabError, match="mount point"):
+        mounts.remove_tree(str(lab / "c1" / "mnt"), allowed=(str(lab),))
+    assert (lab / "c1" / "mnt" / "precious").read_text() == "keep"

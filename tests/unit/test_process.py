@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from labhelper import process
+from labhelper import process, procfs
 from labhelper.errors import ChildError, ChildTimeout
 
 
@@ -121,10 +121,11 @@ def test_gate_holds_the_child_until_released(tmp_path):
 
 
 def test_start_time_and_identity():
-    me = process.start_time(os.getpid())
+    me = procfs.start_time(os.getpid())
     assert isinstance(me, int) and process.is_same_process(os.getpid(), me)
     assert not process.is_same_process(os.getpid(), me + 1)
-    assert process.start_time(2 ** 22 + 12345) is None
+    assert not process.is_same_process(os.getpid(), None)
+    assert procfs.start_time(2 ** 22 + 12345) is None
 
 
 def test_lifetime_pid_is_the_parent_in_a_child():

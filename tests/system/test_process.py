@@ -1,0 +1,104 @@
+"""labhelper.process against the real kernel: isolation in a forked child, and processes as lab
+objects (killed only while they are the process the census saw: R7)."""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from labhelper import cleanup, process, procfs, registry
+from labhelper.flags import CLONE_NEWNS, CLONE_NEWUTS, MountFlags
+
+
+def _hostname_in_new_uts():
+    socket.sethostname("lh-inside")
+    return socket.gethostname()
+
+
+def test_unshare_uts_in_child_leaves_host_alone():
+    before = socket.gethostname()
+    assert process.run_in_child(_hostname_in_new_uts, unshare=CLONE_NEWUTS) == "lh-inside"
+    assert socket.gethostname() == before
+
+
+def _private_mount(target):
+    from labhelper import syscalls
+    syscalls.mount(None, "/", None, MountFlags.MS_REC | MountFlags.MS_PRIVATE)  # no propagation back
+    syscalls.mount("lh", target, "tmpfs", 0, "size=1m")
+    Path(target, "inside").write_text("x")
+    return sorted(os.listdir(target))
+
+
+def test_mount_in_new_mount_namespace_is_invisible_outside(tmp_path):
+    assert process.run_in_child(_private_mount, str(tmp_path), unshare=CLONE_NEWNS) == ["inside"]
+    assert os.listdir(tmp_path) == []
+    assert not any(m.mountpoint == str(tmp_path) for m in procfs.mountinfo())
+
+
+def _mount_without_privilege():
+    from labhelper import syscalls
+    os.setuid(65534)
+    syscalls.mount("lh", "/tmp", "tmpfs")
+
+
+def test_failed_syscall_in_child_names_call_and_errno():
+    with pytest.raises(OSError) as info:
+        process.run_in_child(_mount_without_privilege)
+    text = str(info.value)
+    assert text.startswith("mount(source='lh', target='/tmp', fstype='tmpfs'") and "EPERM" in text and "hint" in text
+
+
+def test_child_dies_when_parent_is_killed(tmp_path):
+    pidfile = tmp_path / "child.pid"
+    script = textwrap.dedent(f"""
+        import os, time
+        from labhelper import process
+        def sleeper():
+            open({str(pidfile)!r}, "w").write(str(os.getpid()))
+            time.sleep(60)
+        process.run_in_child(sleeper, timeout=None)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    for _ in range(200):
+        if pidfile.exists() and pidfile.read_text():
+            break
+        time.sleep(0.05)
+    child = int(pidfile.read_text())
+    parent.send_signal(signal.SIGKILL)  # what a Jupyter restart does to the kernel
+    parent.wait()
+    for _ in range(100):
+        if not Path(f"/proc/{child}").exists():
+            break
+        time.sleep(0.02)
+    assert not Path(f"/proc/{child}").exists(), "the child outlived its parent"
+
+
+def test_stale_record_never_signals_a_reused_pid():
+    # R7: a ledger record names a process by pid; that pid now belongs to an unrelated process
+    # (simulated by recording the wrong start time). cleanup must not signal it.
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        real_start = procfs.start_time(bystander.pid)
+        led = registry.ledger()
+        led.add("process", str(bystander.pid), owner="systest", data={"ident": real_start - 1})
+        c = cleanup.census()
+        assert ("process", str(bystander.pid)) not in c.names()  # not ours: start time differs
+        result = cleanup.cleanup()
+        assert result.ok
+        assert bystander.poll() is None, "an unrelated process was signalled"
+        assert not led.find("process", str(bystander.pid))  # the stale record is forgotten
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_record_with_matching_start_time_is_killed():
+    ours = subprocess.Popen(["sleep", "60"])
+    registry.ledger().add("process", str(ours.pid), owner="systest", data={"ident": procfs.start_time(ours.pid)})
+    assert cleanup.cleanup().ok
+    assert ours.wait(timeout=10) == -signal.SIGKILL
