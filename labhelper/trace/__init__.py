@@ -37,7 +37,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from .errors import ChildTimeout, LabError, RequirementError
+from ..errors import ChildTimeout, LabError, RequirementError
 
 __all__ = [
     "Record", "Trace", "Summary", "SummaryRow", "TraceError", "CommandNotFoundError",
@@ -1064,7 +1064,7 @@ def trace_call(fn: Callable, *args, timeout: float = 30.0, strsize: int = 80,
     import contextlib
     import io
 
-    from .process import spawn  # here, not at the top: importing labhelper.trace stays light
+    from ..process import spawn  # here, not at the top: importing labhelper.trace stays light
 
     exe = strace_path(strace)
     token = uuid.uuid4().hex[:12]
@@ -1116,16 +1116,3 @@ def trace_call(fn: Callable, *args, timeout: float = 30.0, strsize: int = 80,
         if output is not None:
             _unlink(output)
     return result.check() if check else result
-
-
-def _main(argv: list[str] | None = None) -> int:  # pragma: no cover - a small manual tool
-    """python -m labhelper.trace CMD...: print the summary of tracing CMD."""
-    argv = sys.argv[1:] if argv is None else argv
-    t = trace(argv)
-    print(repr(t))
-    print(t.summary().table())
-    return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(_main())
