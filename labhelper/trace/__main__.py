@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from . import trace
+from .runner import trace
 
 
 def main(argv: list[str] | None = None) -> int:  # pragma: no cover - a small manual tool
