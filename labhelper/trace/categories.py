@@ -5,9 +5,11 @@ it spends them on (starting Python is mostly "file": the import system looking f
 The table is the one place that knows the boxes: a parsed :class:`~labhelper.trace.Record` asks
 it for its ``category``, the summary counts calls per category, and the strace runner's
 ``only=`` traces the calls of one category. It sits at the bottom of :mod:`labhelper.trace`:
-it imports no other module of the package.
+it imports nothing else from it (only :mod:`labhelper.errors`, for the error it raises).
 """
 from __future__ import annotations
+
+from ..errors import Refused
 
 __all__ = ["CATEGORY_NAMES", "CATEGORIES", "CATEGORY_SYSCALLS", "category", "check_category"]
 
@@ -84,4 +86,4 @@ def category(syscall: str | None) -> str:
 def check_category(cat: str | None) -> None:
     """Refuse a category that is not one of CATEGORY_NAMES (None means "any": accepted)."""
     if cat is not None and cat not in CATEGORY_NAMES:
-        raise ValueError(f"unknown category {cat!r}; choose one of {', '.join(CATEGORY_NAMES)}")
+        raise Refused(f"unknown category {cat!r}; choose one of {', '.join(CATEGORY_NAMES)}")

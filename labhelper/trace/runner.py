@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from ..errors import ChildTimeout, LabError, RequirementError
+from ..errors import ChildTimeout, LabError, Refused, RequirementError
 from .categories import CATEGORY_SYSCALLS, check_category
 from .parser import Record, merge, parse
 from .summary import Summary, summarize
@@ -221,7 +221,7 @@ def strace_argv(strace: str, output: str, strsize: int = 80, follow: bool = True
     argv += ["-ttt", "-T", "-yy", "-q", "-s", str(int(strsize)), "-o", output]
     if only:
         if only not in CATEGORY_SYSCALLS:
-            raise ValueError(f"only= must be one of {', '.join(CATEGORY_SYSCALLS)}, not {only!r}")
+            raise Refused(f"only= must be one of {', '.join(CATEGORY_SYSCALLS)}, not {only!r}")
         # Our categories, not strace's classes (its %desc would count mmap as "file"). The '?'
         # before each name: skip names this architecture lacks (aarch64 has no open or mkdir).
         argv += ["-e", "trace=" + ",".join("?" + n for n in CATEGORY_SYSCALLS[only])]
@@ -233,7 +233,7 @@ def _resolve_command(command: str | Sequence[str], args: Sequence[str], env: dic
     argv = shlex.split(command) if isinstance(command, str) else [os.fspath(a) for a in command]
     argv += [os.fspath(a) for a in args]
     if not argv:
-        raise ValueError("nothing to trace: the command is empty")
+        raise Refused("nothing to trace: the command is empty")
     prog = argv[0]
     if os.sep in prog:
         path = prog if os.path.isabs(prog) or cwd is None else os.path.join(cwd, prog)

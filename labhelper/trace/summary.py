@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
+from ..errors import Refused
 from .categories import CATEGORY_NAMES, category, check_category
 from .parser import Record
 
@@ -88,7 +89,7 @@ class Summary:
         Numbers sort largest first, names alphabetically (ties: by name)."""
         keys = {"calls", "errors", "seconds", "usecs_per_call", "syscall", "category"}
         if by not in keys:
-            raise ValueError(f"cannot sort by {by!r}; choose one of {', '.join(sorted(keys))}")
+            raise Refused(f"cannot sort by {by!r}; choose one of {', '.join(sorted(keys))}")
         numeric = by not in ("syscall", "category")
         reverse = numeric if reverse is None else reverse
         rows = sorted(self.rows, key=lambda r: r.syscall)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from labhelper import trace as T
-from labhelper.errors import RequirementError
+from labhelper.errors import Refused, RequirementError
 
 DATA = Path(__file__).parent / "data" / "strace"
 
@@ -284,8 +284,9 @@ def test_summary_counts_errors_and_time():
     assert counts == sorted(counts, reverse=True)
     assert s.sorted("syscall").names() == sorted(s.names())
     assert s.sorted("seconds").rows[0].seconds == max(r.seconds for r in s)
-    with pytest.raises(ValueError, match="cannot sort by"):
+    with pytest.raises(ValueError, match="cannot sort by") as info:
         s.sorted("bogus")
+    assert isinstance(info.value, Refused)
     with pytest.raises(KeyError, match="was not called"):
         s["kexec_load"]
     cats = s.by_category()
@@ -314,8 +315,11 @@ def test_category_filter():
     assert failed.calls and all(r.failed for r in failed)
     assert t.summary(category="memory").names() and all(r.category == "memory" for r in t.summary("memory"))
     assert len(t.filter(category="file")) + len(t.filter(category="process")) <= len(t)
-    with pytest.raises(ValueError, match="unknown category"):
+    with pytest.raises(ValueError, match="unknown category") as info:
         t.filter(category="disk")
+    assert isinstance(info.value, Refused)
+    with pytest.raises(Refused, match="unknown category"):
+        t.summary(category="disk")
     assert T.category("openat") == "file" and T.category("mmap") == "memory"
     assert T.category("kill") == "signal" and T.category("connect") == "network"
     assert T.category("clock_gettime") == "other" and T.category(None) == "other"
@@ -363,5 +367,14 @@ def test_strace_argv_flags():
     only = T.strace_argv("s", "o", only="file")
     assert only[-2] == "-e" and only[-1].startswith("trace=") and "?openat" in only[-1].split(",")
     assert "?mmap" not in only[-1]
-    with pytest.raises(ValueError, match="only= must be one of"):
+    with pytest.raises(ValueError, match="only= must be one of") as info:
         T.strace_argv("s", "o", only="disk")
+    assert isinstance(info.value, Refused)
+
+
+def test_an_empty_command_is_refused_before_anything_runs(tmp_path):
+    # /bin/true stands in for strace: the refusal comes before it would be started
+    for empty in ([], "", "   "):
+        with pytest.raises(ValueError, match="nothing to trace: the command is empty") as info:
+            T.trace(empty, strace="/bin/true")
+        assert isinstance(info.value, Refused)
