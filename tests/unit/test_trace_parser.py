@@ -1,4 +1,5 @@
-"""The strace parser, on strace output captured on a real machine (tests/unit/data/strace).
+"""labhelper.trace.parser: strace's lines into Records, on strace output captured on a real
+machine (tests/unit/data/strace, loaded by strace_data.py).
 
 The fixtures were made with ``strace -f -ttt -T -yy -s 64 -o FILE`` (strace 6.1, Debian 12);
 three were cut after the Python interpreter's start-up to keep them small. forms.txt gathers
@@ -7,25 +8,12 @@ the rarer line forms in one place, including a raw non-UTF-8 byte. No root neede
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 
 from labhelper import trace as T
-from labhelper.errors import Refused, RequirementError
 
-DATA = Path(__file__).parent / "data" / "strace"
-
-
-def load(name: str, merged: bool = True) -> list[T.Record]:
-    records = T.parse((DATA / name).read_bytes())
-    return T.merge(records) if merged else records
-
-
-def one(line: str) -> T.Record:
-    r = T.parse_line(line)
-    assert r is not None
-    return r
+from strace_data import DATA, load, one
 
 
 # --- single lines ------------------------------------------------------------------------------
@@ -266,115 +254,3 @@ def test_split_args_edge_cases():
     assert T.split_args("4<TCP:[1.2.3.4:80->5.6.7.8:9]>, 1") == ("4<TCP:[1.2.3.4:80->5.6.7.8:9]>", "1")
     assert T.split_args("{sa_family=AF_UNIX}, [128 => 2]") == ("{sa_family=AF_UNIX}", "[128 => 2]")
     assert T.split_args("a, b, ") == ("a", "b")
-
-
-# --- summary and filters -----------------------------------------------------------------------
-
-def test_summary_counts_errors_and_time():
-    merged = load("shell_children.txt")
-    s = T.summarize(merged)
-    calls = [r for r in merged if r.is_call]
-    assert s.calls == len(calls)
-    assert s.errors == sum(r.failed for r in calls)
-    assert s.seconds == pytest.approx(sum(r.duration or 0 for r in calls))
-    assert s["openat"].calls == sum(r.syscall == "openat" for r in calls)
-    assert s["newfstatat"].errors > 0 and s["execve"].calls == 5
-    # sorted by calls (largest first), ties by name
-    counts = [row.calls for row in s]
-    assert counts == sorted(counts, reverse=True)
-    assert s.sorted("syscall").names() == sorted(s.names())
-    assert s.sorted("seconds").rows[0].seconds == max(r.seconds for r in s)
-    with pytest.raises(ValueError, match="cannot sort by") as info:
-        s.sorted("bogus")
-    assert isinstance(info.value, Refused)
-    with pytest.raises(KeyError, match="was not called"):
-        s["kexec_load"]
-    cats = s.by_category()
-    assert sum(cats.values()) == s.calls and list(cats) == [c for c in T.CATEGORY_NAMES if c in cats]
-    assert "process" in cats and "file" in cats
-
-
-def test_summary_table_and_html():
-    s = T.summarize(load("cat_hostname.txt"))
-    text = s.table()
-    assert text.splitlines()[0].startswith("% time") and text.splitlines()[-1].endswith("total")
-    assert repr(s) == text and "openat" in text
-    html = s._repr_html_()
-    assert html.startswith("<table>") and "<code>openat</code>" in html
-    top = s.top(3)
-    assert len(top) == 3 and "100.00" not in top.table().splitlines()[-1]  # % of the whole trace
-
-
-def test_category_filter():
-    t = T.Trace(("sh",), tuple(load("shell_children.txt")))
-    files = t.filter(category="file")
-    assert files.calls and all(r.category == "file" for r in files.calls)
-    procs = t.filter(category="process")
-    assert {"execve", "wait4", "vfork"} <= set(procs.syscalls)
-    failed = t.filter(failed=True)
-    assert failed.calls and all(r.failed for r in failed)
-    assert t.summary(category="memory").names() and all(r.category == "memory" for r in t.summary("memory"))
-    assert len(t.filter(category="file")) + len(t.filter(category="process")) <= len(t)
-    with pytest.raises(ValueError, match="unknown category") as info:
-        t.filter(category="disk")
-    assert isinstance(info.value, Refused)
-    with pytest.raises(Refused, match="unknown category"):
-        t.summary(category="disk")
-    assert T.category("openat") == "file" and T.category("mmap") == "memory"
-    assert T.category("kill") == "signal" and T.category("connect") == "network"
-    assert T.category("clock_gettime") == "other" and T.category(None) == "other"
-    assert set(T.CATEGORIES.values()) <= set(T.CATEGORY_NAMES)
-
-
-def test_trace_object_views():
-    t = T.Trace(("sh", "-c", "x"), tuple(load("shell_children.txt")))
-    assert t.exit == "exited with 3" and not t.ok
-    assert t.count("mkdir") == 1 and t.first("mkdir").path == "d1"
-    assert t.find("openat", path="/nonexistent")[0].errno == "ENOENT"
-    assert len(t.pids) == 5 and t.syscalls[0] == "execve"
-    assert repr(t).startswith("<Trace 'sh -c x': exited with 3, ") and "5 processes/threads" in repr(t)
-    assert "openat" in t._repr_html_()
-    assert t.lines(2).splitlines()[0].startswith("execve(")
-    from labhelper.trace import TraceError
-    with pytest.raises(TraceError, match="exited with 3"):
-        t.check()
-
-
-# --- strace missing ----------------------------------------------------------------------------
-
-def test_missing_strace_says_how_to_install(tmp_path, monkeypatch):
-    missing = str(tmp_path / "no-strace-here")
-    with pytest.raises(RequirementError) as info:
-        T.strace_path(missing)
-    assert "apt-get install strace" in str(info.value) and info.value.missing == ("strace",)
-    monkeypatch.setenv("LABHELPER_STRACE", missing)
-    with pytest.raises(RequirementError, match="apt-get install strace"):
-        T.trace("true")
-    with pytest.raises(RequirementError, match="apt-get install strace"):
-        T.trace(lambda: None)
-    monkeypatch.delenv("LABHELPER_STRACE")
-    monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(RequirementError, match="not installed"):
-        T.strace_path()
-    assert not list(tmp_path.iterdir())  # nothing was created
-
-
-def test_strace_argv_flags():
-    argv = T.strace_argv("/usr/bin/strace", "/tmp/out", 99)
-    for flag in ("-f", "-ttt", "-T", "-yy", "-q"):
-        assert flag in argv
-    assert argv[argv.index("-s") + 1] == "99" and argv[argv.index("-o") + 1] == "/tmp/out"
-    only = T.strace_argv("s", "o", only="file")
-    assert only[-2] == "-e" and only[-1].startswith("trace=") and "?openat" in only[-1].split(",")
-    assert "?mmap" not in only[-1]
-    with pytest.raises(ValueError, match="only= must be one of") as info:
-        T.strace_argv("s", "o", only="disk")
-    assert isinstance(info.value, Refused)
-
-
-def test_an_empty_command_is_refused_before_anything_runs(tmp_path):
-    # /bin/true stands in for strace: the refusal comes before it would be started
-    for empty in ([], "", "   "):
-        with pytest.raises(ValueError, match="nothing to trace: the command is empty") as info:
-            T.trace(empty, strace="/bin/true")
-        assert isinstance(info.value, Refused)
