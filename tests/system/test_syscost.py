@@ -45,9 +45,8 @@ def test_write_to_a_closed_fd_names_the_errno():
 
 
 def test_libc_noop_stays_in_user_mode():
+    _need_strace()
     from labhelper import trace as T
-    if T.shutil.which("strace") is None:
-        pytest.skip("strace is not installed")
     t = T.trace(lambda: [syscalls.libc_noop() for _ in range(100)])
     assert len(t) == 0, t.lines()
     g = T.trace(lambda: [syscalls.sys_getpid() for _ in range(3)])

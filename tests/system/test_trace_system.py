@@ -253,6 +253,17 @@ def test_strace_that_cannot_trace_gives_a_clear_error(tmp_path):
     assert "ptrace" in str(info.value)
 
 
+def test_python_m_labhelper_trace_prints_the_summary():
+    """`python -m labhelper.trace CMD...` (labhelper/trace/__main__.py), run as a learner would."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run([sys.executable, "-m", "labhelper.trace", "ls", "/"], cwd=root,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("<Trace 'ls /': exited with 0, ") and lines[0].endswith("1 process/thread>")
+    assert lines[1].startswith("% time") and lines[-1].endswith("total") and "execve" in out.stdout
+
+
 def test_overhead_is_visible():
     """Tracing slows a program down; the Trace says how long the traced run took."""
     started = time.monotonic()

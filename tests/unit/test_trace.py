@@ -1,367 +1,94 @@
-"""The strace parser, on strace output captured on a real machine (tests/unit/data/strace).
-
-The fixtures were made with ``strace -f -ttt -T -yy -s 64 -o FILE`` (strace 6.1, Debian 12);
-three were cut after the Python interpreter's start-up to keep them small. forms.txt gathers
-the rarer line forms in one place, including a raw non-UTF-8 byte. No root needed here.
-"""
+"""labhelper.trace, the package: its public API survived the split into modules, the modules
+import one way, and importing it stays light. No root needed."""
 from __future__ import annotations
 
-import os
+import ast
+import importlib
+import subprocess
+import sys
 from pathlib import Path
 
-import pytest
+import labhelper.trace as T
 
-from labhelper import trace as T
-from labhelper.errors import RequirementError
+# labhelper/trace.py's __all__ before it became a package: notebooks, exercises, syscost and the
+# teaching side use these names as trace.NAME.
+OLD_ALL = [
+    "Record", "Trace", "Summary", "SummaryRow", "TraceError", "CommandNotFoundError",
+    "trace", "trace_call", "parse", "parse_line", "merge", "summarize", "category",
+    "CATEGORIES", "CATEGORY_NAMES", "strace_path", "strace_argv", "unescape",
+]
+PACKAGE = Path(T.__file__).parent
+ROOT = PACKAGE.parents[1]
 
-DATA = Path(__file__).parent / "data" / "strace"
-
-
-def load(name: str, merged: bool = True) -> list[T.Record]:
-    records = T.parse((DATA / name).read_bytes())
-    return T.merge(records) if merged else records
-
-
-def one(line: str) -> T.Record:
-    r = T.parse_line(line)
-    assert r is not None
-    return r
-
-
-# --- single lines ------------------------------------------------------------------------------
-
-def test_complete_call_with_decoded_fds():
-    r = one('19369 1795824870.460904 openat(AT_FDCWD</tmp/x>, "/etc/hostname", O_RDONLY|O_CLOEXEC)'
-            ' = 3</etc/hostname> <0.000021>')
-    assert (r.pid, r.kind, r.syscall) == (19369, "call", "openat")
-    assert r.time == pytest.approx(1795824870.460904)
-    assert r.args == ("AT_FDCWD</tmp/x>", '"/etc/hostname"', "O_RDONLY|O_CLOEXEC")
-    assert (r.retval, r.retval_text, r.errno, r.errtext) == (3, "3</etc/hostname>", None, None)
-    assert r.duration == pytest.approx(0.000021)
-    assert r.path == "/etc/hostname" and r.category == "file" and not r.failed
+# Each module may import only the modules listed for it: categories at the bottom, runner on top.
+ALLOWED = {
+    "categories": set(),
+    "parser": {"categories"},
+    "summary": {"categories", "parser"},
+    "runner": {"categories", "parser", "summary"},
+    "__main__": {"runner"},
+    "__init__": {"categories", "parser", "summary", "runner"},
+}
 
 
-def test_failed_call_has_errno_name_and_text():
-    r = one('7 1.5 openat(AT_FDCWD, "/nonexistent", O_RDONLY) = -1 ENOENT (No such file or directory) <0.000024>')
-    assert (r.retval, r.errno, r.errtext) == (-1, "ENOENT", "No such file or directory")
-    assert r.failed and r.retval_text.startswith("-1 ENOENT")
+def test_the_old_public_api_is_all_there():
+    assert T.__all__ == OLD_ALL
+    missing = [name for name in OLD_ALL if not hasattr(T, name)]
+    assert not missing, f"labhelper.trace lost {missing}"
+    # the other public names of the old module are still reachable as trace.NAME
+    for name in ("KINDS", "STRACE_HINT", "split_args"):
+        assert hasattr(T, name), name
+    assert callable(T.trace) and T.trace.__name__ == "trace"  # the function, not a submodule
+    assert issubclass(T.CommandNotFoundError, T.TraceError)
 
 
-def test_repr_is_short_and_readable():
-    r = one('7 1.5 openat(AT_FDCWD, "/nonexistent", O_RDONLY) = -1 ENOENT (No such file or directory) <0.000024>')
-    assert repr(r) == '<7 openat(AT_FDCWD, "/nonexistent", O_RDONLY) = -1 ENOENT (No such file or directory)>'
-    long = one('7 1.5 write(1, "' + "a" * 200 + '", 200) = 200 <0.000001>')
-    assert len(repr(long)) < 100 and repr(long).endswith("...) = 200>")
+def test_each_module_says_what_it_holds_and_exports_it():
+    owners = {}
+    for path in sorted(PACKAGE.glob("*.py")):
+        if path.stem in ("__init__", "__main__"):
+            continue
+        module = importlib.import_module(f"labhelper.trace.{path.stem}")
+        assert module.__doc__ and len(module.__doc__) > 200, f"{path.name} needs a docstring"
+        assert [n for n in module.__all__ if not hasattr(module, n)] == [], path.name
+        owners.update({n: module for n in module.__all__})
+    for name in OLD_ALL:  # each name the package offers is its module's own object
+        assert getattr(T, name) is getattr(owners[name], name), name
 
 
-def test_unfinished_and_resumed_halves():
-    first = one("19369 1795824870.468712 wait4(-1,  <unfinished ...>")
-    second = one("19369 1795824870.490589 <... wait4 resumed>[{WIFEXITED(s) && WEXITSTATUS(s) == 0}], 0, NULL)"
-                 " = 19370 <0.021863>")
-    assert (first.kind, first.syscall, first.args_text, first.retval) == ("unfinished", "wait4", "-1, ", None)
-    assert (second.kind, second.syscall, second.retval) == ("resumed", "wait4", 19370)
-    merged = T.merge([first, second])
-    assert len(merged) == 1
-    m = merged[0]
-    assert m.kind == "call" and m.time == first.time and m.duration == pytest.approx(0.021863)
-    assert m.args == ("-1", "[{WIFEXITED(s) && WEXITSTATUS(s) == 0}]", "0", "NULL")
+def _imports(path: Path) -> list[tuple[str, str]]:
+    """(module, name) for each `from X import name` of labhelper; `import X` as (X, "")."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1:
+                base = node.module or ""
+            elif node.level == 2 or (node.module or "").startswith("labhelper"):
+                base = "labhelper." + (node.module or "") if node.level == 2 else node.module
+            else:
+                continue
+            found += [(base, a.name) for a in node.names]
+        elif isinstance(node, ast.Import):
+            found += [(a.name, "") for a in node.names if a.name.startswith("labhelper")]
+    return found
 
 
-def test_call_with_no_arguments_before_the_break():
-    first = one("1 1.0 vfork( <unfinished ...>")
-    assert first.args_text == ""
-    m = T.merge([first, one("1 1.1 <... vfork resumed>) = 42 <0.000717>")])[0]
-    assert (m.kind, m.args, m.retval) == ("call", (), 42)
+def test_imports_point_one_way_and_no_private_name_crosses():
+    for path in sorted(PACKAGE.glob("*.py")):
+        for module, name in _imports(path):
+            assert not name.startswith("_"), f"{path.name} imports the private {module}.{name}"
+            if module.startswith("labhelper"):
+                # outside the package: only modules below trace (errors, process), never teach
+                assert module in ("labhelper.errors", "labhelper.process"), (path.name, module)
+            elif module:
+                assert module in ALLOWED[path.stem], f"{path.name} may not import .{module}"
+            else:  # `from . import x`
+                assert name in ALLOWED[path.stem], f"{path.name} may not import .{name}"
 
 
-def test_signal_lines():
-    r = one("19369 1.0 --- SIGCHLD {si_signo=SIGCHLD, si_code=CLD_EXITED, si_pid=19370, si_uid=0, "
-            "si_status=0, si_utime=0, si_stime=0} ---")
-    assert (r.kind, r.signal, r.syscall) == ("signal", "SIGCHLD", None)
-    assert "si_pid=19370" in r.args_text
-    stopped = one("8081 1.0 --- stopped by SIGSTOP ---")
-    assert (stopped.kind, stopped.signal) == ("signal", "SIGSTOP")
-
-
-def test_exit_and_killed_lines():
-    e = one("5 1.0 +++ exited with 3 +++")
-    assert (e.kind, e.retval) == ("exit", 3)
-    k = one("5 1.0 +++ killed by SIGKILL +++")
-    assert (k.kind, k.signal) == ("killed", "SIGKILL")
-    core = one("5 1.0 +++ killed by SIGSEGV (core dumped) +++")
-    assert (core.kind, core.signal) == ("killed", "SIGSEGV")
-
-
-def test_prefix_variants():
-    no_pid = one('openat(AT_FDCWD, "/etc/passwd", O_RDONLY|O_CLOEXEC) = 3')
-    assert (no_pid.pid, no_pid.time, no_pid.retval) == (None, None, 3)
-    bracket = one('[pid  4322] 12:34:56.123456 write(1, "hi\\n", 3) = 3 <0.000010>')
-    assert bracket.pid == 4322 and bracket.time == pytest.approx(12 * 3600 + 34 * 60 + 56.123456)
-    assert bracket.strings() == ["hi\n"]
-
-
-def test_empty_line_is_none_and_unknown_line_is_kept():
-    assert T.parse_line("") is None and T.parse_line("   \n") is None
-    other = one("strace: Process 4321 attached")
-    assert other.kind == "other" and "attached" in other.args_text
-
-
-# --- whole captured files ----------------------------------------------------------------------
-
-def test_every_line_of_the_captured_files_is_understood():
-    for path in sorted(DATA.glob("*.txt")):
-        for r in T.parse(path.read_bytes()):
-            assert r.kind != "other" or r.args_text.startswith("strace:"), (path.name, r.line)
-            if r.kind in ("call", "resumed"):
-                # every return value is understood: a number, or "?" (no return: exit, killed)
-                assert r.retval is not None or r.retval_text.startswith("?"), (path.name, r.line)
-
-
-def test_cat_hostname_single_process():
-    records = load("cat_hostname.txt")
-    assert {r.pid for r in records} == {records[0].pid}
-    assert records[0].syscall == "execve" and records[0].strings()[0] == "/usr/bin/cat"
-    opens = [r for r in records if r.syscall == "openat" and r.path == "/etc/hostname"]
-    assert len(opens) == 1 and opens[0].retval >= 0
-    assert records[-1].kind == "exit" and records[-1].retval == 0
-
-
-def test_shell_children_pairs_are_merged():
-    raw = load("shell_children.txt", merged=False)
-    merged = T.merge(raw)
-    n_unfinished = sum(r.kind == "unfinished" for r in raw)
-    n_resumed = sum(r.kind == "resumed" for r in raw)
-    assert n_unfinished == n_resumed > 0
-    assert not [r for r in merged if r.kind in ("unfinished", "resumed")]
-    assert len(merged) == len(raw) - n_resumed
-    # five processes: the shell and ls, mkdir, rmdir, cat
-    assert len({r.pid for r in merged}) == 5
-    exits = {r.pid: r.retval for r in merged if r.kind == "exit"}
-    shell = merged[0].pid
-    assert exits[shell] == 3 and sorted(exits.values()) == [0, 0, 0, 1, 3]
-    mkdir = [r for r in merged if r.syscall in ("mkdir", "mkdirat")]
-    assert len(mkdir) == 1 and mkdir[0].path == "d1" and mkdir[0].retval == 0
-    wait = [r for r in merged if r.syscall == "wait4" and r.retval and r.retval > 0]
-    assert len(wait) == 4 and all(r.args[1].startswith("[{WIFEXITED") for r in wait)
-    execs = [r.strings()[0] for r in merged if r.syscall == "execve"]
-    assert execs == ["/bin/sh", "/usr/bin/ls", "/usr/bin/mkdir", "/usr/bin/rmdir", "/usr/bin/cat"]
-    sigchld = [r for r in merged if r.kind == "signal"]
-    assert len(sigchld) == 4 and {r.signal for r in sigchld} == {"SIGCHLD"}
-
-
-def test_threads_killed_mid_call():
-    raw = load("threads_killed.txt", merged=False)
-    died = [r for r in raw if r.kind == "resumed" and r.retval_text == "?"]
-    assert died and died[-1].syscall == "clock_nanosleep" and died[-1].args_text == ""
-    merged = T.merge(raw)
-    killed = [r for r in merged if r.kind == "killed"]
-    assert len(killed) == 2 and {r.signal for r in killed} == {"SIGKILL"}
-    kill = [r for r in merged if r.syscall == "kill"]
-    assert kill and kill[0].retval is None and kill[0].args == (str(merged[0].pid), "SIGKILL")
-    # the sleeping thread's call, merged, has its three printed arguments and no return value
-    sleeper = [r for r in merged if r.syscall == "clock_nanosleep" and r.retval is None]
-    assert sleeper and len(sleeper[-1].args) == 3
-    t = T.Trace(("python3",), tuple(merged))
-    assert t.exit == "killed by SIGKILL" and t.killed_by == "SIGKILL" and not t.ok
-
-
-def test_signals_fixture():
-    merged = load("signals.txt")
-    sigs = [r.signal for r in merged if r.kind == "signal"]
-    for expected in ("SIGUSR1", "SIGSTOP", "SIGCONT", "SIGCHLD", "SIGSEGV"):
-        assert expected in sigs
-    assert any(r.kind == "signal" and r.args_text.startswith("stopped by") for r in merged)
-    restarted = [r for r in merged if r.errno == "ERESTART_RESTARTBLOCK"]
-    assert restarted and restarted[0].retval is None and restarted[0].errtext == "Interrupted by signal"
-    assert any(r.kind == "killed" and r.signal == "SIGSEGV" for r in merged)
-    assert any(r.kind == "exit" and r.retval == 3 for r in merged)
-    assert any(r.syscall == "rt_sigreturn" for r in merged)
-
-
-def test_special_characters_in_paths_and_sockets():
-    merged = load("names_sockets.txt")
-    created = [r for r in merged if r.syscall == "openat" and "O_CREAT" in r.args_text]
-    names = [r.path for r in created]
-    assert names == ["a(b", "a)b", "a[b", 'a"b', "a<b", "a b", "a,b", "a->b", "\nx",
-                     os.fsdecode(b"bad\xffname")]
-    for r in created:
-        assert len(r.args) == 4 and r.retval >= 0
-        # the returned fd is decoded to the full path; '<' and '>' come back unescaped
-        assert r.retval_text.startswith(f"{r.retval}</")
-    writes = [r for r in merged if r.syscall == "write" and "caf" in r.args_text]
-    assert writes
-    data = T.unescape(writes[0].args[1])
-    assert data.startswith(b'\xff\xfe\x00 caf\xc3\xa9 "q" \\ \tz') and writes[0].args[1].endswith('"...')
-    closes = [r for r in merged if r.syscall == "close" and "a->b" == (r.path or "").rsplit("/", 1)[-1]]
-    assert closes and closes[0].args == (closes[0].args_text,)
-    pair = [r for r in merged if r.syscall == "socketpair"]
-    assert pair and len(pair[0].args) == 4 and pair[0].args[3].count("UNIX-STREAM") == 2
-    tcp = [r for r in merged if r.syscall == "close" and "TCP:[" in r.args_text and "->" in r.args_text]
-    assert tcp and len(tcp[0].args) == 1
-    abstract = [r for r in merged if r.syscall == "bind" and "sun_path=@" in r.args_text]
-    assert abstract and len(abstract[0].args) == 3
-    cats = {r.syscall: r.category for r in merged if r.is_call}
-    assert cats["socket"] == "network" and cats["openat"] == "file" and cats["bind"] == "network"
-
-
-def test_rare_forms_and_a_raw_non_utf8_byte():
-    raw = (DATA / "forms.txt").read_bytes()
-    assert b"\xff" in raw  # the fixture really holds a byte that is not UTF-8
-    records = T.parse(raw)
-    by_name = {}
-    for r in records:
-        by_name.setdefault(r.syscall or r.kind, []).append(r)
-    assert by_name["restart_syscall"][0].retval == 0
-    assert by_name["restart_syscall"][0].args == ("<... resuming interrupted clock_nanosleep ...>",)
-    detached = by_name["wait4"][0]
-    assert detached.kind == "unfinished" and detached.retval_text == "<detached ...>"
-    assert by_name["fcntl"][0].retval == 0x8000 and "flags O_RDONLY" in by_name["fcntl"][0].retval_text
-    assert by_name["poll"][0].retval == 0 and by_name["poll"][0].retval_text == "0 (Timeout)"
-    assert len(by_name["poll"][0].args) == 3
-    assert by_name["mmap"][0].retval == 0x7F1234560000
-    assert by_name["exit_group"][0].retval is None and by_name["exit_group"][0].duration is None
-    assert by_name["futex"][0].retval is None and by_name["futex"][0].retval_text == "? <unavailable>"
-    assert by_name["syscall_0x1c7"][0].errno == "ENOSYS"
-    assert by_name["getpid"][0].retval == 4321
-    (bad,) = [r for r in records if r.syscall == "openat" and r.pid == 4321]
-    assert "\\xff" in bad.args_text and bad.errno == "ENOENT"  # kept readable, not dropped
-    w = [r for r in records if r.syscall == "write" and r.pid == 4321][0]
-    assert T.unescape(w.args[1]) == b'\xff\xfe "q" \\ \tA'
-    assert w.path == "/tmp/café"
-    sig = [r for r in records if r.kind == "signal"][0]
-    assert sig.signal == "SIGTSTP"
-    assert any(r.kind == "exit" and r.retval is None and "superseded" in r.args_text for r in records)
-    assert any(r.kind == "killed" and r.signal == "SIGSEGV" for r in records)
-    # the read that was interrupted: its two halves merge, errno from the second half
-    merged = T.merge(records)
-    (read,) = [r for r in merged if r.syscall == "read"]
-    assert read.kind == "call" and read.errno == "ERESTARTSYS" and read.args == ("0</dev/pts/0<char 136:0>>", '"x"', "1")
-
-
-def test_merge_keeps_unmatched_halves():
-    lone_resumed = one("9 1.0 <... read resumed>\"x\", 1) = 1 <0.1>")
-    lone_unfinished = one("8 1.0 read(0,  <unfinished ...>")
-    out = T.merge([lone_resumed, lone_unfinished, one("8 1.1 +++ killed by SIGKILL +++")])
-    assert [r.kind for r in out] == ["resumed", "unfinished", "killed"]
-    # a resumed half of another call does not steal the pending one
-    out = T.merge([one("8 1.0 read(0,  <unfinished ...>"), one("8 1.1 <... write resumed>) = 1")])
-    assert [r.kind for r in out] == ["unfinished", "resumed"]
-
-
-@pytest.mark.parametrize("text, expected", [
-    ('"a\\tb"', b"a\tb"),
-    ('"\\177ELF\\2\\1"...', b"\x7fELF\x02\x01"),
-    ('"\\x4f\\x93"', b"\x4f\x93"),
-    ('"q\\"\\\\"', b'q"\\'),
-    ('"caf\\303\\251"', "café".encode()),
-    ('"\\0"', b"\0"),
-])
-def test_unescape(text, expected):
-    assert T.unescape(text) == expected
-
-
-def test_split_args_edge_cases():
-    assert T.split_args("") == ()
-    assert T.split_args("3</a,b>, \"x, y\", [1, 2], {a=1, b=2}") == ("3</a,b>", '"x, y"', "[1, 2]", "{a=1, b=2}")
-    assert T.split_args("4<TCP:[1.2.3.4:80->5.6.7.8:9]>, 1") == ("4<TCP:[1.2.3.4:80->5.6.7.8:9]>", "1")
-    assert T.split_args("{sa_family=AF_UNIX}, [128 => 2]") == ("{sa_family=AF_UNIX}", "[128 => 2]")
-    assert T.split_args("a, b, ") == ("a", "b")
-
-
-# --- summary and filters -----------------------------------------------------------------------
-
-def test_summary_counts_errors_and_time():
-    merged = load("shell_children.txt")
-    s = T.summarize(merged)
-    calls = [r for r in merged if r.is_call]
-    assert s.calls == len(calls)
-    assert s.errors == sum(r.failed for r in calls)
-    assert s.seconds == pytest.approx(sum(r.duration or 0 for r in calls))
-    assert s["openat"].calls == sum(r.syscall == "openat" for r in calls)
-    assert s["newfstatat"].errors > 0 and s["execve"].calls == 5
-    # sorted by calls (largest first), ties by name
-    counts = [row.calls for row in s]
-    assert counts == sorted(counts, reverse=True)
-    assert s.sorted("syscall").names() == sorted(s.names())
-    assert s.sorted("seconds").rows[0].seconds == max(r.seconds for r in s)
-    with pytest.raises(ValueError, match="cannot sort by"):
-        s.sorted("bogus")
-    with pytest.raises(KeyError, match="was not called"):
-        s["kexec_load"]
-    cats = s.by_category()
-    assert sum(cats.values()) == s.calls and list(cats) == [c for c in T.CATEGORY_NAMES if c in cats]
-    assert "process" in cats and "file" in cats
-
-
-def test_summary_table_and_html():
-    s = T.summarize(load("cat_hostname.txt"))
-    text = s.table()
-    assert text.splitlines()[0].startswith("% time") and text.splitlines()[-1].endswith("total")
-    assert repr(s) == text and "openat" in text
-    html = s._repr_html_()
-    assert html.startswith("<table>") and "<code>openat</code>" in html
-    top = s.top(3)
-    assert len(top) == 3 and "100.00" not in top.table().splitlines()[-1]  # % of the whole trace
-
-
-def test_category_filter():
-    t = T.Trace(("sh",), tuple(load("shell_children.txt")))
-    files = t.filter(category="file")
-    assert files.calls and all(r.category == "file" for r in files.calls)
-    procs = t.filter(category="process")
-    assert {"execve", "wait4", "vfork"} <= set(procs.syscalls)
-    failed = t.filter(failed=True)
-    assert failed.calls and all(r.failed for r in failed)
-    assert t.summary(category="memory").names() and all(r.category == "memory" for r in t.summary("memory"))
-    assert len(t.filter(category="file")) + len(t.filter(category="process")) <= len(t)
-    with pytest.raises(ValueError, match="unknown category"):
-        t.filter(category="disk")
-    assert T.category("openat") == "file" and T.category("mmap") == "memory"
-    assert T.category("kill") == "signal" and T.category("connect") == "network"
-    assert T.category("clock_gettime") == "other" and T.category(None) == "other"
-    assert set(T.CATEGORIES.values()) <= set(T.CATEGORY_NAMES)
-
-
-def test_trace_object_views():
-    t = T.Trace(("sh", "-c", "x"), tuple(load("shell_children.txt")))
-    assert t.exit == "exited with 3" and not t.ok
-    assert t.count("mkdir") == 1 and t.first("mkdir").path == "d1"
-    assert t.find("openat", path="/nonexistent")[0].errno == "ENOENT"
-    assert len(t.pids) == 5 and t.syscalls[0] == "execve"
-    assert repr(t).startswith("<Trace 'sh -c x': exited with 3, ") and "5 processes/threads" in repr(t)
-    assert "openat" in t._repr_html_()
-    assert t.lines(2).splitlines()[0].startswith("execve(")
-    from labhelper.trace import TraceError
-    with pytest.raises(TraceError, match="exited with 3"):
-        t.check()
-
-
-# --- strace missing ----------------------------------------------------------------------------
-
-def test_missing_strace_says_how_to_install(tmp_path, monkeypatch):
-    missing = str(tmp_path / "no-strace-here")
-    with pytest.raises(RequirementError) as info:
-        T.strace_path(missing)
-    assert "apt-get install strace" in str(info.value) and info.value.missing == ("strace",)
-    monkeypatch.setenv("LABHELPER_STRACE", missing)
-    with pytest.raises(RequirementError, match="apt-get install strace"):
-        T.trace("true")
-    with pytest.raises(RequirementError, match="apt-get install strace"):
-        T.trace(lambda: None)
-    monkeypatch.delenv("LABHELPER_STRACE")
-    monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(RequirementError, match="not installed"):
-        T.strace_path()
-    assert not list(tmp_path.iterdir())  # nothing was created
-
-
-def test_strace_argv_flags():
-    argv = T.strace_argv("/usr/bin/strace", "/tmp/out", 99)
-    for flag in ("-f", "-ttt", "-T", "-yy", "-q"):
-        assert flag in argv
-    assert argv[argv.index("-s") + 1] == "99" and argv[argv.index("-o") + 1] == "/tmp/out"
-    only = T.strace_argv("s", "o", only="file")
-    assert only[-2] == "-e" and only[-1].startswith("trace=") and "?openat" in only[-1].split(",")
-    assert "?mmap" not in only[-1]
-    with pytest.raises(ValueError, match="only= must be one of"):
-        T.strace_argv("s", "o", only="disk")
+def test_importing_trace_stays_light():
+    code = ("import sys, labhelper.trace; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('matplotlib', 'graphviz', 'ipywidgets', 'IPython', 'numpy') or m.startswith('labhelper.teach')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
