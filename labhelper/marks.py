@@ -58,21 +58,23 @@ def lab_dir_of(path: str) -> str | None:
     return next((d for d in LAB_DIRS if is_under(path, d)), None)
 
 
-def lab_path(path: str | os.PathLike, action: str) -> str:
-    """``path`` normalized, if it lies strictly below a lab folder; else Refused, saying that
-    labhelper does not ``action`` (e.g. "mount") anywhere else.
+def lab_path(path: str | os.PathLike, action: str, within: tuple[str, ...] | None = None) -> str:
+    """``path`` normalized, if it lies strictly below a lab folder (or one of ``within``, for
+    tests that use a temporary folder instead); else Refused, saying that labhelper does not
+    ``action`` (e.g. "mount") anywhere else.
 
     Strictly: a lab folder itself is never a target (mounting on /run/labhelper would hide the
     ledger; removing it would remove every lab object's files).
     """
     text = os.fspath(path)
+    folders = LAB_DIRS if within is None else within
     if not isinstance(text, str) or not text or "\0" in text:
         raise Refused(f"refusing to {action} {text!r}: not a path")
     normal = os.path.normpath(text)
-    root = lab_dir_of(normal)
-    if root is None or normal == root:
+    root = next((d for d in folders if is_under(normal, d)), None)
+    if root is None or normal == os.path.normpath(root):
         raise Refused(f"refusing to {action} {text!r}: labhelper does that only below "
-                      f"{' or '.join(LAB_DIRS)}")
+                      f"{' or '.join(folders)}")
     return normal
 
 

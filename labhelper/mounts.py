@@ -224,9 +224,7 @@ def remove_tree(path: str, allowed: tuple[str, ...] | None = None) -> None:
     emptying a host folder (R5 in docs/reliability.md).
     """
     allowed = marks.LAB_DIRS if allowed is None else allowed
-    normal = os.path.normpath(path)
-    if not any(marks.is_under(normal, d) and normal != os.path.normpath(d) for d in allowed):
-        raise Refused(f"refusing to remove {path!r}: labhelper removes folders only below {' or '.join(allowed)}")
+    normal = marks.lab_path(path, "remove", within=allowed)
     registry.guard(f"remove {normal}")
     name = os.path.basename(normal)
     try:

@@ -1,18 +1,12 @@
 """The course's charts, drawn from saved data (matplotlib's Agg backend, no display)."""
 from __future__ import annotations
 
-import pathlib
-
 import pytest
 
 from labhelper import trace
 from labhelper.teach import plots
 
-DATA = pathlib.Path(__file__).parent / "data" / "strace"
-
-
-def load(name: str) -> list[trace.Record]:
-    return trace.merge(trace.parse((DATA / name).read_bytes()))
+from strace_data import load
 
 
 def test_summary_plot_has_one_bar_per_syscall():
