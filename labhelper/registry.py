@@ -18,7 +18,7 @@ reboot, exactly like the kernel objects it describes). Each file is written to a
 and renamed into place, so a reader sees a whole record or none, even after SIGKILL mid-write.
 
 The test-only fault hook lives here too: ``fault_point(step)`` after each setup step lets the
-tests kill the creator at exactly that point (RELIABILITY.md, R1).
+tests kill the creator at exactly that point (R1 in docs/reliability.md).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""An independent census of kernel objects with the project's marks (RELIABILITY.md).
+"""An independent census of kernel objects with the project's marks (docs/reliability.md).
 
 Deliberately written without labhelper, so a bug in labhelper's own census cannot hide a leak:
 mounts under the lab folders (and overlays whose upperdir is there), cgroup folders under a

@@ -1,4 +1,4 @@
-"""A real Jupyter kernel: interrupt and restart are normal events (DESIGN.md), and leave nothing."""
+"""A real Jupyter kernel: interrupt and restart are normal events (ARCHITECTURE.md), and leave nothing."""
 import os
 import time
 

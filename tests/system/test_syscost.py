@@ -92,7 +92,7 @@ def test_ctypes_pair_differs_only_in_the_system_call():
     """The 'where' column is true: abs() via ctypes never enters the kernel, syscall(nr) does."""
     _need_strace()
     from labhelper import trace as T
-    noop, getpid = syscost._ctypes_pair()
+    noop, getpid = syscalls.matched_ctypes_calls()
     assert noop() == syscalls.syscall_number("getpid")  # abs(nr) == nr: it really ran abs
     assert getpid() == os.getpid()
     quiet = T.trace(lambda: [noop() for _ in range(50)])

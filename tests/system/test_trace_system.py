@@ -340,7 +340,7 @@ def test_interrupting_a_traced_function_leaves_nothing():
 
 
 def test_file_descriptors_stay_flat():
-    """RELIABILITY R10: tracing many times does not leak fds into this process."""
+    """R10 (docs/reliability.md): tracing many times does not leak fds into this process."""
     def fds() -> int:
         return len(os.listdir("/proc/self/fd"))
 

@@ -361,7 +361,7 @@ def test_chapter_runs_clean_in_the_browser(name: str, lab, page, screenshots: Pa
 
 @pytest.mark.skipif(not COURSE, reason="no notebooks/*.ipynb yet")
 def test_the_course_has_a_slider_playground():
-    """DESIGN.md: a widget playground where a learner would rather move a slider than edit code."""
+    """ARCHITECTURE.md, chapters: a widget playground where a learner would rather move a slider than edit code."""
     with_slider = [
         name for name in COURSE
         if "IntSlider" in (NOTEBOOKS / name).read_text() or "FloatSlider" in (NOTEBOOKS / name).read_text()
