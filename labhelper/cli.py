@@ -37,7 +37,9 @@ def _doctor(args) -> int:
 def _census(args) -> int:
     c = _cleanup.census()
     if args.json:
-        print(json.dumps({"objects": [o.__dict__ for o in c.objects], "problems": c.problems}, indent=2))
+        objects = [{"kind": o.kind, "name": o.name, "detail": o.detail, "owner": o.owner, "where": list(o.where)}
+                   for o in c.objects]
+        print(json.dumps({"objects": objects, "problems": c.problems}, indent=2))
     else:
         print(c.table())
     _warn(c.problems)
