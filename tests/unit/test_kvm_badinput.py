@@ -13,8 +13,10 @@ from forking import child_answer
 
 from labhelper import kvm
 from labhelper.errors import RequirementError
-from labhelper.kvm import guests, system
-from labhelper.kvm.machine import Machine, MmioUart
+from labhelper.kvm import guests
+from labhelper.kvm.devices import MmioUart
+from labhelper.kvm.fds import Owner
+from labhelper.kvm.machine import Machine
 from labhelper.kvm.vcpu import Registers, RegisterError, Segment, SpecialRegisters
 from labhelper.kvm.vm import MEMORY_CAP, MemoryError_, check_memory_request
 
@@ -155,10 +157,10 @@ def test_invalid_special_registers():
 
 
 def test_fork_hook_closes_our_fds_in_the_child():
-    class Fake(system._Owner):
+    class Fake(Owner):
         pass
     owner = Fake()
-    owner._adopt(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+    owner.adopt(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
     fd = owner.fd
 
     def child() -> bytes:
@@ -241,7 +243,7 @@ def test_kvm_run_mmap_failure_is_a_syscall_error_and_closes_the_fd(monkeypatch):
 
 def _adopted(cls, **attrs):
     obj = cls.__new__(cls)
-    obj._adopt(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+    obj.adopt(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
     for k, v in attrs.items():
         setattr(obj, k, v)
     return obj
@@ -283,8 +285,7 @@ def test_stepper_after_close_refuses_instead_of_opening_a_new_vm():
 
 
 def test_guest_cpuid_adds_the_hypervisor_bit_to_leaf_1_only():
-    from labhelper.kvm.machine import CPUID_HYPERVISOR, guest_cpuid
-    from labhelper.kvm.system import CpuidEntry
+    from labhelper.kvm.cpuid import CPUID_HYPERVISOR, CpuidEntry, guest_cpuid
     supported = [CpuidEntry(0, 0, 0, 0xD, 1, 2, 3), CpuidEntry(1, 0, 0, 0x906EA, 0, 0x7FFAFBFF, 0),
                  CpuidEntry(0x40000000, 0, 0, 0x40000001, 0x4B4D564B, 0x564B4D56, 0x4D)]
     offered = guest_cpuid(supported)
