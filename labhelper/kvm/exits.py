@@ -21,7 +21,7 @@ __all__ = [
     "FailEntry", "InternalError", "Interrupted", "SystemEvent", "Unhandled", "decode",
     "EXIT_TYPES", "KVM_EXIT_IO", "KVM_EXIT_HLT", "KVM_EXIT_MMIO", "KVM_EXIT_SHUTDOWN",
     "KVM_EXIT_FAIL_ENTRY", "KVM_EXIT_INTR", "KVM_EXIT_INTERNAL_ERROR", "KVM_EXIT_SYSTEM_EVENT",
-    "is_error",
+    "is_error", "IO",
 ]
 
 EXIT_NAMES: dict[int, str] = {
@@ -249,13 +249,14 @@ def is_error(exit_) -> bool:
 # Offsets come from the ctypes layout, so there is one source of truth for the ABI.
 _OFF_REASON = structs.kvm_run.exit_reason.offset
 _OFF_UNION = structs.kvm_run.exit.offset
-_IO = struct.Struct("<BBHIQ")           # direction, size, port, count, data_offset
+# The union's io member, public: the vCPU reads it again to answer an `in` (Vcpu.complete_io_in).
+IO = struct.Struct("<BBHIQ")            # direction, size, port, count, data_offset
 _MMIO = struct.Struct("<Q8sIB")         # phys_addr, data[8], len, is_write
 _FAIL = struct.Struct("<QI")            # hardware_entry_failure_reason, cpu
 _INTERNAL = struct.Struct("<II16Q")     # suberror, ndata, data[16]
 # exit_reason and the I/O member of the union in one read: most exits are I/O, and one unpack
 # is cheaper than two. (For other exits the I/O fields are just other bytes, unused.)
-_HEAD = struct.Struct(f"<{_OFF_REASON}xI{_OFF_UNION - _OFF_REASON - 4}x" + _IO.format[1:])
+_HEAD = struct.Struct(f"<{_OFF_REASON}xI{_OFF_UNION - _OFF_REASON - 4}x" + IO.format[1:])
 # (tests/unit/test_kvm_exits.py checks these formats against the ctypes member offsets)
 
 _HLT, _SHUTDOWN, _INTR = Hlt(), Shutdown(), Interrupted()

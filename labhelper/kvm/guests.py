@@ -11,7 +11,7 @@ runs. We write them in Intel syntax and let the real assembler turn them into by
 with its guest address and its bytes, so you can see exactly what the vCPU executes.
 
 The devices the guests talk to (ports and addresses) are the constants below; the VMM side is in
-:mod:`labhelper.kvm.machine`.
+:mod:`labhelper.kvm.devices`.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from ..errors import LabError, RequirementError
+from ..errors import LabError, Refused, RequirementError
 
 __all__ = [
     "Program", "ListingLine", "AssemblerError", "assemble", "tools", "ORIGIN",
@@ -165,9 +165,9 @@ def assemble(source: str, mode: str = "real", origin: int = ORIGIN, name: str = 
     """Assemble Intel-syntax ``source`` for ``mode`` ("real": 16-bit, "long": 64-bit), linked to
     run at ``origin``. Raises AssemblerError with the assembler's messages on bad source."""
     if mode not in _MODES:
-        raise ValueError(f"mode must be one of {', '.join(_MODES)}, not {mode!r}")
+        raise Refused(f"mode must be one of {', '.join(_MODES)}, not {mode!r}")
     if not isinstance(origin, int) or origin < 0 or origin % 16:
-        raise ValueError(f"origin must be a non-negative multiple of 16, not {origin!r}")
+        raise Refused(f"origin must be a non-negative multiple of 16, not {origin!r}")
     return _assemble(source, mode, origin, name)
 
 
@@ -276,10 +276,10 @@ def serial_source(message: bytes | str) -> str:
     if isinstance(message, str):
         message = message.encode()
     if not message:
-        raise ValueError("the serial guest needs a message of at least one byte "
+        raise Refused("the serial guest needs a message of at least one byte "
                          "(with cx = 0, `loop` would run 65,536 times)")
     if len(message) > 0xFFFF:
-        raise ValueError(f"the message is {len(message)} bytes; cx counts at most 65,535")
+        raise Refused(f"the message is {len(message)} bytes; cx counts at most 65,535")
     return f"""\
 # Print a message on the serial port, one byte at a time: full virtualization of a device.
     mov dx, {SERIAL_PORT:#x}           # COM1's data register

@@ -46,6 +46,8 @@ KVMIO = 0xAE
 def ioc(direction: int, type_: int, nr: int, size: int) -> int:
     """_IOC(dir, type, nr, size) from asm-generic/ioctl.h."""
     if not 0 <= size < (1 << _IOC_SIZEBITS):
+        # A programming error in the table (a structure too big for the number), found when this
+        # module is imported: a plain ValueError, not a Refused (no learner's input is refused).
         raise ValueError(f"ioctl argument size {size} does not fit in {_IOC_SIZEBITS} bits")
     return ((direction << _IOC_DIRSHIFT) | (type_ << _IOC_TYPESHIFT)
             | (nr << _IOC_NRSHIFT) | (size << _IOC_SIZESHIFT))

@@ -8,38 +8,34 @@ a VM, give it memory, load a program, put the vCPU in the right mode, then loop:
         emulate what it asked for    # a byte for the serial port, a doorbell, an MMIO register
         stop at hlt
 
-Devices (each one small and readable):
+It owns its /dev/kvm handle, VM and vCPU (closed together by :meth:`Machine.close`), wires the
+devices of :mod:`.devices` to the guest's ports and addresses, puts the vCPU in its program's mode
+with :mod:`.modes`, and runs the loop under the :mod:`.watchdog`, so that a timeout or a notebook
+interrupt always gets the vCPU back (and an interrupt closes the VM).
 
-* :class:`SerialPort`: COM1 at port 0x3f8. Each byte is one ``out``, one exit: *full
-  virtualization* of a real device by trap-and-emulate (the guest needs no change).
-* :class:`PvConsole`: a *paravirtual* console. The guest leaves the message in memory, writes its
-  address and length into a mailbox, and rings a doorbell port: one exit per message.
-* :class:`MmioUart`: a device at an address with no memory behind it (MMIO), like the UARTs of
-  ARM boards: DATA (+0, write), ID (+4, read), COUNT (+8, read).
-* :class:`ReportPort`: port 0x10, where a guest reports numbers (``out 0x10, ax``).
-
-A VMM must not trust its guest: the paravirtual console checks the buffer the guest describes
-before it reads it.
+This is the top of :mod:`labhelper.kvm`: it imports the modules below it, and none of them
+imports it.
 """
 from __future__ import annotations
 
 import contextlib
 import platform
-import struct
 import time
 from dataclasses import dataclass, field
 
-from ..errors import LabError, RequirementError, SyscallError
+from ..errors import LabError, RequirementError
+from ..registry import fault_point   # test hook (R1): kill or raise right after a step
 from . import exits as ex
-from . import watchdog
-from .guests import (DOORBELL_PORT, MAILBOX, MMIO_BASE, REPORT_PORT, SERIAL_PORT, Program,
-                     assemble)
+from . import modes, watchdog
+from .cpuid import guest_cpuid
+from .devices import default_devices, wire
+from .guests import MAILBOX, Program, assemble
+from .modes import LongModeUnavailable
 from .system import Kvm
-from .vcpu import Registers, Segment
-from .vm import PAGE_SIZE, MemoryError_, check_memory_request
+from .vcpu import Registers
+from .vm import MemoryError_, check_memory_request
 
-__all__ = ["Machine", "RunResult", "GuestError", "LongModeUnavailable", "SerialPort", "PvConsole",
-           "MmioUart", "ReportPort", "DEFAULT_MEMORY", "long_mode_check"]
+__all__ = ["Machine", "RunResult", "GuestError", "LongModeUnavailable", "DEFAULT_MEMORY", "long_mode_check"]
 
 DEFAULT_MEMORY = 64 * 1024
 
@@ -54,99 +50,6 @@ class GuestError(LabError):
 
     def __reduce__(self):
         return (self.__class__, (self.message, self.hint, self.exit, self.regs))
-
-
-class LongModeUnavailable(RequirementError):
-    """This host's KVM would not put a vCPU in 64-bit long mode."""
-
-
-# --- devices ---------------------------------------------------------------------------------------
-
-class SerialPort:
-    """COM1 (a 16550 UART), reduced to what a guest needs to print."""
-    name = "serial"
-
-    def __init__(self, base: int = SERIAL_PORT):
-        self.base = base
-        self.ports = range(base, base + 8)
-        self.output = bytearray()
-
-    def io_out(self, machine, port: int, data: bytes) -> None:
-        if port == self.base:                 # THR: transmit holding register
-            self.output += data
-            machine.output += data
-
-    def io_in(self, machine, port: int, size: int) -> bytes:
-        if port == self.base + 5:             # LSR: "transmitter empty", so a polling driver goes on
-            return bytes([0x60]) * size
-        return bytes(size)
-
-
-class ReportPort:
-    """Port 0x10: each ``out`` appends the value written to ``machine.reports``."""
-    name = "report"
-
-    def __init__(self, port: int = REPORT_PORT):
-        self.ports = range(port, port + 1)
-
-    def io_out(self, machine, port: int, data: bytes) -> None:
-        machine.reports.append(int.from_bytes(data, "little"))
-
-    def io_in(self, machine, port: int, size: int) -> bytes:
-        return bytes(size)
-
-
-class PvConsole:
-    """A paravirtual console: mailbox at MAILBOX (u16 address, u16 length), doorbell port."""
-    name = "pv-console"
-
-    def __init__(self, doorbell: int = DOORBELL_PORT, mailbox: int = MAILBOX):
-        self.ports = range(doorbell, doorbell + 1)
-        self.mailbox = mailbox
-        self.output = bytearray()
-        self.rings = 0
-        self.refused: list[str] = []          # descriptors that pointed outside guest memory
-
-    def io_out(self, machine, port: int, data: bytes) -> None:
-        self.rings += 1
-        address, length = struct.unpack("<HH", machine.vm.read(self.mailbox, 4))
-        try:
-            text = machine.vm.read(address, length)   # checked: must lie inside guest memory
-        except MemoryError_ as exc:
-            self.refused.append(f"buffer [{address:#x}, +{length}) refused: {exc.message}")
-            return
-        self.output += text
-        machine.output += text
-
-    def io_in(self, machine, port: int, size: int) -> bytes:
-        return bytes(size)
-
-
-class MmioUart:
-    """A UART at an MMIO address: DATA at +0 (write a byte), ID at +4 ("LHUA"), COUNT at +8."""
-    name = "mmio-uart"
-
-    def __init__(self, base: int = MMIO_BASE, size: int = 0x1000):
-        self.base, self.size = base, size
-        self.output = bytearray()
-        self.accesses = 0
-
-    def mmio_write(self, machine, address: int, data: bytes) -> None:
-        self.accesses += 1
-        if address == self.base:
-            self.output += data[:1]
-            machine.output += data[:1]
-
-    def mmio_read(self, machine, address: int, size: int) -> bytes:
-        self.accesses += 1
-        offset = address - self.base
-        if offset == 4:
-            value = b"LHUA"
-        elif offset == 8:
-            value = len(self.output).to_bytes(8, "little")
-        else:
-            value = bytes(8)
-        return value[:size].ljust(size, b"\0")
 
 
 # --- results ----------------------------------------------------------------------------------------
@@ -175,13 +78,6 @@ class RunResult:
 
 # --- the machine --------------------------------------------------------------------------------------
 
-# Control register and EFER bits for long mode (Intel SDM vol. 3, 2.5 and 9.8.5).
-CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_AM, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 << 18, 1 << 31
-CR4_PAE = 1 << 5
-EFER_LME, EFER_LMA = 1 << 8, 1 << 10
-PTE_P, PTE_RW, PTE_PS = 1, 2, 0x80
-
-
 class Machine:
     """One VM with one vCPU, running ``program`` (a :class:`Program`, or assembly text).
 
@@ -203,24 +99,14 @@ class Machine:
                                    hint="use an x86_64 lab VM for chapter 02", missing=("kvm-x86",))
         # Bad input is refused before any fd is opened or any memory mapped.
         _check_layout(program, memory)
-        self.devices = list(devices) if devices is not None else [SerialPort(), ReportPort(), PvConsole(), MmioUart()]
-        self._ports = {}
-        self._mmio = []
-        for d in self.devices:
-            for p in getattr(d, "ports", ()):
-                self._ports[p] = d
-            if hasattr(d, "mmio_write"):
-                if d.base < memory:
-                    raise MemoryError_(f"{d.name} at {d.base:#x} lies inside guest memory (which ends at {memory:#x}): "
-                                       "MMIO needs an address with no memory behind it")
-                self._mmio.append(d)
+        self.devices = list(devices) if devices is not None else default_devices()
+        self._ports, self._mmio = wire(self.devices, memory)
         self.output = bytearray()
         self.reports: list[int] = []
         self.counts: dict[str, int] = {}       # guest exits by kind, over the Machine's life
         self.kvm = self.vm = self.vcpu = None
         with contextlib.ExitStack() as undo:
             undo.callback(self.close)           # any failure below closes what was opened
-            from ..registry import fault_point  # test hook (R1): kill or raise right after a step
             self.kvm = Kvm(device)
             self.vm = self.kvm.create_vm()
             fault_point("vm-create")
@@ -233,52 +119,15 @@ class Machine:
                 self.vcpu.set_cpuid(guest_cpuid(self.kvm.supported_cpuid()))
             self.memory.write(program.origin, program.code)
             if self.mode == "long":
-                self._enter_long_mode(memory)
+                modes.enter_long_mode(self.vcpu, self.memory, program.origin)
             else:
-                self._enter_real_mode(memory)
+                modes.enter_real_mode(self.vcpu, program.origin, memory)
             undo.pop_all()
 
-    # --- modes ----------------------------------------------------------------------------------
-
-    def _enter_real_mode(self, memory: int) -> None:
-        # After reset a vCPU executes at CS:IP = f000:fff0 (the BIOS). We have no BIOS: point
-        # every segment at 0, so that guest addresses are physical addresses, and IP at origin.
-        s = self.vcpu.sregs()
-        for name in ("cs", "ds", "es", "fs", "gs", "ss"):
-            setattr(s, name, getattr(s, name)._replace(selector=0, base=0))
-        self.vcpu.set_sregs(s)
-        self.vcpu.set_regs(Registers(rip=self.program.origin, rsp=min(memory, 0x10000) - 0x10, rflags=0x2))
-
     def page_table_base(self, memory: int | None = None) -> int:
-        """Where the VMM puts the page tables: the last three pages of guest memory."""
-        return (memory or self.memory.size) - 3 * PAGE_SIZE
-
-    def _enter_long_mode(self, memory: int) -> None:
-        # 64-bit mode needs paging. Build an identity map of the first GiB with 2 MiB pages:
-        # PML4[0] -> PDPT[0] -> PD[0..511], each PD entry a 2 MiB page (PS bit). Guest virtual
-        # address == guest physical address, which keeps the listing's addresses true.
-        base = self.page_table_base(memory)
-        pml4, pdpt, pd = base, base + 0x1000, base + 0x2000
-        self.memory.write(pml4, struct.pack("<Q", pdpt | PTE_P | PTE_RW))
-        self.memory.write(pdpt, struct.pack("<Q", pd | PTE_P | PTE_RW))
-        self.memory.write(pd, b"".join(struct.pack("<Q", (i << 21) | PTE_P | PTE_RW | PTE_PS) for i in range(512)))
-        s = self.vcpu.sregs()
-        s.cr3 = pml4
-        s.cr4 = CR4_PAE
-        s.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_AM | CR0_PG
-        s.efer = EFER_LME | EFER_LMA
-        # No GDT is needed while the guest does not reload a segment: KVM takes the hidden parts.
-        s.cs = Segment(selector=0x8, base=0, limit=0xFFFFFFFF, type=11, present=1, dpl=0, db=0, s=1, l=1, g=1)
-        data = Segment(selector=0x10, base=0, limit=0xFFFFFFFF, type=3, present=1, dpl=0, db=1, s=1, l=0, g=1)
-        s.ds = s.es = s.fs = s.gs = s.ss = data
-        try:
-            self.vcpu.set_sregs(s)
-        except SyscallError as exc:
-            raise LongModeUnavailable(
-                f"this host's KVM refused the long-mode register state ({exc.errno_name})",
-                hint="the guests of this chapter also run in real mode; the lab VM (kvm_intel/kvm_amd) runs long mode",
-                missing=("kvm-long-mode",)) from exc
-        self.vcpu.set_regs(Registers(rip=self.program.origin, rsp=base, rflags=0x2))
+        """Where the VMM put the page tables of a long-mode guest: the last three pages of guest
+        memory (:func:`labhelper.kvm.modes.page_table_base`)."""
+        return modes.page_table_base(memory or self.memory.size)
 
     # --- running --------------------------------------------------------------------------------
 
@@ -300,14 +149,25 @@ class Machine:
         interrupt raises KeyboardInterrupt and closes the VM, as in :meth:`run`.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        with self._watched(deadline):
+            while True:
+                exit_ = self._step()
+                if type(exit_) is not ex.Interrupted or (deadline is not None and time.monotonic() >= deadline):
+                    return exit_
+
+    @contextlib.contextmanager
+    def _watched(self, deadline: float | None):
+        """Run the block with the watchdog armed for our vCPU (kicks every TICK, and at
+        ``deadline``), and disarmed after it, whatever happens. A KeyboardInterrupt closes the VM,
+        wherever it lands: in the block, in arm, or in disarm itself."""
         vcpu = self.vcpu
         try:
             try:
-                watchdog.arm(vcpu, deadline)    # inside the try: the finally always disarms
-                while True:
-                    exit_ = self._step()
-                    if type(exit_) is not ex.Interrupted or (deadline is not None and time.monotonic() >= deadline):
-                        return exit_
+                # Inside the try: whatever happens next, the finally disarms (and if an interrupt
+                # lands inside disarm itself, the VM is closed below, and a watchdog armed for a
+                # closed vCPU disarms itself; the next run arms afresh in any case).
+                watchdog.arm(vcpu, deadline)
+                yield
             finally:
                 watchdog.disarm(vcpu)
         except KeyboardInterrupt as exc:        # wherever it lands, the disarm included
@@ -364,36 +224,25 @@ class Machine:
         counts_before = dict(self.counts)
         stopped, last = "exit limit", None
         step = self._step
-        vcpu = self.vcpu
         exits = 0
         t0 = time.perf_counter()
         deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            try:
-                # Inside the try: whatever happens next, the finally disarms (and if an interrupt
-                # lands inside disarm itself, the VM is closed below, and a watchdog armed for a
-                # closed vCPU disarms itself; the next run arms afresh in any case).
-                watchdog.arm(vcpu, deadline)
-                while exits < max_exits:
-                    last = step()
-                    kind = type(last)
-                    if kind is ex.Interrupted:
-                        if deadline is not None and time.monotonic() >= deadline:
-                            stopped = "timeout"
-                            break
-                        continue
-                    exits += 1
-                    if kind is ex.Hlt:
-                        stopped = "hlt"
+        with self._watched(deadline):
+            while exits < max_exits:
+                last = step()
+                kind = type(last)
+                if kind is ex.Interrupted:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        stopped = "timeout"
                         break
-                    if ex.is_error(last):
-                        stopped = last.reason
-                        break
-            finally:
-                watchdog.disarm(vcpu)
-        except KeyboardInterrupt as exc:        # wherever it lands, the disarm included
-            self._interrupted(exc)
-            raise
+                    continue
+                exits += 1
+                if kind is ex.Hlt:
+                    stopped = "hlt"
+                    break
+                if ex.is_error(last):
+                    stopped = last.reason
+                    break
         seconds = time.perf_counter() - t0
         counts = {k: v - counts_before.get(k, 0) for k, v in self.counts.items() if v - counts_before.get(k, 0)}
         result = RunResult(stopped, exits, counts, bytes(self.output[start_output:]),
@@ -445,22 +294,9 @@ class Machine:
         return f"Machine({self.program!r}, {self.mode} mode, {state}, {self.exits} exits)"
 
 
-CPUID_HYPERVISOR = 1 << 31   # leaf 1, ECX bit 31: "you are running on a hypervisor"
-
-
-def guest_cpuid(supported) -> tuple:
-    """The CPUID table a guest gets: what KVM supports, plus the hypervisor bit.
-
-    KVM_GET_SUPPORTED_CPUID leaves bit 31 of leaf 1's ECX to the VMM: telling the guest that it
-    is a guest is a choice, and QEMU (like us) makes it. With the bit set, a guest kernel looks
-    at leaf 0x40000000 for the hypervisor's name ("KVMKVMKVM") and its paravirtual features.
-    """
-    return tuple(e._replace_ecx(e.ecx | CPUID_HYPERVISOR) if e.function == 1 else e for e in supported)
-
-
 def _check_layout(program: Program, memory: int) -> None:
     check_memory_request(memory)
-    limit = memory - (3 * PAGE_SIZE if program.mode == "long" else 0)
+    limit = modes.page_table_base(memory) if program.mode == "long" else memory
     if program.end > limit:
         where = "below the page tables at the top of memory" if program.mode == "long" else "in guest memory"
         raise MemoryError_(

@@ -16,6 +16,10 @@ caller (``Machine.run``) closes the VM.
 Counting: ``exits`` counts the KVM_RUN calls that came back with a guest exit, ``interruptions``
 those a signal cut short. They are kept apart so that ``vcpu.exits`` agrees with the exits a
 Machine reports (its ``counts`` and each RunResult's ``exits``).
+
+A :class:`Vcpu` owns its vCPU fd and its kvm_run mapping (an :class:`~labhelper.kvm.fds.Owner`).
+This is the lowest of the three levels: it imports neither :mod:`.vm` nor :mod:`.system` (the
+VM that made it is only passed in, as ``vm``).
 """
 from __future__ import annotations
 
@@ -28,19 +32,20 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from .. import syscalls
-from ..errors import LabError, SyscallError
-from ..syscalls import ioctl_noarg as _ioctl_noarg
-from . import ioctls, structs
-from .exits import _IO, Interrupted
-from .exits import decode as _decode
-from .system import _Owner, _cpuid_bytes
-from .vm import CName
+from ..errors import LabError, Refused, Shown, SyscallError
+from . import cpuid, exits, ioctls, structs
+from .exits import IO, Interrupted
+from .fds import VCPU, Owner
 
 __all__ = ["Registers", "Segment", "DescriptorTable", "SpecialRegisters", "Translation", "Vcpu",
            "RegisterError"]
 
 _U64 = (1 << 64) - 1
 _ioctl = syscalls.ioctl
+# Vcpu.run's two calls, as module globals: one dictionary lookup each per exit (and the system
+# tests swap _ioctl_noarg to run both KVM_RUN paths, fcntl and ctypes).
+_ioctl_noarg = syscalls.ioctl_noarg
+_decode = exits.decode
 _KVM_RUN = ioctls.KVM_RUN
 _EINTR = errno.EINTR
 _INTERRUPTED = Interrupted()
@@ -232,13 +237,14 @@ _SREGS_HINT = ("KVM refused these special registers: paging (CR0.PG) needs prote
                "also have D/B=1")
 
 
-class Vcpu(_Owner):
+class Vcpu(Owner):
     """A vCPU fd and its kvm_run mapping (from :meth:`labhelper.kvm.vm.Vm.create_vcpu`)."""
 
-    _what = "vCPU"
+    what = "vCPU"
+    close_order = VCPU
 
     def __init__(self, vm, fd: int, index: int, mmap_size: int):
-        self._adopt(fd)
+        self.adopt(fd)
         self.vm = vm
         self.index = index
         # The kvm_run page (and, after it, the page where I/O data lands): MAP_SHARED with the
@@ -249,13 +255,13 @@ class Vcpu(_Owner):
             self._run = mmap.mmap(fd, mmap_size, flags=mmap.MAP_SHARED,
                                   prot=mmap.PROT_READ | mmap.PROT_WRITE, **kwargs)
         except OSError as exc:
-            self._release()
-            raise SyscallError("mmap", {"addr": CName("NULL"), "length": mmap_size,
-                                        "prot": CName("PROT_READ|PROT_WRITE"), "flags": CName("MAP_SHARED"),
-                                        "fd": fd, "offset": 0},
-                               exc.errno or 0, hint="the vCPU's kvm_run page could not be mapped") from None
+            self.release()
+            raise syscalls.error("mmap", {"addr": Shown("NULL"), "length": mmap_size,
+                                          "prot": Shown("PROT_READ|PROT_WRITE"), "flags": Shown("MAP_SHARED"),
+                                          "fd": fd, "offset": 0},
+                                 exc.errno or 0, hint="the vCPU's kvm_run page could not be mapped") from None
         except BaseException:
-            self._release()
+            self.release()
             raise
         self.exits = 0                     # KVM_RUN calls that came back with a guest exit
         self.interruptions = 0             # KVM_RUN calls a signal cut short (EINTR): not exits
@@ -294,7 +300,7 @@ class Vcpu(_Owner):
             _ioctl(self.fd, ioctls.KVM_SET_SREGS, raw, name="KVM_SET_SREGS")
         except SyscallError as exc:
             if exc.errno == errno.EINVAL:
-                raise SyscallError(exc.call, exc.arguments, exc.errno, hint=_SREGS_HINT) from None
+                raise syscalls.error(exc.call, exc.arguments, exc.errno, hint=_SREGS_HINT) from None
             raise
 
     def translate(self, linear: int) -> Translation:
@@ -304,8 +310,9 @@ class Vcpu(_Owner):
                            bool(raw.usermode))
 
     def set_cpuid(self, entries) -> None:
-        """KVM_SET_CPUID2: what the guest's CPUID instruction answers (a VMM decides it)."""
-        _ioctl(self.fd, ioctls.KVM_SET_CPUID2, _cpuid_bytes(entries), name="KVM_SET_CPUID2")
+        """KVM_SET_CPUID2: what the guest's CPUID instruction answers (a VMM decides it; see
+        :mod:`.cpuid`, which builds the structure)."""
+        _ioctl(self.fd, ioctls.KVM_SET_CPUID2, cpuid.kvm_cpuid2(entries), name="KVM_SET_CPUID2")
 
     # --- running -----------------------------------------------------------------------------------
 
@@ -339,8 +346,8 @@ class Vcpu(_Owner):
         if self._fd < 0:
             raise LabError("this vCPU is closed",
                            hint="create a new Machine (each `with` block closes its VM at the end)") from None
-        raise SyscallError("ioctl", {"fd": self._fd, "request": "KVM_RUN"},
-                           getattr(exc, "errno", 0) or 0) from None
+        raise syscalls.error("ioctl", {"fd": self._fd, "request": "KVM_RUN"},
+                             getattr(exc, "errno", 0) or 0) from None
 
     def complete_io_in(self, data: bytes) -> None:
         """Answer the last IoIn exit: the guest's ``in`` gets ``data`` when it resumes.
@@ -349,17 +356,17 @@ class Vcpu(_Owner):
         that many bytes into the guest at the next KVM_RUN, whatever we wrote.
         """
         data = bytes(data)
-        _direction, size, _port, count, offset = _IO.unpack_from(self._run, _OFF_UNION)
+        _direction, size, _port, count, offset = IO.unpack_from(self._run, _OFF_UNION)
         if len(data) != size * count:
-            raise ValueError(f"the guest's `in` reads {size * count} bytes ({count} x {size}); "
-                             f"got {len(data)}")
+            raise Refused(f"the guest's `in` reads {size * count} bytes ({count} x {size}); "
+                          f"got {len(data)}")
         self._run[offset:offset + len(data)] = data
 
     def complete_mmio_read(self, data: bytes) -> None:
         """Answer the last MmioRead exit (at most 8 bytes)."""
         data = bytes(data)
         if len(data) > 8:
-            raise ValueError("an MMIO read carries at most 8 bytes")
+            raise Refused("an MMIO read carries at most 8 bytes")
         self._run[_OFF_MMIO_DATA:_OFF_MMIO_DATA + len(data)] = data
 
     def set_immediate_exit(self, on: bool = True) -> None:
@@ -376,6 +383,6 @@ class Vcpu(_Owner):
         run = getattr(self, "_run", None)
         if run is not None and not run.closed:
             run.close()         # the mapping also holds a reference to the vCPU: drop it first
-        self._release()
+        self.release()
 
-    _drop_in_child = close
+    drop_in_child = close       # in a child, closing the copies is all there is to do

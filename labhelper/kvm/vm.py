@@ -11,28 +11,27 @@ mapping. So a :class:`GuestMemory` owns its mmap, the :class:`Vm` keeps every Gu
 ``vm.memory`` for as long as the VM exists, and :meth:`Vm.close` unmaps guest memory only
 *after* the VM fd is closed (and with it the slots). An address with no slot behind it is not
 an error for the guest: its loads and stores become MMIO exits for the VMM to emulate.
+
+A :class:`Vm` owns its VM fd (an :class:`~labhelper.kvm.fds.Owner`), its guest memory, and the
+vCPUs it created: :meth:`Vm.create_vcpu` hands each vCPU fd to a
+:class:`~labhelper.kvm.vcpu.Vcpu` at once. This module imports :mod:`.vcpu`, never the other
+way round.
 """
 from __future__ import annotations
 
 import mmap
 
 from .. import syscalls
-from ..errors import LabError, SyscallError
+from ..errors import LabError, Shown
 from . import ioctls, structs
-from .system import _Owner
+from .fds import VM, Owner
+from .vcpu import Vcpu
 
 __all__ = ["MEMORY_CAP", "PAGE_SIZE", "GuestMemory", "Vm", "MemoryError_", "check_memory_request"]
 
 PAGE_SIZE = mmap.PAGESIZE
 MEMORY_CAP = 256 * 1024 * 1024   # the most guest memory one lab VM may have (R26): 256 MiB
 TSS_ADDRESS = 0xFFFBD000         # 3 pages just under 4 GiB that Intel's real-mode emulation needs (as QEMU)
-
-
-class CName(str):
-    """A C constant's name, shown bare in an error message (``prot=PROT_READ``, not ``'PROT_READ'``)."""
-
-    def __repr__(self) -> str:
-        return str(self)
 
 
 class MemoryError_(LabError):
@@ -80,11 +79,10 @@ class GuestMemory:
                                   prot=mmap.PROT_READ | mmap.PROT_WRITE)
         except OSError as exc:
             # ENOMEM: this process may not map that much (ulimit -v, a cgroup memory limit).
-            raise SyscallError("mmap", {"addr": CName("NULL"), "length": size,
-                                        "prot": CName("PROT_READ|PROT_WRITE"),
-                                        "flags": CName("MAP_SHARED|MAP_ANONYMOUS"), "fd": -1, "offset": 0},
-                               exc.errno or 0,
-                               hint=f"guest memory for slot {slot} could not be mapped") from None
+            raise syscalls.error("mmap", {"addr": Shown("NULL"), "length": size,
+                                          "prot": Shown("PROT_READ|PROT_WRITE"),
+                                          "flags": Shown("MAP_SHARED|MAP_ANONYMOUS"), "fd": -1, "offset": 0},
+                                 exc.errno or 0, hint=f"guest memory for slot {slot} could not be mapped") from None
         # The address for the kernel. address_of() borrows the buffer only for the duration of
         # the call, so the mmap can still be closed later (a live ctypes view would pin it).
         self.host_address = syscalls.address_of(self._map)
@@ -128,16 +126,17 @@ class GuestMemory:
             self._map.close()
 
 
-class Vm(_Owner):
+class Vm(Owner):
     """A VM fd (from :meth:`labhelper.kvm.system.Kvm.create_vm`)."""
 
-    _what = "VM"
+    what = "VM"
+    close_order = VM
 
     def __init__(self, fd: int, kvm):
-        self._adopt(fd)
-        self.kvm = kvm                      # for vcpu_mmap_size and capabilities
+        self.adopt(fd)
+        self.kvm = kvm                      # the Kvm it came from: for vcpu_mmap_size and capabilities
         self.memory: list[GuestMemory] = []
-        self.vcpus: list = []
+        self.vcpus: list[Vcpu] = []
         self.tss_address = None
         # Intel VT-x without "unrestricted guest" runs real mode in a vm86 trick that needs a TSS
         # in guest physical space; KVM wants to be told where (AMD and PVM ignore it).
@@ -146,7 +145,7 @@ class Vm(_Owner):
                 syscalls.ioctl(fd, ioctls.KVM_SET_TSS_ADDR, TSS_ADDRESS, name="KVM_SET_TSS_ADDR")
                 self.tss_address = TSS_ADDRESS
         except BaseException:
-            self._release()
+            self.release()
             raise
 
     def __repr__(self) -> str:
@@ -192,9 +191,8 @@ class Vm(_Owner):
 
     # --- vCPUs -----------------------------------------------------------------------------------
 
-    def create_vcpu(self, index: int = 0):
+    def create_vcpu(self, index: int = 0) -> Vcpu:
         """KVM_CREATE_VCPU: a vCPU in its reset state (real mode, CS:IP = f000:fff0)."""
-        from .vcpu import Vcpu
         fd = syscalls.ioctl(self.fd, ioctls.KVM_CREATE_VCPU, index, name="KVM_CREATE_VCPU")
         vcpu = Vcpu(self, fd, index, self.kvm.vcpu_mmap_size)   # owns fd from here, even if it fails
         self.vcpus.append(vcpu)
@@ -207,14 +205,14 @@ class Vm(_Owner):
         Idempotent."""
         for vcpu in self.vcpus:
             vcpu.close()
-        self._release()
+        self.release()
         for m in self.memory:
             m.close()
 
-    def _drop_in_child(self) -> None:
+    def drop_in_child(self) -> None:
         for vcpu in self.vcpus:
-            vcpu._drop_in_child()
-        self._release()
+            vcpu.drop_in_child()
+        self.release()
         for m in self.memory:
             m.close()
 

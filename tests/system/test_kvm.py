@@ -490,7 +490,7 @@ def test_exit_counts_agree_everywhere():
 
 def test_supported_cpuid_is_asked_once_per_process(monkeypatch):
     from labhelper import syscalls
-    from labhelper.kvm import ioctls, system
+    from labhelper.kvm import cpuid, ioctls
     with kvm.Kvm() as k:
         first = k.supported_cpuid()
     asked = []
@@ -507,12 +507,12 @@ def test_supported_cpuid_is_asked_once_per_process(monkeypatch):
     with Machine(guests.SERIAL_HELLO) as m:
         assert m.run().stopped == "hlt"
     assert ioctls.KVM_GET_SUPPORTED_CPUID not in asked and ioctls.KVM_SET_CPUID2 in asked
-    assert system._CPUID_CACHE
+    assert cpuid._SUPPORTED
 
 
 def test_every_machine_offers_its_guest_the_hypervisor_leaves():
     # The guests' CPUID table is built once per process: the second Machine must get it too.
-    from labhelper.kvm.machine import CPUID_HYPERVISOR
+    from labhelper.kvm.cpuid import CPUID_HYPERVISOR
     for _ in range(2):
         with Machine(guests.CPUID_PROBE) as m:
             leaf1_ecx, *name = m.run().reports

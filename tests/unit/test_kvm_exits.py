@@ -116,7 +116,7 @@ def test_struct_formats_match_the_ctypes_layout():
     raw = page(exits.KVM_EXIT_IO, io(1, 2, 0x3F8, 3, 0x1234))
     assert exits._HEAD.unpack_from(raw) == (exits.KVM_EXIT_IO, 1, 2, 0x3F8, 3, 0x1234)
     assert exits._HEAD.size == structs.kvm_run.exit.offset + ctypes.sizeof(structs.kvm_run_io)
-    assert exits._IO.size == ctypes.sizeof(structs.kvm_run_io)
+    assert exits.IO.size == ctypes.sizeof(structs.kvm_run_io)
     assert exits._MMIO.size <= ctypes.sizeof(structs.kvm_run_mmio)
     assert exits._INTERNAL.size == ctypes.sizeof(structs.kvm_run_internal)
 

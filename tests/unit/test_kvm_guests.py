@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from labhelper.errors import RequirementError
+from labhelper.errors import Refused, RequirementError
 from labhelper.kvm import guests
 from labhelper.kvm.guests import AssemblerError, assemble
 
@@ -88,10 +88,13 @@ def test_data_outside_text_is_refused():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="mode"):
+    with pytest.raises(ValueError, match="mode") as mode:
         assemble("hlt", mode="protected")
-    with pytest.raises(ValueError, match="origin"):
+    with pytest.raises(ValueError, match="origin") as origin:
         assemble("hlt", origin=0x1001)
+    # refusals of bad input: LabError and ValueError at once
+    assert isinstance(mode.value, Refused) and isinstance(origin.value, Refused)
+    assert str(mode.value) == "mode must be one of real, long, not 'protected'"
 
 
 def test_missing_binutils_is_a_requirement(monkeypatch):
@@ -117,8 +120,10 @@ def test_no_temporary_files_left(tmp_path, monkeypatch):
 def test_serial_source_refuses_an_empty_message():
     # `loop` decrements cx before testing it: cx = 0 would mean 65,536 iterations.
     for empty in ("", b""):
-        with pytest.raises(ValueError, match="at least one byte"):
+        with pytest.raises(ValueError, match="at least one byte") as info:
             guests.serial_source(empty)
-    with pytest.raises(ValueError, match="65,535"):
+        assert isinstance(info.value, Refused)
+    with pytest.raises(ValueError, match="65,535") as info:
         guests.serial_source(b"x" * 0x10000)
+    assert isinstance(info.value, Refused)
     assert "message_end - message" in guests.serial_source("x")

@@ -21,3 +21,14 @@ def test_stepper_before_the_first_step_opens_nothing(monkeypatch):
     with pytest.raises(KvmUnavailable):
         s.step()
     s.close()
+
+
+def test_stepper_after_close_refuses_instead_of_opening_a_new_vm():
+    from types import SimpleNamespace
+    from labhelper.errors import LabError
+    from labhelper.teach.stepper import Stepper
+    s = Stepper(guests.Program("p", "real", 0x1000, b"\xf4"))
+    s.machine = SimpleNamespace(closed=True, close=lambda: None)
+    with pytest.raises(LabError, match=r"closed: call reset\(\)"):
+        s.step()
+    assert s.machine.closed and s.history == []
