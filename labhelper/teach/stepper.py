@@ -25,6 +25,7 @@ from ..kvm.guests import Program, assemble
 from ..kvm.machine import Machine
 from ..kvm.structs import REGISTER_NAMES
 from ..kvm.vcpu import Registers
+from .widgets import Playground
 
 __all__ = ["Step", "Stepper"]
 
@@ -41,7 +42,7 @@ class Step:
         return f"Step {self.number}: {self.exit!r} at rip={self.regs.rip:#x}; changed: {changed}"
 
 
-class Stepper:
+class Stepper(Playground):
     """A Machine run exit by exit. ``step()`` returns a :class:`Step`; after hlt (or a fatal
     exit) the guest is done and ``step()`` raises until ``reset()``."""
 
@@ -51,7 +52,6 @@ class Stepper:
         self.machine_args = machine_args
         self.machine: Machine | None = None
         self.history: list[Step] = []
-        self._widget = None
 
     # --- the work, without widgets --------------------------------------------------------------
 
@@ -143,12 +143,6 @@ class Stepper:
 
     # --- the widget --------------------------------------------------------------------------------
 
-    @property
-    def widget(self):
-        if self._widget is None:
-            self._widget = self._build()
-        return self._widget
-
     def _build(self):
         import ipywidgets as w  # lazy: only when the panel is shown
 
@@ -179,8 +173,3 @@ class Stepper:
     def _refresh(self) -> None:
         self._view.value = self.panel_html()
         self._step_button.disabled = self._run_button.disabled = self.done
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)

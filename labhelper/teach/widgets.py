@@ -23,7 +23,29 @@ from .. import trace as _trace
 from . import plots
 from .chapters import CHAPTERS
 
-__all__ = ["SyscallExplorer", "explorer_commands", "chapter_explorer"]
+__all__ = ["Playground", "SyscallExplorer", "explorer_commands", "chapter_explorer"]
+
+
+class Playground:
+    """What every playground shares: its work is done by plain methods (tests and scripts call
+    them), and its widget is built the first time a notebook displays it (ipywidgets is
+    imported only then). A subclass defines ``_build()``, which returns the widget."""
+
+    _widget = None
+
+    @property
+    def widget(self):
+        if self._widget is None:
+            self._widget = self._build()
+        return self._widget
+
+    def _build(self):
+        raise NotImplementedError
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.widget)
 
 
 def explorer_commands() -> dict[str, list[str]]:
@@ -45,7 +67,7 @@ def explorer_commands() -> dict[str, list[str]]:
     return {k: v for k, v in commands.items() if shutil.which(v[0])}
 
 
-class SyscallExplorer:
+class SyscallExplorer(Playground):
     """A dropdown of commands and a category filter; shows the chosen command's system calls
     (a strace -c style table and a bar chart). Each command runs in a fresh temporary folder
     (so ``mkdir demo`` works every time), removed afterwards.
@@ -63,7 +85,6 @@ class SyscallExplorer:
         self.timeout = timeout
         self.trace: _trace.Trace | None = None
         self.category: str | None = None
-        self._widget = None
         self._out = None
 
     # -- the work, without widgets -----------------------------------------------------------
@@ -76,12 +97,6 @@ class SyscallExplorer:
         return self.trace.summary(category)
 
     # -- the widgets -------------------------------------------------------------------------
-    @property
-    def widget(self):
-        if self._widget is None:
-            self._widget = self._build()
-        return self._widget
-
     def _build(self):
         import ipywidgets as w  # lazy
 
@@ -116,11 +131,6 @@ class SyscallExplorer:
             display(HTML(summary.top(self.top)._repr_html_()))
             display(plots.syscalls(summary, top=self.top, title=f"{self._dropdown.value}: "
                                                      f"{summary.calls} {cat or ''} system calls".replace("  ", " ")))
-
-    def _ipython_display_(self):
-        from IPython.display import display
-
-        display(self.widget)
 
     def __repr__(self) -> str:
         return f"SyscallExplorer({len(self.commands)} commands)"
