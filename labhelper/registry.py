@@ -68,9 +68,13 @@ class Record:
 
     @property
     def key(self) -> str:
-        # A file name from any object name: hashed, so '/', '..' or very long names are harmless.
-        digest = hashlib.sha256(f"{self.kind}\0{self.name}".encode()).hexdigest()[:20]
-        return f"{self.kind}.{digest}.json"
+        return self.key_of(self.kind, self.name)
+
+    @staticmethod
+    def key_of(kind: str, name: str) -> str:
+        """The record's file name. Hashed, so '/', '..' or very long names are harmless."""
+        digest = hashlib.sha256(f"{kind}\0{name}".encode()).hexdigest()[:20]
+        return f"{kind}.{digest}.json"
 
     def creator_alive(self, proc: str = "/proc") -> bool:
         """Is the process that created this still running? Not just "is the pid in use":
@@ -115,7 +119,7 @@ class Ledger:
     def remove(self, kind: str, name: str) -> None:
         """Forget ``kind``/``name`` (idempotent). Call it right after the object is gone."""
         self.guard(f"remove {kind} {name!r}")
-        self._unlink(Record(kind, name, "", 0, None, 0).key)
+        self._unlink(Record.key_of(kind, name))
 
     def forget_file(self, filename: str) -> None:
         """Remove one file of the ledger by its name: a record whose object is gone, or a
@@ -150,7 +154,7 @@ class Ledger:
         record is forgotten. A block that fails leaves the record, so the next cleanup tries again."""
         self.guard(f"remove {kind} {name!r}")
         yield
-        self._unlink(Record(kind, name, "", 0, None, 0).key)
+        self._unlink(Record.key_of(kind, name))
 
     def records(self) -> list[Record]:
         """Every readable record, oldest first. A corrupt file is never deleted or fatal: it is
