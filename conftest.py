@@ -2,6 +2,9 @@
 
 Every system test and every notebook takes a census of the kernel's lab objects before and
 after (tests/census.py, independent of labhelper) and fails on any difference: nothing leaks.
+
+A skip whose capability this machine is known to have (LABHELPER_EXPECT, set by .ci/run) is a
+failure: see tests/capabilities.py.
 """
 from __future__ import annotations
 
@@ -12,6 +15,9 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "tests"))
 import census  # noqa: E402
+
+# tests/capabilities.py is also a plugin: its hooks turn an expected capability's skip into a failure.
+pytest_plugins = ["capabilities"]
 
 _notebook_census: dict[str, frozenset] = {}
 
@@ -58,3 +64,4 @@ def pytest_runtest_teardown(item, nextitem):
     changed = census.diff(before, census.take())
     if changed:
         pytest.fail(f"{os.path.basename(key)} left the kernel changed:\n{changed}", pytrace=False)
+

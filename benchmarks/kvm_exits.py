@@ -160,7 +160,11 @@ def measure(halves, rounds: int, count: int, scale: float):
 
 
 def quartiles(values):
-    q = statistics.quantiles(values, n=4)
+    """The first and third quartiles, never outside the values measured ("inclusive": with few
+    rounds the default method extrapolates, and a ratio's quartile could come out negative)."""
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
     return q[0], q[2]
 
 
@@ -221,8 +225,13 @@ def main(argv=None) -> int:
             mp = statistics.median(t[i] for t in times_py)
             ratio = statistics.median(r[i] for r in ratios)
             q1, q3 = quartiles([r[i] for r in ratios])
-            verdict = "ok" if ratio <= TARGETS[name] else "OVER"
-            failed |= clock == "cpu" and ratio > TARGETS[name]
+            # Only the CPU-time row is judged (and sets the exit status); the wall-clock row is shown
+            # for comparison: other processes on the machine inflate it.
+            if clock == "cpu":
+                verdict = "ok" if ratio <= TARGETS[name] else "OVER"
+                failed |= ratio > TARGETS[name]
+            else:
+                verdict = "(shown)"
             print(f"{name:<16} {clock:<5} {mc:>7.1f} {unit} {mp:>11.1f} {unit} {ratio:>5.2f}x "
                   f"{q1:>5.2f}-{q3:<5.2f} {TARGETS[name]:>5.1f}x  {verdict}")
     return 1 if failed else 0

@@ -11,6 +11,7 @@ import dataclasses
 import errno
 import os
 import platform
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -135,6 +136,21 @@ def cgroup_info(proc: Path | str = "/proc", fs_root: Path | str = "/") -> Cgroup
     return CgroupInfo(mode, tuple(hierarchies))
 
 
+def overlayfs_where(proc: Path | str = "/proc", lib_modules: Path | str = "/lib/modules") -> str | None:
+    """Where this kernel has overlayfs, or None. In /proc/filesystems once it is registered (built
+    in, or its module loaded); before that, a module of this kernel (modules.dep) loads by itself
+    at the first overlay mount (the kernel asks modprobe for "fs-overlay")."""
+    if "overlay" in read_text(Path(proc) / "filesystems").split():
+        return "in /proc/filesystems"
+    base = Path(lib_modules) / platform.release()
+    for name in ("modules.builtin", "modules.dep"):
+        for line in read_text(base / name, limit=None).splitlines():
+            # "kernel/fs/overlayfs/overlay.ko.xz: ..." (modules.dep) or ".../overlay.ko" (builtin)
+            if re.search(r"(^|/)overlay\.ko(\.\w+)?$", line.split(":", 1)[0]):
+                return f"a module of this kernel ({base / name}), loaded at the first mount"
+    return None
+
+
 def _cpu_flags(proc: Path) -> tuple[str, ...]:
     for line in read_text(proc / "cpuinfo").splitlines():
         if line.startswith("flags"):
@@ -243,7 +259,7 @@ def facts(proc: Path | str = "/proc", sys_: Path | str = "/sys", env: dict | Non
         machine=platform.machine(),
         python=platform.python_version(),
         cgroup=cgroup_info(proc),
-        overlayfs="overlay" in read_text(proc / "filesystems").split(),
+        overlayfs=overlayfs_where(proc) is not None,
         user_namespaces=userns.isdigit() and int(userns) > 0,
         namespaces=namespaces,
         kvm=kvm_info(proc=proc, sys_=sys_),
@@ -301,7 +317,7 @@ def _has(name: str, f: Facts) -> tuple[bool, str]:
         ok = bool(f.cgroup.controllers())
         return ok, f"{f.cgroup.mode}: {', '.join(f.cgroup.controllers()) or 'no controllers'}"
     if name == "overlayfs":
-        return f.overlayfs, "in /proc/filesystems" if f.overlayfs else "not in /proc/filesystems"
+        return f.overlayfs, overlayfs_where() or "not in /proc/filesystems, nor a module of this kernel"
     if name == "userns":
         return f.user_namespaces, "enabled" if f.user_namespaces else "max_user_namespaces is 0"
     if name == "kvm":

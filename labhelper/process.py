@@ -63,15 +63,20 @@ def is_same_process(pid: int, started: int | None, proc: str = "/proc") -> bool:
     return started is not None and procfs.start_time(pid, proc) == started
 
 
+_MAX_FD = 2 ** 31 - 1
+
+
 def _close_fds(keep: set[int]) -> None:
     # A child inherits every fd without O_CLOEXEC: ZeroMQ sockets of the Jupyter kernel, /dev/kvm,
     # netlink sockets. Close them so nothing leaks into what the child runs or execs.
-    # os.closerange uses close_range(2) where the kernel has it: one call per gap, no /proc scan.
+    # os.closerange uses close_range(2) where the kernel has it: one call per gap, no /proc scan,
+    # and its cost does not depend on the bound. The bound is the largest fd number there can
+    # be (an int), not a guess such as 1 << 20: fs.nr_open may be raised above that.
     low = 3
     for fd in sorted(k for k in keep if k >= 3):
         os.closerange(low, fd)
         low = fd + 1
-    os.closerange(low, 1 << 20)
+    os.closerange(low, _MAX_FD)
 
 
 def _child_main(write_fd: int, parent_pid: int, fn, args, kwargs, unshare: CloneFlags,

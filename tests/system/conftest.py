@@ -6,9 +6,10 @@ import subprocess
 import sys
 import uuid
 
+import capabilities
 import pytest
 
-from labhelper import host, marks, process, syscalls
+from labhelper import marks, process, syscalls
 from labhelper.flags import CLONE_NEWNS, MountFlags
 
 
@@ -20,10 +21,8 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(autouse=True)
 def _needs_root_and_disposable():
-    if os.geteuid() != 0:
-        pytest.skip("needs root: system tests change kernel state")
-    if host.disposable_reason() is None:
-        pytest.skip("needs a disposable machine: run through `make test`, which sets LABHELPER_DISPOSABLE=1")
+    capabilities.need("root", "needs root: system tests change kernel state")
+    capabilities.need("disposable")
 
 
 @pytest.fixture

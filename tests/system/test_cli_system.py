@@ -1,10 +1,10 @@
 """The `labhelper` command against the real kernel: quiet and idempotent cleanup (R2), and a
 learner who is not root."""
 import os
-import shutil
 import subprocess
 import sys
 
+import capabilities
 import pytest
 
 from labhelper import registry
@@ -35,8 +35,7 @@ def test_cli_cleanup_dry_run_changes_nothing(uid):
 
 
 def test_doctor_as_non_root():
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv (util-linux) is not installed")
+    capabilities.need("setpriv")
     probe = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
                             "import labhelper"], capture_output=True, text=True, cwd="/")
     if probe.returncode != 0:
@@ -49,8 +48,7 @@ def test_doctor_as_non_root():
 
 def test_census_as_non_root_explains_the_ledger():
     # B8: the ledger folder is root's (0700); a learner's `labhelper census` still works.
-    if shutil.which("setpriv") is None:
-        pytest.skip("setpriv (util-linux) is not installed")
+    capabilities.need("setpriv")
     led = registry.ledger()
     led.root.mkdir(parents=True, exist_ok=True, mode=0o700)
     if led.root.stat().st_mode & 0o077:

@@ -2,11 +2,15 @@
 import os
 import time
 
+import capabilities
 import pytest
 
-jupyter_client = pytest.importorskip("jupyter_client")
+if not capabilities.have("jupyter"):
+    pytest.skip(capabilities.reason("jupyter", "jupyter_client is not installed"), allow_module_level=True)
+import jupyter_client  # noqa: E402
 
 from labhelper import cleanup  # noqa: E402
+from timing import scaled  # noqa: E402
 
 
 @pytest.fixture
@@ -47,7 +51,10 @@ def test_interrupt_kills_the_child_and_leaves_nothing(kernel):
     km, kc = kernel
     status, _ = run(kc, "import os; from labhelper import process; from labhelper.teach import lab; lab.start('08')")
     assert status == "ok"
-    long_id = kc.execute("import time; process.run_in_child(time.sleep, 60, timeout=None)")
+    # stop_on_error=False: an interrupted cell ends in an error, and ipykernel then aborts every
+    # request that reaches it before its "stop aborting" marker (kernelbase._abort_queues): the
+    # next request, sent as soon as this reply arrives, sometimes did, and came back "aborted".
+    long_id = kc.execute("import time; process.run_in_child(time.sleep, 60, timeout=None)", stop_on_error=False)
     time.sleep(1.5)
     started = time.monotonic()
     km.interrupt_kernel()
@@ -59,7 +66,7 @@ def test_interrupt_kills_the_child_and_leaves_nothing(kernel):
     assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
     status, out = run(kc, "print(sorted(c for c in os.listdir('/proc') if c.isdigit() and "
                           "open(f'/proc/{c}/stat').read().split()[3] == str(os.getpid())))")
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < scaled(10)
     assert status == "ok" and out.strip() == "[]", f"children left: {out}"
 
 

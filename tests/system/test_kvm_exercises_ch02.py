@@ -1,16 +1,16 @@
 """Chapter 02 exercises whose checks run guests on /dev/kvm: each fed a right and a wrong answer."""
 from __future__ import annotations
 
+import capabilities
 import pytest
 
-from labhelper import host, kvm
+from labhelper import kvm
 from labhelper.exercises import ch02
 from labhelper.kvm import guests
 
-if not host.kvm_info().openable:
-    pytest.skip(f"/dev/kvm is not usable here ({host.kvm_info().error})", allow_module_level=True)
-if not all(guests.tools().values()):
-    pytest.skip("GNU binutils is not installed", allow_module_level=True)
+for _cap in ("kvm", "binutils"):
+    if not capabilities.have(_cap):
+        pytest.skip(capabilities.reason(_cap, capabilities.probe(_cap)[1]), allow_module_level=True)
 
 
 def test_q1_right():

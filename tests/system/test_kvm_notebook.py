@@ -7,12 +7,13 @@ import os
 import time
 from pathlib import Path
 
+import capabilities
 import pytest
 
-jupyter_client = pytest.importorskip("jupyter_client")
-
-from labhelper import host  # noqa: E402
-from labhelper.kvm import guests  # noqa: E402
+if not capabilities.have("jupyter"):
+    pytest.skip(capabilities.reason("jupyter", "jupyter_client is not installed"), allow_module_level=True)
+import jupyter_client  # noqa: E402
+from timing import scaled  # noqa: E402
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "02-hypervisors.ipynb"
 
@@ -38,8 +39,8 @@ def _kvm_fds(pid: int) -> list[str]:
     return [t for _, t in open_fds(pid)]
 
 
-@pytest.mark.skipif(not host.kvm_info().openable, reason="/dev/kvm is not usable here")
-@pytest.mark.skipif(not all(guests.tools().values()), reason="GNU binutils is not installed")
+@capabilities.needs("kvm")
+@capabilities.needs("binutils")
 def test_interrupt_button_stops_a_spinning_guest_within_a_second():
     km, kc = _start(dict(os.environ))
     try:
@@ -47,7 +48,7 @@ def test_interrupt_button_stops_a_spinning_guest_within_a_second():
                            "m = kvm.Machine(guests.SPIN); pid = os.getpid()")
         assert _reply(kc, setup)["content"]["status"] == "ok"
         kernel_pid = km.provisioner.process.pid
-        spin = kc.execute("m.run()")
+        spin = kc.execute("m.run()", stop_on_error=False)   # see test_jupyter_kernel.py: no "aborted" next
         deadline = time.monotonic() + 10
         while not _kvm_fds(kernel_pid) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -58,7 +59,7 @@ def test_interrupt_button_stops_a_spinning_guest_within_a_second():
         reply = _reply(kc, spin, timeout=30)
         took = time.monotonic() - t0
         assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
-        assert took < 1.0, f"the interrupt took {took:.2f} s"
+        assert took < scaled(1.0), f"the interrupt took {took:.2f} s"
         assert _kvm_fds(kernel_pid) == [], "the interrupted VM must be closed"
         check = kc.execute("assert m.closed")
         assert _reply(kc, check)["content"]["status"] == "ok"

@@ -4,9 +4,9 @@ from __future__ import annotations
 import errno
 import os
 import platform
-import shutil
 import time
 
+import capabilities
 import pytest
 
 from labhelper import syscalls, syscost
@@ -76,7 +76,7 @@ def test_measure_all_and_plot():
         costs["nope"]
     with pytest.raises(ValueError, match="unknown call"):
         syscost.measure_all(keys=("teleport",))
-    pytest.importorskip("matplotlib")
+    capabilities.need("matplotlib")
     from labhelper.teach import plots
     fig = plots.costs(costs)
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
@@ -84,8 +84,7 @@ def test_measure_all_and_plot():
 
 
 def _need_strace() -> None:
-    if shutil.which("strace") is None:
-        pytest.skip("strace is not installed (apt-get install strace)")
+    capabilities.need("strace")
 
 
 def test_ctypes_pair_differs_only_in_the_system_call():

@@ -23,6 +23,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import capabilities
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -75,20 +76,19 @@ def _free_port() -> int:
 
 def _require_browser() -> None:
     if not CHROMIUM.exists():
-        pytest.skip(
-            "no /usr/bin/chromium: install it with 'scripts/provision.sh --with-test-tools' "
-            "(Debian's chromium package; Ubuntu ships it only as a snap)"
-        )
+        pytest.skip(capabilities.reason(
+            "chromium", "no /usr/bin/chromium: install it with 'scripts/provision.sh --with-test-tools' "
+            "(Debian's chromium package; Ubuntu ships it only as a snap)"))
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        pytest.skip("Playwright for Python is not installed: pip install -e '.[test]'")
+        pytest.skip(capabilities.reason("playwright", "Playwright for Python is not installed: pip install -e '.[test]'"))
 
 
 def _jupyter() -> Path:
     jupyter = Path(sys.executable).parent / "jupyter"
     if not jupyter.exists():
-        pytest.skip(f"no jupyter next to {sys.executable}: run the UI tests from the venv")
+        pytest.skip(capabilities.reason("jupyter", f"no jupyter next to {sys.executable}: run the UI tests from the venv"))
     return jupyter
 
 

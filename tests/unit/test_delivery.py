@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import capabilities
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +32,7 @@ VAGRANTFILE = ROOT / "Vagrantfile"
 def need(tool: str) -> str:
     path = shutil.which(tool)
     if not path:
-        pytest.skip(f"{tool} is not installed (scripts/provision.sh --with-test-tools installs it)")
+        pytest.skip(capabilities.reason(tool, f"{tool} is not installed (scripts/provision.sh --with-test-tools installs it)"))
     return path
 
 
@@ -195,7 +196,7 @@ def test_vagrantfile_rejects_bad_settings(vagrant_env: dict, name: str, value: s
 
 def test_vagrantfile_reports_a_busy_port_with_the_fix(vagrant_env: dict):
     if not _has_libvirt_plugin(vagrant_env):
-        pytest.skip("vagrant-libvirt is not installed: `vagrant up` needs a provider to reach the check")
+        pytest.skip(capabilities.reason("vagrant-libvirt", "vagrant-libvirt is not installed: `vagrant up` needs a provider to reach the check"))
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -290,7 +291,7 @@ def _script_env(**extra: str) -> dict:
 
 def test_provision_check_changes_nothing_and_reports():
     if not shutil.which("dpkg-query"):
-        pytest.skip("no dpkg-query: not a Debian or Ubuntu machine")
+        pytest.skip(capabilities.reason("dpkg", "no dpkg-query: not a Debian or Ubuntu machine"))
     result = run(["bash", str(PROVISION), "--check"], env=_script_env())
     assert result.returncode in (0, 1), result.stderr
     line = result.stdout.strip().splitlines()[-1]
@@ -323,7 +324,7 @@ def test_provision_stops_on_an_unsupported_distribution(tmp_path: Path, os_relea
 
 def test_provision_accepts_a_debian_derivative(tmp_path: Path):
     if not shutil.which("dpkg-query"):
-        pytest.skip("no dpkg-query: not a Debian or Ubuntu machine")
+        pytest.skip(capabilities.reason("dpkg", "no dpkg-query: not a Debian or Ubuntu machine"))
     path = tmp_path / "os-release"
     path.write_text('ID=linuxmint\nID_LIKE="ubuntu debian"\nPRETTY_NAME="Linux Mint 22"\n')
     result = run(["bash", str(PROVISION), "--check"], env=_script_env(LABHELPER_OS_RELEASE=str(path)))
@@ -404,7 +405,7 @@ class Scratch:
 
 def _need_packages() -> None:
     if run(["bash", str(PROVISION), "--check"], env=_script_env()).returncode != 0:
-        pytest.skip("system packages missing here: --lab-vm would install them (run `make test`)")
+        pytest.skip(capabilities.reason("lab-vm-packages", "system packages missing here: --lab-vm would install them (run `make test`)"))
 
 
 @pytest.fixture

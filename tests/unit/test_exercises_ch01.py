@@ -83,6 +83,11 @@ def test_q2_wrong_answers():
 def test_q3_startup_count_with_tolerance():
     assert ch01.q3.check(700).ok
     assert ch01.q3.check(600).ok and ch01.q3.check(850).ok  # within 25 %
+    # The edges, as the task states them ("within 25 % counts"): a tolerance twice as wide, or
+    # half as wide, fails here.
+    assert ch01.q3.check(700 * 0.76).ok and ch01.q3.check(700 * 1.24).ok
+    assert not ch01.q3.check(700 * 0.74).ok and not ch01.q3.check(700 * 1.26).ok
+    assert "25 %" in ch01.q3.task
     low, high = ch01.q3.check(100), ch01.q3.check(5000)
     assert not low.ok and "too few" in low.message
     assert not high.ok and "too many" in high.message

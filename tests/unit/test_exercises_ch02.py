@@ -1,12 +1,12 @@
 """Chapter 02 exercises, the parts that need no /dev/kvm (the rest: tests/system/test_kvm_exercises_ch02.py)."""
 from __future__ import annotations
 
-import pytest
+import capabilities
 
 from labhelper.exercises import ch02
 from labhelper.kvm import guests
 
-needs_as = pytest.mark.skipif(not all(guests.tools().values()), reason="GNU binutils is not installed")
+needs_as = capabilities.needs("binutils", "GNU binutils is not installed")
 
 
 def test_q2_right_and_wrong():

@@ -1,5 +1,8 @@
 import os
+import platform
+import re
 
+import capabilities
 import pytest
 
 from labhelper import host
@@ -112,10 +115,28 @@ def test_virtualization_case(flavour, flags, openable, case):
     assert host.virtualization_case(_facts(kvm=kvm)).case == case
 
 
-def test_facts_reads_this_machine():
+def test_facts_agree_with_independent_probes():
+    """The doctor says what tests/capabilities.py finds on its own: if labhelper wrongly said "no
+    KVM" (or no overlay, no strace), the tests that need them still run by the probes; this
+    test is where the disagreement fails."""
     f = host.facts()
-    assert f.root == (os.geteuid() == 0)
-    assert f.kernel_version[0] >= 3 and f.cgroup.mode in ("v1", "v2", "hybrid", "none")
+    assert f.root == capabilities.have("root")
+    assert f.kvm.openable == capabilities.have("kvm"), (f.kvm, capabilities.probe("kvm"))
+    assert f.overlayfs == capabilities.have("overlay"), capabilities.probe("overlay")
+    assert (f.strace is not None) == capabilities.have("strace")
+    assert f.cgroup.mode == capabilities.cgroup_mode() and f.kvm.flavour == capabilities.kvm_flavour()
+    assert f.kernel_version == tuple(int(x) for x in re.match(r"(\d+)\.(\d+)", platform.release()).groups())
+
+
+def test_overlayfs_as_a_module_not_yet_loaded(tmp_path):
+    proc = tmp_path / "proc"
+    write(proc / "filesystems", "nodev\tproc\n\text4\n")
+    mods = tmp_path / "modules" / platform.release()
+    assert host.overlayfs_where(proc, tmp_path / "modules") is None
+    write(mods / "modules.dep", "kernel/fs/overlayfs/overlay.ko.xz:\nkernel/fs/ext4/ext4.ko:\n")
+    assert "modules.dep" in host.overlayfs_where(proc, tmp_path / "modules")
+    write(proc / "filesystems", "nodev\toverlay\n")
+    assert host.overlayfs_where(proc, tmp_path / "modules") == "in /proc/filesystems"
 
 
 def test_not_root_is_told_to_be_root_not_to_enable_nesting():

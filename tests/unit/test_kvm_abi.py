@@ -7,10 +7,9 @@ and every one is compared, so a typo in a ctypes field cannot hide.
 from __future__ import annotations
 
 import ctypes
-import os
-import shutil
 import subprocess
 
+import capabilities
 import pytest
 
 from labhelper.kvm import ioctls, structs
@@ -124,8 +123,8 @@ BODY
 """
 
 
-@pytest.mark.skipif(shutil.which("gcc") is None, reason="gcc is not installed")
-@pytest.mark.skipif(not os.path.exists("/usr/include/linux/kvm.h"), reason="<linux/kvm.h> is not installed")
+@capabilities.needs("gcc")
+@capabilities.needs("kvm-header", "<linux/kvm.h> is not installed")
 def test_everything_against_the_c_compiler(tmp_path):
     lines = [f"N({n})" for n in KNOWN_NUMBERS]
     lines += [f"S({n})" for n in KNOWN_SIZES]

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 
+import capabilities
 import pytest
 
 from labhelper.errors import Refused, RequirementError
 from labhelper.kvm import guests
 from labhelper.kvm.guests import AssemblerError, assemble
 
-pytestmark = pytest.mark.skipif(any(p is None for p in guests.tools().values()),
-                                reason="GNU binutils (as, ld, objcopy) is not installed")
+pytestmark = capabilities.needs("binutils", "GNU binutils (as, ld, objcopy) is not installed")
 
 
 def test_real_mode_bytes_are_the_known_encoding():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+import capabilities
 import pytest
 
 from labhelper import kvm
@@ -20,8 +21,8 @@ from labhelper.kvm.machine import Machine
 from labhelper.kvm.vm import MEMORY_CAP, MemoryError_
 
 NOWHERE = "/nonexistent/kvm"
-HAVE_BINUTILS = all(guests.tools().values())
-needs_as = pytest.mark.skipif(not HAVE_BINUTILS, reason="GNU binutils is not installed")
+HAVE_BINUTILS = capabilities.have("binutils")
+needs_as = capabilities.needs("binutils", "GNU binutils is not installed")
 
 
 def fds() -> set[str]:

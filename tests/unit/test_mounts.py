@@ -132,7 +132,10 @@ def test_remove_tree_refuses_outside_lab_folders(path):
 
 
 def test_remove_tree_missing_is_a_no_op(tmp_path):
+    (tmp_path / "lab").mkdir()
     mounts.remove_tree(str(tmp_path / "lab/gone"), allowed=(str(tmp_path / "lab"),))
+    mounts.remove_tree(str(tmp_path / "lab/gone/deeper"), allowed=(str(tmp_path / "lab"),))
+    assert os.listdir(tmp_path / "lab") == []          # nothing made, nothing raised
 
 
 # ---------------------------------------------------------------------------------------------

@@ -66,6 +66,32 @@ def test_write_is_atomic_no_temp_files_left(led):
     assert all(name.endswith(".json") and not name.startswith(".") for name in os.listdir(led.root))
 
 
+_KILLED_MID_WRITE = """
+import json, os, signal, sys
+from labhelper import registry
+led = registry.Ledger(sys.argv[1])
+def half_then_die(obj, fh, **kw):
+    fh.write(json.dumps(obj)[:25]); fh.flush()          # half a record on disk...
+    os.kill(os.getpid(), signal.SIGKILL)                # ...and the writer dies (a kernel restart)
+json.dump = half_then_die
+led.add("netns", "lh-a", owner=sys.argv[2])
+"""
+
+
+@pytest.mark.parametrize("earlier", [False, True])
+def test_a_writer_killed_mid_write_leaves_a_whole_record_or_none(led, earlier):
+    # The record goes to a temporary file that is renamed into place: a reader sees the old
+    # record or the new one, never half of one. (Written in place, this leaves half a record.)
+    if earlier:
+        led.add("netns", "lh-a", owner="first")
+    p = subprocess.run([sys.executable, "-c", _KILLED_MID_WRITE, str(led.root), "second"],
+                       env=dict(os.environ, LABHELPER_DISPOSABLE="1"), capture_output=True, timeout=60)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    records = led.records()
+    assert led.problems == [], led.problems          # no half record anywhere
+    assert [r.owner for r in records] == (["first"] if earlier else [])
+
+
 def test_unwritable_ledger_gives_clear_error(tmp_path):
     blocker = write(tmp_path / "file", "")
     with pytest.raises(LedgerError, match="cannot write the ledger"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import capabilities
 import pytest
 
 from labhelper.teach import chapters, diagrams
@@ -34,7 +35,7 @@ def test_diagrams_are_dot_sources_with_the_words_that_teach():
 
 
 def test_layers_diagram_highlights_a_path():
-    pytest.importorskip("graphviz")
+    capabilities.need("graphviz")
     g = diagrams.layers_diagram("open")
     src = g.source
     for layer in ("application", "C library", "system call interface", "VFS", "disk driver", "disk"):

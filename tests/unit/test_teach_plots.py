@@ -1,7 +1,7 @@
 """The course's charts, drawn from saved data (matplotlib's Agg backend, no display)."""
 from __future__ import annotations
 
-import pytest
+import capabilities
 
 from labhelper import trace
 from labhelper.teach import plots
@@ -10,7 +10,7 @@ from strace_data import load
 
 
 def test_summary_plot_has_one_bar_per_syscall():
-    pytest.importorskip("matplotlib")
+    capabilities.need("matplotlib")
     s = trace.summarize(load("shell_children.txt"))
     fig = plots.syscalls(s, top=8)
     ax, bx = fig.axes

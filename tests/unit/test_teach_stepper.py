@@ -1,12 +1,13 @@
 """Chapter 02's stepper and its panel, without /dev/kvm."""
 from __future__ import annotations
 
+import capabilities
 import pytest
 
 from labhelper.kvm import guests
 from labhelper.teach.stepper import Stepper
 
-needs_as = pytest.mark.skipif(not all(guests.tools().values()), reason="GNU binutils is not installed")
+needs_as = capabilities.needs("binutils", "GNU binutils is not installed")
 
 
 @needs_as
