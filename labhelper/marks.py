@@ -26,16 +26,20 @@ concept module speaks it when it reports its objects.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from .errors import Refused
+from .errors import LabError, Refused
 
 __all__ = ["LAB_DIRS", "PREFIX", "CGROUP_PARENT", "NETNS_DIR", "IFNAME_MAX", "is_under", "lab_dir_of",
-           "lab_path", "is_lab_cgroup", "ifname", "Kind", "KINDS", "ORDER", "kind", "Obj", "Scan",
-           "printable"]
+           "lab_path", "host_path", "is_lab_cgroup", "cgroup_path", "ifname", "link_name", "netns_name",
+           "pid_name", "open_lab_dir", "open_step", "DIR_FLAGS", "Kind", "KINDS", "ORDER", "kind", "Obj", "Scan", "printable"]
 
 LAB_DIRS = ("/var/lib/labhelper", "/run/labhelper")
 PREFIX = "lh-"
@@ -58,30 +62,72 @@ def lab_dir_of(path: str) -> str | None:
     return next((d for d in LAB_DIRS if is_under(path, d)), None)
 
 
+# Names that go into paths, records and terminal output: letters, digits and a few marks, not
+# starting with a dot or a dash. No space, newline, control character, quote or shell syntax
+# (a newline would break the census table; escape codes would reach the learner's terminal).
+_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+,@=:-]*")
+NAME_MAX = 255      # bytes in one path component (NAME_MAX, include/uapi/linux/limits.h)
+PATH_MAX = 4095     # bytes in a path, without the terminating NUL (PATH_MAX - 1)
+
+
+def host_path(path, what: str = "path") -> str:
+    """``path`` if it is an absolute, normal path whose every component is a plain name; else
+    Refused, saying what is wrong. Normal: ``/a/b``, never ``/a/b/``, ``/a/./b``, ``/a//b`` or
+    ``/a/../b`` (each of those names another folder than it seems to)."""
+    text = os.fspath(path) if isinstance(path, os.PathLike) else path
+    if not isinstance(text, str) or not text:
+        raise Refused(f"the {what} must be a non-empty path, not {text!r}")
+    if len(os.fsencode(text)) > PATH_MAX:
+        raise Refused(f"the {what} is {len(os.fsencode(text))} bytes long; the kernel takes at most {PATH_MAX}")
+    if not text.startswith("/") or text != os.path.normpath(text) or text.startswith("//"):
+        raise Refused(f"the {what} {text!r} must be absolute and normal (no trailing '/', no '.', '..' "
+                      f"or '//'): {os.path.normpath(text)!r}?" if text.startswith("/") else
+                      f"the {what} {text!r} must be an absolute path")
+    for part in text.split("/")[1:]:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise Refused(f"{part[:40]!r}... in the {what} is {len(os.fsencode(part))} bytes long; a name "
+                          f"may have at most {NAME_MAX}")
+        if not _COMPONENT.fullmatch(part):
+            raise Refused(f"{printable(part)!r} in the {what} {printable(text)!r}: use letters, digits and "
+                          "'._+,@=:-' (not first), no spaces, control characters or shell syntax")
+    return text
+
+
 def lab_path(path: str | os.PathLike, action: str, within: tuple[str, ...] | None = None) -> str:
-    """``path`` normalized, if it lies strictly below a lab folder (or one of ``within``, for
-    tests that use a temporary folder instead); else Refused, saying that labhelper does not
-    ``action`` (e.g. "mount") anywhere else.
+    """``path``, if it is a plain absolute path (:func:`host_path`) strictly below a lab folder
+    (or one of ``within``, for tests that use a temporary folder instead); else Refused, saying
+    that labhelper does not ``action`` (e.g. "mount") anywhere else.
 
     Strictly: a lab folder itself is never a target (mounting on /run/labhelper would hide the
     ledger; removing it would remove every lab object's files).
     """
-    text = os.fspath(path)
     folders = LAB_DIRS if within is None else within
-    if not isinstance(text, str) or not text or "\0" in text:
-        raise Refused(f"refusing to {action} {text!r}: not a path")
-    normal = os.path.normpath(text)
-    root = next((d for d in folders if is_under(normal, d)), None)
-    if root is None or normal == os.path.normpath(root):
-        raise Refused(f"refusing to {action} {text!r}: labhelper does that only below "
-                      f"{' or '.join(folders)}")
-    return normal
+    text = os.fspath(path) if isinstance(path, os.PathLike) else path
+    if isinstance(text, str) and text and "\0" not in text:
+        normal = os.path.normpath(text)
+        root = next((d for d in folders if is_under(normal, d)), None)
+        if root is None or normal == os.path.normpath(root):
+            raise Refused(f"refusing to {action} {printable(text)!r}: labhelper does that only below "
+                          f"{' or '.join(folders)}")
+    try:
+        return host_path(text, "path")
+    except Refused as exc:
+        raise Refused(f"refusing to {action} {printable(str(text))!r}: {exc.message}") from None
 
 
 def is_lab_cgroup(path: str) -> bool:
     """Is the cgroup ``path`` (as /proc/PID/cgroup shows it, relative to its hierarchy's root)
     the lab's parent cgroup or below it?"""
     return path == f"/{CGROUP_PARENT}" or path.startswith(f"/{CGROUP_PARENT}/")
+
+
+def cgroup_path(path) -> str:
+    """A lab cgroup's folder: a plain absolute path with a ``labhelper`` component (the lab's
+    parent cgroup, in whichever hierarchy it is mounted)."""
+    text = host_path(path, "cgroup")
+    if CGROUP_PARENT not in text.split("/"):
+        raise Refused(f"{text!r} is not a lab cgroup: it is not at or below a {CGROUP_PARENT!r} cgroup")
+    return text
 
 
 def ifname(name: str) -> str:
@@ -91,11 +137,35 @@ def ifname(name: str) -> str:
     if not isinstance(name, str) or not name:
         raise Refused(f"an interface needs a non-empty name, not {name!r}")
     if not all(c.isascii() and (c.isalnum() or c in "-_.") for c in name):
-        raise Refused(f"interface name {name!r}: use letters, digits, '-', '_' and '.' only")
+        raise Refused(f"interface name {printable(name)!r}: use letters, digits, '-', '_' and '.' only")
     full = PREFIX + name
     if len(full.encode()) <= IFNAME_MAX:
         return full
     return PREFIX + hashlib.sha256(name.encode()).hexdigest()[:IFNAME_MAX - len(PREFIX)]
+
+
+def link_name(name) -> str:
+    """A link of ours: ``lh-`` and at most 15 bytes of letters, digits, '-', '_', '.'."""
+    if not isinstance(name, str) or not name.startswith(PREFIX) or len(name.encode()) > IFNAME_MAX \
+            or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in name):
+        raise Refused(f"{printable(str(name))!r} is not a link of ours: {PREFIX}NAME, at most {IFNAME_MAX} "
+                      "bytes of letters, digits, '-', '_' and '.' (marks.ifname makes one)")
+    return name
+
+
+def netns_name(name) -> str:
+    """A named network namespace of ours: ``lh-`` and a plain file name under /run/netns."""
+    if not isinstance(name, str) or not name.startswith(PREFIX) or not _COMPONENT.fullmatch(name) \
+            or len(name.encode()) > NAME_MAX:
+        raise Refused(f"{printable(str(name))!r} is not a network namespace of ours: {PREFIX}NAME, a plain name")
+    return name
+
+
+def pid_name(name) -> str:
+    """A process is named by its pid, in decimal."""
+    if not isinstance(name, str) or not name.isascii() or not name.isdigit() or name.startswith("0"):
+        raise Refused(f"a process is named by its pid, not {printable(str(name))!r}")
+    return name
 
 
 def printable(text: str) -> str:
@@ -108,12 +178,72 @@ def printable(text: str) -> str:
         return os.fsencode(text).decode("utf-8", "backslashreplace")
 
 
+# --- opening lab folders without following symlinks ------------------------------------------------
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_lab_dir(path: str, allowed: tuple[str, ...] | None = None, create: bool = False,
+                 mode: int = 0o755, made: list[str] | None = None) -> int:
+    """Open the folder ``path`` (under one of ``allowed``) without following any symlink in it.
+
+    O_NOFOLLOW only guards the *last* component of a path: in /run/labhelper/link/sub, a symlink
+    ``link`` would still be followed. So walk down from the lab folder one component at a time,
+    each opened with O_NOFOLLOW relative to its parent's fd (openat(2)); a symlink anywhere is
+    refused. ``create`` makes missing folders on the way (mkdirat), and appends each one it made
+    to ``made`` (so that a failed step can remove them again). Returns an fd to close; raises
+    FileNotFoundError if a component is missing, LabError if one is a symlink or a file.
+    """
+    allowed = LAB_DIRS if allowed is None else allowed
+    root = next((os.path.normpath(d) for d in allowed if is_under(path, d)), None)
+    if root is None:
+        raise Refused(f"refusing to open {path!r}: labhelper works only below {' or '.join(allowed)}")
+    parts = [p for p in os.path.relpath(os.path.normpath(path), root).split("/") if p not in ("", ".")]
+    if create:
+        os.makedirs(root, mode=0o755, exist_ok=True)
+    fd = open_step(None, root, root)
+    where = root
+    try:
+        for part in parts:
+            if create:
+                try:
+                    os.mkdir(part, mode, dir_fd=fd)
+                    if made is not None:
+                        made.append(os.path.join(where, part))
+                except FileExistsError:
+                    pass
+            sub = open_step(fd, part, os.path.join(where, part))
+            os.close(fd)
+            fd, where = sub, os.path.join(where, part)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_step(dir_fd: int | None, name: str, shown: str) -> int:
+    try:
+        return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
+    # Say what is in the way: a symlink (and where it points) or a file.
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    if stat.S_ISLNK(st.st_mode):
+        raise LabError(f"refusing to go through {shown!r}: it is a symlink (to "
+                       f"{os.readlink(name, dir_fd=dir_fd)!r}); labhelper never follows a symlink in a lab path",
+                       hint="a symlink there could lead a mount or a removal to a host folder; remove it "
+                            "(rm, not rm -r) and try again") from None
+    raise LabError(f"refusing to go through {shown!r}: it is not a folder") from None
+
+
 # --- the kinds of object ----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Kind:
     """One kind of kernel object the course makes.
 
+    ``valid`` checks a name of this kind before any kernel call and before it is recorded.
     ``find`` and ``remove`` name functions as ``"module.function"`` inside labhelper:
     ``find(scan) -> list[Obj]`` lists what exists now (by the mark, and by the records for
     kinds the kernel cannot list); ``remove(obj, ledger)`` removes one object, idempotently,
@@ -125,6 +255,7 @@ class Kind:
     mark: str                          # how the census knows it is ours, in words
     find: str
     remove: str
+    valid: Callable[[str], str]        # an object's name, checked (Refused if it is not one of ours)
     within: tuple[str, ...] = ()       # kinds of record that own an unrecorded object by containing it
     deepest_first: bool = False        # names are paths: children are removed before parents
     not_after_failed: tuple[str, ...] = ()  # skip in a round where removing one of these failed
@@ -132,24 +263,37 @@ class Kind:
 
 _PATHS = ("cgroup", "dir", "mount")
 
+
+def _dir_name(path) -> str:
+    return lab_path(path, "record a folder")
+
+
+def _mount_point(path) -> str:
+    # A mount of ours is usually below a lab folder; an overlay elsewhere is ours by its upper
+    # directory (mounts.is_ours), so only the form of the path is checked here.
+    return host_path(path, "mount point")
+
+
 KINDS: tuple[Kind, ...] = (
-    Kind("process", "kill", "inside a lab cgroup, or recorded with its start time",
-         "process.find_processes", "process.remove_process", within=("cgroup",)),
+    Kind("process", "kill", "inside a lab cgroup", "process.find_processes", "process.remove_process",
+         pid_name, within=("cgroup",)),
     Kind("mount", "unmount", "its mount point below a lab folder, or an overlay writing there",
-         "mounts.find_mounts", "mounts.remove_mount", within=_PATHS, deepest_first=True),
+         "mounts.find_mounts", "mounts.remove_mount", _mount_point, within=_PATHS, deepest_first=True),
     Kind("link", "delete-link", f"a network interface named {PREFIX}*",
-         "network.find_links", "network.remove_link"),
+         "network.find_links", "network.remove_link", link_name),
     Kind("netns", "delete-netns", f"a named network namespace {NETNS_DIR}/{PREFIX}*",
-         "network.find_netns", "network.remove_netns"),
+         "network.find_netns", "network.remove_netns", netns_name),
     Kind("cgroup", "rmdir", f"a cgroup at or below {CGROUP_PARENT} in any hierarchy",
-         "cgroups.find_cgroups", "cgroups.remove_cgroup", within=_PATHS, deepest_first=True),
+         "cgroups.find_cgroups", "cgroups.remove_cgroup", cgroup_path, within=_PATHS, deepest_first=True),
     Kind("dir", "remove-tree", "a recorded folder below a lab folder",
-         "mounts.find_dirs", "mounts.remove_dir", within=_PATHS, deepest_first=True,
+         "mounts.find_dirs", "mounts.remove_dir", _dir_name, within=_PATHS, deepest_first=True,
          not_after_failed=("mount",)),
 )
 
-#: The removal order, ending with "ledger": records whose object is gone are forgotten last.
-ORDER: tuple[str, ...] = tuple(k.name for k in KINDS) + ("ledger",)
+#: The removal order. After the kernel objects come the ledger's own files: "ledger-file", a file
+#: in the ledger that is not a record (set aside, not deleted), and "ledger", a record whose
+#: object is gone (forgotten).
+ORDER: tuple[str, ...] = tuple(k.name for k in KINDS) + ("ledger-file", "ledger")
 
 
 def kind(name: str) -> Kind:

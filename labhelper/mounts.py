@@ -30,7 +30,7 @@ from .flags import MountFlags, UmountFlags
 from .procfs import Mount
 from .registry import fault_point, ledger
 
-__all__ = ["mounts_under", "open_lab_dir", "mount_tmpfs", "unmount", "detach", "is_ours", "remove_tree",
+__all__ = ["mounts_under", "mount_tmpfs", "unmount", "detach", "is_ours", "remove_tree",
            "find_mounts", "remove_mount", "find_dirs", "remove_dir"]
 
 
@@ -39,62 +39,6 @@ def mounts_under(folder: str, table: list[Mount] | None = None) -> list[Mount]:
     table = procfs.mountinfo() if table is None else table
     found = [m for m in table if marks.is_under(m.mountpoint, folder)]
     return sorted(found, key=lambda m: (m.mountpoint.count("/"), m.mount_id), reverse=True)
-
-
-# --- walking lab folders without following symlinks -------------------------------------------
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def open_lab_dir(path: str, allowed: tuple[str, ...] | None = None, create: bool = False,
-                 mode: int = 0o755) -> int:
-    """Open the folder ``path`` (under one of ``allowed``) without following any symlink in it.
-
-    O_NOFOLLOW only guards the *last* component of a path: in /run/labhelper/link/sub, a symlink
-    ``link`` would still be followed. So walk down from the lab folder one component at a time,
-    each opened with O_NOFOLLOW relative to its parent's fd (openat(2)); a symlink anywhere is
-    refused. ``create`` makes missing folders on the way (mkdirat). Returns an fd to close;
-    raises FileNotFoundError if a component is missing, LabError if one is a symlink or a file.
-    """
-    allowed = marks.LAB_DIRS if allowed is None else allowed
-    root = next((os.path.normpath(d) for d in allowed if marks.is_under(path, d)), None)
-    if root is None:
-        raise Refused(f"refusing to open {path!r}: labhelper works only below {' or '.join(allowed)}")
-    parts = [p for p in os.path.relpath(os.path.normpath(path), root).split("/") if p not in ("", ".")]
-    if create:
-        os.makedirs(root, mode=0o755, exist_ok=True)
-    fd = _open_step(None, root, root)
-    where = root
-    try:
-        for part in parts:
-            if create:
-                try:
-                    os.mkdir(part, mode, dir_fd=fd)
-                except FileExistsError:
-                    pass
-            sub = _open_step(fd, part, os.path.join(where, part))
-            os.close(fd)
-            fd, where = sub, os.path.join(where, part)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _open_step(dir_fd: int | None, name: str, shown: str) -> int:
-    try:
-        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
-    except OSError as exc:
-        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-            raise
-    # Say what is in the way: a symlink (and where it points) or a file.
-    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    if stat.S_ISLNK(st.st_mode):
-        raise LabError(f"refusing to go through {shown!r}: it is a symlink (to "
-                       f"{os.readlink(name, dir_fd=dir_fd)!r}); labhelper never follows a symlink in a lab path",
-                       hint="a symlink there could lead a mount or a removal to a host folder; remove it "
-                            "(rm, not rm -r) and try again") from None
-    raise LabError(f"refusing to go through {shown!r}: it is not a folder") from None
 
 
 # --- mounting and unmounting ------------------------------------------------------------------------
@@ -108,13 +52,13 @@ def mount_tmpfs(target: str, size: str = "1m", owner: str | None = None) -> Moun
     target = marks.lab_path(target, "mount a tmpfs on")
     name = os.path.basename(target)
     with ledger().creating("mount", target, owner):
-        parent = open_lab_dir(os.path.dirname(target), create=True)
+        parent = marks.open_lab_dir(os.path.dirname(target), create=True)
         try:
             try:
                 os.mkdir(name, 0o755, dir_fd=parent)
             except FileExistsError:
                 pass
-            fd = _open_step(parent, name, target)
+            fd = marks.open_step(parent, name, target)
             try:
                 # Mount on the folder we opened (without following symlinks), not on the path
                 # again: /proc/self/fd/N names exactly that folder, so a symlink swapped in since
@@ -128,7 +72,7 @@ def mount_tmpfs(target: str, size: str = "1m", owner: str | None = None) -> Moun
             try:
                 fault_point("mount")
                 # Find the new mount by its id: open the path again (now the tmpfs's root) and ask.
-                top = _open_step(parent, name, target)
+                top = marks.open_step(parent, name, target)
                 try:
                     mid = procfs.mount_id(top)
                 finally:
@@ -228,7 +172,7 @@ def remove_tree(path: str, allowed: tuple[str, ...] | None = None) -> None:
     registry.guard(f"remove {normal}")
     name = os.path.basename(normal)
     try:
-        parent = open_lab_dir(os.path.dirname(normal), allowed)
+        parent = marks.open_lab_dir(os.path.dirname(normal), allowed)
     except FileNotFoundError:
         return
     try:
@@ -239,7 +183,7 @@ def remove_tree(path: str, allowed: tuple[str, ...] | None = None) -> None:
         if not stat.S_ISDIR(st.st_mode):
             os.unlink(name, dir_fd=parent)
             return
-        top = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        top = os.open(name, marks.DIR_FLAGS, dir_fd=parent)
         try:
             mnt = _mount_of(top, normal)
             if mnt != _mount_of(parent, os.path.dirname(normal)):
@@ -258,7 +202,7 @@ def _empty_dir(dfd: int, mnt: int, where: str) -> None:
     for entry in list(os.scandir(dfd)):
         st = os.stat(entry.name, dir_fd=dfd, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
-            sub = os.open(entry.name, _DIR_FLAGS, dir_fd=dfd)
+            sub = os.open(entry.name, marks.DIR_FLAGS, dir_fd=dfd)
             try:
                 if _mount_of(sub, f"{where}/{entry.name}") != mnt:
                     raise LabError(f"refusing to remove {where}/{entry.name}: another filesystem is mounted "
@@ -295,7 +239,7 @@ def _rmdir_mount_point(path: str) -> None:
     except Refused:
         return  # e.g. an overlay on /srv/x writing into our folder: the mount was ours, /srv/x is not
     try:
-        parent = open_lab_dir(os.path.dirname(path))
+        parent = marks.open_lab_dir(os.path.dirname(path))
     except (OSError, LabError):
         return
     try:

@@ -300,14 +300,18 @@ def run_in_child(fn, *args, unshare: CloneFlags | int = 0, timeout: float | None
 # Processes as lab objects: found by the census, removed by cleanup (marks.KINDS)
 
 def find_processes(scan: marks.Scan) -> list[marks.Obj]:
-    """Every live process of ours: inside a lab cgroup (in any hierarchy), or recorded in the
-    ledger with the start time it still has.
+    """Every live process of ours: a process inside a lab cgroup, in any hierarchy.
 
-    Never this process nor its parent: the shell running `labhelper cleanup` may have been
-    moved into a lab cgroup by an exercise, and killing it would end the learner's session.
-    Zombies are left out: they have exited, and only their parent can remove them.
+    Cgroup membership is the proof: a ledger record alone is never enough to make a process
+    ours (anyone who can write a record could otherwise name any process, with its right start
+    time, and have cleanup kill it). A record only gives a process found here its owner.
+
+    Never this process nor any of its ancestors: the shell running `labhelper cleanup` (or the
+    notebook kernel) may have been moved into a lab cgroup by an exercise, and killing it would
+    end the learner's session. Zombies are left out: they have exited, and only their parent can
+    remove them.
     """
-    spared = {1, os.getpid(), os.getppid()}
+    spared = {1, *procfs.ancestors()}
     found: dict[str, marks.Obj] = {}
     try:
         entries = [e.name for e in os.scandir(scan.proc) if e.name.isdigit()]
@@ -323,12 +327,6 @@ def find_processes(scan: marks.Scan) -> list[marks.Obj]:
         started = procfs.start_time(int(name), scan.proc)
         detail = f"start={started}" + (f" in {', '.join(where)}" if where else "")
         found[name] = marks.Obj("process", name, detail, where=where, ident=started)
-    for r in scan.records:
-        if r.kind != "process" or r.name in found or int(r.name) in spared:
-            continue
-        started = r.data.get("ident")
-        if started is not None and procfs.start_time(int(r.name), scan.proc) == started:
-            found[r.name] = marks.Obj("process", r.name, f"start={started}", ident=started)
     return list(found.values())
 
 
@@ -336,13 +334,14 @@ def remove_process(obj: marks.Obj, ledger) -> None:
     """SIGKILL the process the census saw, and wait until it is gone (idempotent).
 
     The signal goes through a pidfd, and only if the process still has the start time the
-    census read: holding a pidfd pins *this* process, so if the start time matches now, the
-    signal reaches the process the census saw, never a newcomer that reused its pid (R7 in
-    docs/reliability.md). Without a known start time nothing is signalled.
+    census read, and is still in a lab cgroup: holding a pidfd pins *this* process, so if both
+    hold now, the signal reaches the process the census saw, never a newcomer that reused its
+    pid (R7 in docs/reliability.md), nor one that left the lab's cgroups. Without a known start
+    time nothing is signalled, and never this process or one of its ancestors.
     """
+    pid = int(marks.pid_name(obj.name))
     with ledger.removing("process", obj.name):
-        pid = int(obj.name)
-        if obj.ident is None:
+        if obj.ident is None or pid in procfs.ancestors():
             return
         try:
             fd = os.pidfd_open(pid)
@@ -351,6 +350,8 @@ def remove_process(obj: marks.Obj, ledger) -> None:
         try:
             if procfs.start_time(pid) != obj.ident:
                 return                      # the process we saw is gone; the pid is someone else's
+            if not any(marks.is_lab_cgroup(e.path) for e in procfs.cgroups_of(pid)):
+                return                      # not (or no longer) in a lab cgroup: not ours to kill
             try:
                 signal.pidfd_send_signal(fd, signal.SIGKILL)
             except ProcessLookupError:

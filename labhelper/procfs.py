@@ -19,7 +19,7 @@ from pathlib import Path
 from .marks import is_under
 
 __all__ = ["read_text", "unescape", "Mount", "parse_mountinfo", "mountinfo", "mount_id",
-           "start_time", "is_zombie", "CgroupEntry", "cgroups_of", "cgroup_host_paths"]
+           "start_time", "parent_of", "ancestors", "is_zombie", "CgroupEntry", "cgroups_of", "cgroup_host_paths"]
 
 #: The most a reader takes from one file unless told otherwise: kernel files read here are a
 #: few kilobytes, and a bound keeps a broken or hostile file from filling the memory.
@@ -147,6 +147,25 @@ def start_time(pid: int, proc: Path | str = "/proc") -> int | None:
         return int(fields[19])  # fields 3.. start at index 0, so field 22 is index 19
     except (TypeError, IndexError, ValueError):
         return None
+
+
+def parent_of(pid: int | str, proc: Path | str = "/proc") -> int | None:
+    """The pid of ``pid``'s parent (field 4 of /proc/PID/stat), or None if it is gone."""
+    fields = _stat_fields(pid, proc)
+    try:
+        return int(fields[1])
+    except (TypeError, IndexError, ValueError):
+        return None
+
+
+def ancestors(pid: int | None = None, proc: Path | str = "/proc") -> list[int]:
+    """``pid`` (default: this process) and every process above it, up to PID 1."""
+    chain = []
+    here = os.getpid() if pid is None else pid
+    while here and here not in chain:
+        chain.append(here)
+        here = parent_of(here, proc)
+    return chain
 
 
 def is_zombie(pid: int | str, proc: Path | str = "/proc") -> bool:

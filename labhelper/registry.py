@@ -27,12 +27,13 @@ import hashlib
 import json
 import os
 import signal
+import stat
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import host, marks
-from .errors import FaultInjected, LedgerError
+from . import host, marks, procfs
+from .errors import FaultInjected, LabError, LedgerError
 from .procfs import start_time
 from .process import is_same_process, lifetime_pid
 
@@ -85,32 +86,81 @@ class Record:
         return f"Record({self.kind} {self.name!r} owner={self.owner!r} pid={self.pid})"
 
 
+# A record is a few hundred bytes of JSON. Anything larger, or not a plain file, is not a record
+# of ours: it is read no further (a FIFO would block the census, /dev/zero would fill the memory).
+MAX_RECORD = 64 * 1024
+MAX_DEPTH = 8          # a record nests two levels deep; deeper JSON is refused before parsing
+QUARANTINE = "quarantine"
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
 class Ledger:
-    """The records under ``root``. Every method is safe to call when the folder does not exist."""
+    """The records under ``root``. Every method is safe to call when the folder does not exist.
+
+    The folder is opened without following a symlink anywhere below its lab folder, and every
+    file in it by name relative to that open folder (openat): a symlink in place of the ledger,
+    or of a record, is never followed. A mount over the folder (which would hide the records
+    below it) is refused for writing and reported when reading.
+    """
 
     def __init__(self, root: Path | str = LEDGER_DIR):
         self.root = Path(root)
-        self.problems: list[str] = []  # unreadable files found by the last records() call
+        self.problems: list[str] = []            # what the last records() call could not use
+        self.bad: list[tuple[str, str]] = []     # (file name, why) of files that are not records
 
     guard = staticmethod(guard)
+
+    # --- the folder ----------------------------------------------------------------------------
+
+    def _allowed(self) -> tuple[str, ...]:
+        # The standard ledger lies below a lab folder; a test's ledger in a temporary folder is
+        # walked from that temporary folder.
+        root = str(self.root)
+        return marks.LAB_DIRS if marks.lab_dir_of(root) else (os.path.dirname(root),)
+
+    @contextlib.contextmanager
+    def _folder(self, create: bool = False):
+        """The ledger folder, open (an fd), checked not to be covered by another mount."""
+        fd = marks.open_lab_dir(str(self.root), self._allowed(), create=create, mode=0o700)
+        try:
+            parent = os.open("..", marks.DIR_FLAGS, dir_fd=fd)
+            try:
+                here, above = procfs.mount_id(fd), procfs.mount_id(parent)
+            finally:
+                os.close(parent)
+            if here != above and marks.lab_dir_of(str(self.root)) and str(self.root) not in marks.LAB_DIRS:
+                raise LedgerError(f"the ledger folder {self.root} is covered by another mount (id {here}): "
+                                  "records below it are hidden, and labhelper did not mount it",
+                                  hint=f"look at it with `findmnt {self.root}`; unmount it yourself if it "
+                                       "is a leftover, then run `labhelper cleanup`")
+            yield fd
+        finally:
+            os.close(fd)
+
+    # --- writing -------------------------------------------------------------------------------
 
     def add(self, kind: str, name: str, owner: str | None = None, data: dict | None = None,
             pid: int | None = None) -> Record:
         """Record that ``kind``/``name`` is about to exist (or exists). Refused, with nothing
-        written, on a machine not declared disposable. Prefer :meth:`creating`."""
+        written, on a machine not declared disposable, or for a name that is not one of ours.
+        Prefer :meth:`creating`."""
         if kind not in _KIND_NAMES:
             raise LedgerError(f"unknown kind {kind!r}; known kinds: {', '.join(_KIND_NAMES)}")
+        name = marks.kind(kind).valid(name)
         self.guard(f"create {kind} {name!r}")
         pid = lifetime_pid() if pid is None else pid
         record = Record(kind, name, owner or default_owner(), pid, start_time(pid), time.time(), dict(data or {}))
+        tmp = f".{record.key}.{os.getpid()}.tmp"
         try:
-            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = self.root / f".{record.key}.{os.getpid()}.tmp"
-            with open(tmp, "w") as fh:
-                json.dump(asdict(record), fh, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.root / record.key)  # atomic: whole record or none
+            with self._folder(create=True) as folder:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                             dir_fd=folder)
+                with os.fdopen(fd, "w") as fh:
+                    json.dump(asdict(record), fh, sort_keys=True)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                # atomic: a reader sees the whole record or none, even after SIGKILL mid-write
+                os.replace(tmp, record.key, src_dir_fd=folder, dst_dir_fd=folder)
         except OSError as exc:
             raise LedgerError(f"cannot write the ledger at {self.root}: {exc}",
                               hint="labhelper needs root to write /run/labhelper") from exc
@@ -123,17 +173,49 @@ class Ledger:
 
     def forget_file(self, filename: str) -> None:
         """Remove one file of the ledger by its name: a record whose object is gone, or a
-        temporary file a killed writer left (idempotent)."""
-        if "/" in filename or filename in ("", ".", ".."):
-            raise LedgerError(f"{filename!r} is not a file name of the ledger")
+        temporary file a killed writer left (idempotent). Only a plain file is removed."""
+        self._check_filename(filename)
         self.guard(f"forget the ledger file {filename!r}")
         self._unlink(filename)
 
+    def quarantine(self, filename: str) -> str:
+        """Set aside a file of the ledger that is not a record (or a folder, a FIFO, a symlink...):
+        moved, not deleted, into ``quarantine/`` for a person to look at. Returns where it went."""
+        self._check_filename(filename)
+        self.guard(f"set aside the ledger file {filename!r}")
+        where = f"{QUARANTINE}/{filename}.{time.time_ns()}"
+        try:
+            with self._folder() as folder:
+                try:
+                    os.mkdir(QUARANTINE, 0o700, dir_fd=folder)
+                except FileExistsError:
+                    pass
+                qfd = os.open(QUARANTINE, marks.DIR_FLAGS, dir_fd=folder)
+                try:
+                    # rename(2) moves the entry itself, whatever it is (a symlink is not followed).
+                    os.rename(filename, os.path.basename(where), src_dir_fd=folder, dst_dir_fd=qfd)
+                finally:
+                    os.close(qfd)
+        except FileNotFoundError:
+            return ""          # gone already (another cleanup set it aside): nothing to do
+        return str(self.root / where)
+
+    @staticmethod
+    def _check_filename(filename: str) -> None:
+        if not isinstance(filename, str) or "/" in filename or filename in ("", ".", "..", QUARANTINE) \
+                or "\0" in filename:
+            raise LedgerError(f"{filename!r} is not a file name of the ledger")
+
     def _unlink(self, filename: str) -> None:
         try:
-            os.unlink(self.root / filename)
+            with self._folder() as folder:
+                st = os.stat(filename, dir_fd=folder, follow_symlinks=False)
+                if not stat.S_ISREG(st.st_mode):
+                    raise LedgerError(f"{self.root / filename} is not a plain file: set it aside instead "
+                                      "(labhelper cleanup does)")
+                os.unlink(filename, dir_fd=folder)
         except FileNotFoundError:
-            pass
+            pass                # already gone: idempotent, also when two cleanups race
 
     @contextlib.contextmanager
     def creating(self, kind: str, name: str, owner: str | None = None, data: dict | None = None):
@@ -156,13 +238,25 @@ class Ledger:
         yield
         self._unlink(Record.key_of(kind, name))
 
+    # --- reading -------------------------------------------------------------------------------
+
     def records(self) -> list[Record]:
-        """Every readable record, oldest first. A corrupt file is never deleted or fatal: it is
-        listed in ``self.problems`` so the learner can look at it."""
-        self.problems = []
+        """Every valid record, oldest first. Nothing here is ever fatal, blocks, or reads more
+        than MAX_RECORD bytes of a file: what cannot be used is listed in ``self.problems``, and
+        files that are not records in ``self.bad`` (cleanup sets them aside)."""
+        self.problems, self.bad = [], []
         found = []
         try:
-            entries = sorted(os.scandir(self.root), key=lambda e: e.name)
+            with self._folder() as folder:
+                for name in sorted(os.listdir(folder)):
+                    if name == QUARANTINE or (name.startswith(".") and name.endswith(".tmp")):
+                        continue        # set-aside files; writes in flight (stale_temp_files)
+                    try:
+                        record = self._read(folder, name)
+                    except _NotARecord as exc:
+                        self._not_a_record(name, str(exc))
+                        continue
+                    found.append(record)
         except FileNotFoundError:
             return []
         except PermissionError:
@@ -172,50 +266,121 @@ class Ledger:
                                  "without their owners; run `sudo labhelper census` (or `sudo labhelper "
                                  "cleanup`) to use it")
             return []
+        except LabError as exc:         # a symlink in the way, a mount over the folder
+            self.problems.append(f"the ledger cannot be read: {exc.message}")
+            return []
         except OSError as exc:
             raise LedgerError(f"cannot read the ledger at {self.root}: {exc}") from exc
-        for entry in entries:
-            if not entry.name.endswith(".json") or entry.name.startswith("."):
-                continue
-            try:
-                with open(entry.path) as fh:
-                    raw = json.load(fh)
-                record = _record_from(raw)
-                if record.key != entry.name:
-                    raise ValueError("file name does not match its record")
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                self.problems.append(f"{entry.path}: unreadable ledger record ({exc}); left in place: "
-                                     f"inspect it, then `sudo rm {entry.path}`")
-                continue
-            found.append(record)
         return sorted(found, key=lambda r: r.created)
+
+    def _read(self, folder: int, name: str) -> Record:
+        try:
+            st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode):
+                raise _NotARecord(f"a {_file_type(st.st_mode)}, not a plain file")
+            if st.st_size > MAX_RECORD:
+                raise _NotARecord(f"{st.st_size} bytes; a record has a few hundred")
+            if not name.endswith(".json"):
+                raise _NotARecord("not named KIND.DIGEST.json")
+            # O_NOFOLLOW and O_NONBLOCK: if a FIFO or a symlink was swapped in since the stat, the
+            # open fails or returns at once instead of blocking, and fstat below says what it is.
+            fd = os.open(name, _READ, dir_fd=folder)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise _NotARecord("not a plain file")
+                data = os.read(fd, MAX_RECORD + 1)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise _NotARecord(f"cannot be read: {exc.strerror}") from None
+        if len(data) > MAX_RECORD:
+            raise _NotARecord(f"more than {MAX_RECORD} bytes")
+        try:
+            text = data.decode("utf-8")
+            if _depth(text) > MAX_DEPTH:
+                raise _NotARecord(f"JSON nested deeper than {MAX_DEPTH} levels")
+            record = _record_from(json.loads(text))
+        except _NotARecord:
+            raise
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            raise _NotARecord(f"unreadable: {type(exc).__name__}: {exc}") from None
+        if record.key != name:
+            raise _NotARecord("its file name does not match its record")
+        return record
 
     def stale_temp_files(self, age: float = 60.0) -> list[str]:
         """Names of temporary files (``.KEY.PID.tmp``) older than ``age`` seconds.
 
         add() writes a temporary file, then renames it into place; a writer killed in between
         leaves the temporary file behind. A write takes milliseconds, so one older than a
-        minute is garbage, while a fresh one may be a write in flight and must stay.
+        minute is garbage, while a fresh one may be a write in flight and must stay. Something
+        with such a name that is not a plain file is not garbage of ours: records() does not
+        list it, and it is set aside instead (``self.bad``).
         """
         try:
-            entries = list(os.scandir(self.root))
-        except OSError:
+            with self._folder() as folder:
+                names = os.listdir(folder)
+                now = time.time()
+                stale = []
+                for name in names:
+                    if not (name.startswith(".") and name.endswith(".tmp")):
+                        continue
+                    try:
+                        st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if not stat.S_ISREG(st.st_mode):
+                        if all(n != name for n, _ in self.bad):
+                            self._not_a_record(name, f"a {_file_type(st.st_mode)} named like a temporary file")
+                    elif now - st.st_mtime > age:
+                        stale.append(name)
+        except (OSError, LabError):
             return []
-        now = time.time()
-        stale = []
-        for entry in entries:
-            if not (entry.name.startswith(".") and entry.name.endswith(".tmp")):
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if now - st.st_mtime > age:
-                stale.append(entry.name)
         return sorted(stale)
+
+    def _not_a_record(self, name: str, why: str) -> None:
+        self.bad.append((name, why))
+        self.problems.append(f"{self.root / name}: not a ledger record ({why}); `labhelper cleanup` sets it "
+                             f"aside in {self.root / QUARANTINE}")
 
     def find(self, kind: str, name: str) -> Record | None:
         return next((r for r in self.records() if r.kind == kind and r.name == name), None)
+
+
+class _NotARecord(Exception):
+    """A file of the ledger that is not a record (said why)."""
+
+
+def _file_type(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "folder"), (stat.S_ISLNK, "symlink"), (stat.S_ISFIFO, "FIFO"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def _depth(text: str) -> int:
+    """How deep ``text``'s JSON arrays and objects nest (strings skipped), without parsing it:
+    json.loads recurses once per level, and a deep enough document ends in RecursionError."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
 
 
 def _record_from(raw) -> Record:
@@ -238,8 +403,7 @@ def _record_from(raw) -> Record:
         raise TypeError("created must be a number")
     if not isinstance(data, dict):
         raise TypeError("data must be a JSON object")
-    if fields["kind"] == "process" and not (fields["name"].isascii() and fields["name"].isdigit()):
-        raise ValueError(f"a process record is named by its pid, not {fields['name']!r}")
+    marks.kind(fields["kind"]).valid(fields["name"])   # Refused (a ValueError) if it is not one of ours
     return Record(**fields, data=data)
 
 

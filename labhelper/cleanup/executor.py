@@ -35,6 +35,9 @@ def execute_each(actions: list[Action], the_ledger: Ledger | None = None) -> lis
             if obj.kind == "ledger":
                 the_ledger.forget_file(obj.name)
                 continue
+            if obj.kind == "ledger-file":
+                the_ledger.quarantine(obj.name)
+                continue
             kind = marks.kind(obj.kind)
             blocked = failed_kinds.intersection(kind.not_after_failed)
             if blocked:

@@ -68,7 +68,7 @@ def record_of(obj: Obj, records: list[Record]) -> Record | None:
     """The record that says whose ``obj`` is: its own, else the deepest record of a kind in
     ``Kind.within`` that contains one of ``obj.where`` (a cgroup's children, a mount inside a
     recorded folder, a grandchild process left in a recorded cgroup)."""
-    if obj.kind == "ledger":
+    if obj.kind in ("ledger", "ledger-file"):
         return next((r for r in records if r.key == obj.name), None)
     own = next((r for r in records if obj.described_by(r)), None)
     if own is not None:
@@ -87,7 +87,6 @@ def census(proc: Path | str = "/proc", sys_: Path | str = "/sys", netns_dir: Pat
     """Every object of ours that exists now, joined with the ledger."""
     the_ledger = the_ledger or ledger()
     records = the_ledger.records()
-    problems = list(the_ledger.problems)
     scan = Scan(Path(proc), Path(sys_), Path(netns_dir), Path(fs_root), procfs.mountinfo(proc), records)
     objects: dict[tuple[str, str], Obj] = {}
     for kind in KINDS:
@@ -103,5 +102,9 @@ def census(proc: Path | str = "/proc", sys_: Path | str = "/sys", netns_dir: Pat
     # A writer killed between writing its temporary file and renaming it leaves the file.
     for name in the_ledger.stale_temp_files():
         objects[("ledger", name)] = Obj("ledger", name, "a ledger write that never finished")
+    # Files in the ledger that are not records (junk, a FIFO, a symlink, half a record...): set
+    # aside by cleanup, so that one bad file never stops the census or the rest of cleanup.
+    for name, why in the_ledger.bad:
+        objects[("ledger-file", name)] = Obj("ledger-file", name, why)
     ordered = sorted(objects.values(), key=lambda o: (ORDER.index(o.kind), o.name))
-    return Census(ordered, records, problems)
+    return Census(ordered, records, list(the_ledger.problems))

@@ -27,12 +27,16 @@ class Action:
 
 
 def is_temp_file(obj: Obj) -> bool:
-    """A temporary file of the ledger (``.KEY.PID.tmp``): garbage of the ledger itself."""
-    return obj.kind == "ledger" and obj.name.startswith(".")
+    """A file of the ledger that is nobody's: a temporary file (``.KEY.PID.tmp``) a killed
+    writer left, or a file that is not a record at all. Always part of a plan."""
+    return (obj.kind == "ledger" and obj.name.startswith(".")) or obj.kind == "ledger-file"
+
+
+_LEDGER_VERBS = {"ledger": "forget", "ledger-file": "set-aside"}
 
 
 def _verb(kind: str) -> str:
-    return "forget" if kind == "ledger" else marks.kind(kind).verb
+    return _LEDGER_VERBS.get(kind) or marks.kind(kind).verb
 
 
 def plan(c: Census, owner: str | None = None, orphans_only: bool = False, proc: Path | str = "/proc",
@@ -65,5 +69,5 @@ def plan(c: Census, owner: str | None = None, orphans_only: bool = False, proc: 
 
 def _order(a: Action) -> tuple:
     kind = a.obj.kind
-    deep = kind != "ledger" and marks.kind(kind).deepest_first
+    deep = kind not in _LEDGER_VERBS and marks.kind(kind).deepest_first
     return (ORDER.index(kind), -a.obj.name.count("/") if deep else 0, a.obj.name)

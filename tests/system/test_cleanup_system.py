@@ -108,17 +108,23 @@ def test_ledger_naming_objects_that_are_gone(uid):
     assert not led.find("netns", f"lh-gone{uid}")
 
 
-def test_corrupt_ledger_file_is_kept_and_reported(uid):
+def test_corrupt_ledger_file_is_set_aside_and_reported(uid):
     led = registry.ledger()
     led.root.mkdir(parents=True, exist_ok=True)
     bad = led.root / f"netns.{uid}.json"
     bad.write_text("{half a record")
+    quarantine = led.root / "quarantine"
+    before = set(quarantine.iterdir()) if quarantine.is_dir() else set()
+    p = labhelper_cli("cleanup")
+    moved = [q for q in (set(quarantine.iterdir()) - before) if q.name.startswith(bad.name)]
     try:
-        p = labhelper_cli("cleanup")
-        assert p.returncode == 0 and "unreadable ledger record" in p.stderr and "left in place" in p.stderr
-        assert bad.read_text() == "{half a record"  # nothing lost
+        assert p.returncode == 0 and "not a ledger record" in p.stderr and "sets it aside" in p.stderr
+        assert not bad.exists() and len(moved) == 1
+        assert moved[0].read_text() == "{half a record"        # nothing lost: set aside, not deleted
+        assert labhelper_cli("cleanup").stderr == ""           # and it no longer stops anything
     finally:
-        bad.unlink()
+        for q in moved:
+            q.unlink()
 
 
 def test_cleanup_kills_what_is_left_in_an_orphaned_cgroup(uid):

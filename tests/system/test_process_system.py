@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from labhelper import cleanup, process, procfs, registry
+from labhelper import cgroups, cleanup, marks, process, procfs, registry
 from labhelper.flags import CLONE_NEWNS, CLONE_NEWUTS, MountFlags
 
 
@@ -97,8 +97,72 @@ def test_stale_record_never_signals_a_reused_pid():
         bystander.wait()
 
 
-def test_record_with_matching_start_time_is_killed():
+def test_a_record_alone_never_gets_a_process_killed(uid):
+    # Issue 10: a crafted record with the right pid and start time of a process that is not in a
+    # lab cgroup (here a sleep; it could be the learner's shell) must not make it ours.
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        led = registry.ledger()
+        led.add("process", str(bystander.pid), owner="systest", data={"ident": procfs.start_time(bystander.pid)})
+        assert ("process", str(bystander.pid)) not in cleanup.census().names()
+        assert cleanup.cleanup().ok
+        assert bystander.poll() is None, "a process outside the lab's cgroups was signalled"
+        assert not led.find("process", str(bystander.pid))      # the record is forgotten
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_a_process_in_a_lab_cgroup_is_killed_with_its_record_s_owner(uid):
+    group = cgroups.create(f"systest-{uid}", owner="systest")
     ours = subprocess.Popen(["sleep", "60"])
-    registry.ledger().add("process", str(ours.pid), owner="systest", data={"ident": procfs.start_time(ours.pid)})
-    assert cleanup.cleanup().ok
-    assert ours.wait(timeout=10) == -signal.SIGKILL
+    try:
+        cgroups.add(group, ours.pid)
+        registry.ledger().add("process", str(ours.pid), owner="systest-p",
+                              data={"ident": procfs.start_time(ours.pid)})
+        found = next(o for o in cleanup.census() if o.kind == "process" and o.name == str(ours.pid))
+        assert found.owner == "systest-p"                       # its own record names its owner
+        assert cleanup.cleanup(owner="systest-p").ok
+        assert ours.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        ours.kill()
+        ours.wait()
+        cgroups.remove(group)
+
+
+def test_a_process_is_killed_only_while_it_has_the_start_time_the_census_saw(uid):
+    # R7 at the point of the signal: between the census and the kill, the pid may have been
+    # reused. remove_process re-reads the start time *after* pinning the process with a pidfd.
+    group = cgroups.create(f"systest-{uid}", owner="systest")
+    p = subprocess.Popen(["sleep", "60"])
+    try:
+        cgroups.add(group, p.pid)
+        led = registry.ledger()
+        start = procfs.start_time(p.pid)
+        process.remove_process(marks.Obj("process", str(p.pid), ident=start - 1), led)   # another process
+        process.remove_process(marks.Obj("process", str(p.pid)), led)                     # identity unknown
+        time.sleep(0.05)
+        assert p.poll() is None, "a process the census did not see was signalled"
+        process.remove_process(marks.Obj("process", str(p.pid), ident=start), led)       # the one it saw
+        assert p.wait(5) == -signal.SIGKILL
+        process.remove_process(marks.Obj("process", str(p.pid), ident=start), led)       # idempotent
+    finally:
+        p.kill()
+        p.wait()
+        cgroups.remove(group)
+
+
+def test_never_this_process_nor_its_ancestors(uid):
+    # The shell running `labhelper cleanup`, moved into a lab cgroup by an exercise, must survive.
+    group = cgroups.create(f"systest-{uid}", owner="systest")
+    code = ("import sys, time\nfrom labhelper import cleanup, cgroups\n"
+            "cgroups.add(sys.argv[1], __import__('os').getpid())\n"
+            "print(sorted(o.name for o in cleanup.census() if o.kind == 'process'))\n"
+            "cleanup.cleanup()\n"
+            "print('survived')\n")
+    try:
+        p = subprocess.run([sys.executable, "-c", code, group], capture_output=True, text=True, timeout=60)
+        assert p.returncode == 0, p.stderr                      # it was not killed
+        assert p.stdout.splitlines() == ["[]", "survived"]      # nor even listed
+    finally:
+        cgroups.remove(group)

@@ -124,7 +124,8 @@ def test_pristine_machine_has_nothing(tmp_path):
 def test_corrupt_ledger_reported_not_fatal(kernel):
     (kernel["the_ledger"].root / "dir.deadbeef.json").write_text("\x00garbage")
     c = cleanup.census(**kernel)
-    assert any("unreadable ledger record" in p for p in c.problems)
+    assert any("not a ledger record" in p for p in c.problems)
+    assert ("ledger-file", "dir.deadbeef.json") in c.names()
     assert ("netns", "lh-net1") in c.names()
 
 
@@ -263,7 +264,7 @@ def test_bad_typed_ledger_record_is_a_problem_not_a_crash(kernel):
         key = registry.Record(kind, str(name), "", 0, None, 0).key
         (root / key).write_text(json.dumps(raw))
     c = cleanup.census(**kernel)
-    assert sum("unreadable ledger record" in p for p in c.problems) == 3
+    assert sum("not a ledger record" in p for p in c.problems) == 3
     assert ("netns", "lh-net1") in c.names()
 
 
@@ -289,7 +290,7 @@ def test_census_shows_its_problems_in_a_notebook(kernel):
     # while table() (what the CLI prints on stdout) stays the table alone.
     (kernel["the_ledger"].root / "dir.deadbeef.json").write_text("\x00garbage")
     c = cleanup.census(**kernel)
-    assert "unreadable ledger record" in repr(c) and "unreadable ledger record" not in c.table()
+    assert "sets it aside" in repr(c) and "sets it aside" not in c.table()
 
 
 def test_recorded_folder_reached_through_a_symlink_counts_as_gone(tmp_path):
@@ -306,3 +307,70 @@ def test_recorded_folder_reached_through_a_symlink_counts_as_gone(tmp_path):
                        the_ledger=led)
     assert ("dir", "/var/lib/labhelper/link/sub") not in c.names()
     assert [(a.verb, a.obj.detail) for a in cleanup.plan(c)] == [("forget", "dir /var/lib/labhelper/link/sub is gone")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 10: junk in the ledger never stops census or cleanup (R29)
+
+def _junk(root, kind):
+    """Put one kind of junk into the ledger folder ``root``; return its file name."""
+    import json
+    if kind == "fifo":
+        os.mkfifo(root / "netns.fifo.json")                     # a reader that opens it waits forever
+        return "netns.fifo.json"
+    if kind == "symlink-to-dev-zero":
+        os.symlink("/dev/zero", root / "mount.zero.json")       # endless bytes
+        return "mount.zero.json"
+    if kind == "huge-sparse":
+        with open(root / "dir.huge.json", "wb") as fh:
+            fh.truncate(1 << 34)                                # 16 GiB of holes
+        return "dir.huge.json"
+    if kind == "deep-json":
+        key = registry.Record.key_of("dir", "/var/lib/labhelper/deep")
+        (root / key).write_text("[" * 100000 + "]" * 100000)    # RecursionError in json.loads
+        return key
+    if kind == "nul-in-name":
+        raw = dict(kind="dir", name="/var/lib/labhelper/a\x00b", owner="o", pid=1, pid_start=None, created=0.0, data={})
+        key = registry.Record.key_of("dir", raw["name"])
+        (root / key).write_text(json.dumps(raw))
+        return key
+    if kind == "tmp-folder":
+        (root / ".x.1.tmp").mkdir()
+        os.utime(root / ".x.1.tmp", (0, 0))                     # old enough to look stale
+        return ".x.1.tmp"
+    if kind == "record-naming-etc":
+        raw = dict(kind="dir", name="/etc", owner="o", pid=1, pid_start=None, created=0.0, data={})
+        key = registry.Record.key_of("dir", "/etc")
+        (root / key).write_text(json.dumps(raw))
+        return key
+    raise ValueError(kind)
+
+
+def _census_and_cleanup(kw, led):
+    c = cleanup.census(**kw)
+    actions = cleanup.plan(c, proc=kw["proc"])
+    failures = cleanup.execute(actions, the_ledger=led)
+    return c.names(), c.problems, [(a.verb, a.obj.kind, a.obj.name) for a in actions], failures
+
+
+JUNK = ["fifo", "symlink-to-dev-zero", "huge-sparse", "deep-json", "nul-in-name", "tmp-folder", "record-naming-etc"]
+
+
+@pytest.mark.parametrize("junk", JUNK)
+def test_junk_in_the_ledger_is_set_aside_and_the_rest_is_cleaned(tmp_path, junk):
+    from labhelper import process
+    proc = proc_tree(tmp_path, V1_MOUNTINFO)
+    led = registry.Ledger(tmp_path / "ledger")
+    led.add("netns", "lh-vanished", owner="ch04")               # a record whose object is gone
+    name = _junk(led.root, junk)
+    kw = dict(proc=proc, sys_=tmp_path / "sys", netns_dir=tmp_path / "none", fs_root=tmp_path, the_ledger=led)
+    # In a child with a timeout: a census that blocks (on a FIFO) must fail the test, not hang it.
+    names, problems, actions, failures = process.run_in_child(_census_and_cleanup, kw, led, timeout=30)
+    assert ("ledger-file", name) in names and any(name in p for p in problems), problems
+    assert ("set-aside", "ledger-file", name) in actions
+    assert any(verb == "forget" for verb, _, _ in actions)     # the rest goes on
+    assert failures == []
+    assert not os.path.lexists(led.root / name)                 # set aside...
+    kept = [p.name for p in (led.root / "quarantine").iterdir()]
+    assert len(kept) == 1 and kept[0].startswith(name)          # ...not deleted
+    assert led.records() == [] and led.problems == [] and led.bad == []

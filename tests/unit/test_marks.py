@@ -7,13 +7,19 @@ from labhelper import marks
 from labhelper.errors import Refused
 
 
-@pytest.mark.parametrize("path", ["/run/labhelper/a", "/var/lib/labhelper/c1/rootfs", "/run/labhelper/a/../b"])
+@pytest.mark.parametrize("path", ["/run/labhelper/a", "/var/lib/labhelper/c1/rootfs", "/run/labhelper/a-1_b.c+d"])
 def test_lab_paths(path):
     assert marks.lab_path(path, "mount").startswith(("/run/labhelper/", "/var/lib/labhelper/"))
 
 
 @pytest.mark.parametrize("path", ["/", "/etc", "/run/labhelper", "/run/labhelper/", "/var/lib/labhelperx",
-                                  "/run/labhelper/../../etc", "relative/labhelper", "", "/run/labhelper/a\0b"])
+                                  "/run/labhelper/../../etc", "relative/labhelper", "", "/run/labhelper/a\0b",
+                                  # R18: not normal, so not the folder it seems to name
+                                  "/run/labhelper/a/", "/run/labhelper/a/.", "/run/labhelper//a", "/run/labhelper/a/../b",
+                                  # names that would break a table, a terminal or a shell
+                                  "/run/labhelper/a\nb", "/run/labhelper/a\x1b[31m", "/run/labhelper/$(reboot)",
+                                  "/run/labhelper/a b", "/run/labhelper/-rf", "/run/labhelper/.hidden",
+                                  "/run/labhelper/" + "x" * 256, "/run/labhelper/" + "/".join(["d" * 200] * 21)])
 def test_not_lab_paths_are_refused(path):
     with pytest.raises(Refused, match="refusing to mount"):
         marks.lab_path(path, "mount")
@@ -22,6 +28,18 @@ def test_not_lab_paths_are_refused(path):
 def test_is_under_compares_components_not_prefixes():
     assert marks.is_under("/a/b", "/a") and marks.is_under("/a", "/a") and not marks.is_under("/ab", "/a")
     assert marks.lab_dir_of("/run/labhelper/x") == "/run/labhelper" and marks.lab_dir_of("/run/x") is None
+
+
+def test_names_of_each_kind():
+    assert marks.link_name("lh-veth0") == "lh-veth0" and marks.netns_name("lh-ns-1") == "lh-ns-1"
+    assert marks.pid_name("4242") == "4242"
+    assert marks.cgroup_path("/sys/fs/cgroup/cpu,cpuacct/labhelper/c1") == "/sys/fs/cgroup/cpu,cpuacct/labhelper/c1"
+    for check, bad in ((marks.link_name, "veth0"), (marks.link_name, "lh-" + "x" * 13), (marks.link_name, "lh-a b"),
+                       (marks.netns_name, "ns1"), (marks.netns_name, "lh-a/b"), (marks.pid_name, "0"),
+                       (marks.pid_name, "12a"), (marks.pid_name, "-1"), (marks.cgroup_path, "/sys/fs/cgroup/user.slice"),
+                       (marks.cgroup_path, "/sys/fs/cgroup/labhelper/../x"), (marks.host_path, "relative")):
+        with pytest.raises(Refused):
+            check(bad)
 
 
 def test_lab_cgroups():

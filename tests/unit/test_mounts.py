@@ -85,17 +85,19 @@ def test_mount_tmpfs_refuses_a_symlinked_target(calls, lab, rel):
 
 
 def test_open_lab_dir_walks_without_following(lab):
-    fd = mounts.open_lab_dir(str(lab / "a" / "b"), create=True)
+    made = []
+    fd = marks.open_lab_dir(str(lab / "a" / "b"), create=True, made=made)
+    assert made == [str(lab / "a"), str(lab / "a" / "b")]
     try:
         assert os.path.samestat(os.fstat(fd), os.stat(lab / "a" / "b"))
     finally:
         os.close(fd)
     with pytest.raises(FileNotFoundError):
-        mounts.open_lab_dir(str(lab / "missing" / "x"))
+        marks.open_lab_dir(str(lab / "missing" / "x"))
     with pytest.raises(LabError, match="is a symlink"):
-        mounts.open_lab_dir(str(lab / "dirlink" / "target"))
+        marks.open_lab_dir(str(lab / "dirlink" / "target"))
     with pytest.raises(LabError, match="only below"):
-        mounts.open_lab_dir(str(lab.parent / "outside"))
+        marks.open_lab_dir(str(lab.parent / "outside"))
 
 
 # --- remove_tree (R5) -------------------------------------------------------------------------

@@ -110,29 +110,6 @@ def test_inherited_fds_far_above_the_low_ones_are_closed_too():
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def test_a_process_is_killed_only_while_it_has_the_start_time_the_census_saw(tmp_path, monkeypatch):
-    # R7 at the point of the signal: between the census and the kill, the pid may have been
-    # reused. remove_process re-reads the start time *after* pinning the process with a pidfd.
-    import subprocess
-
-    from labhelper import marks, registry
-    monkeypatch.setenv("LABHELPER_DISPOSABLE", "1")
-    led = registry.Ledger(tmp_path / "ledger")
-    p = subprocess.Popen(["sleep", "60"])
-    try:
-        start = procfs.start_time(p.pid)
-        process.remove_process(marks.Obj("process", str(p.pid), ident=start - 1), led)   # another process
-        process.remove_process(marks.Obj("process", str(p.pid)), led)                     # identity unknown
-        time.sleep(0.05)
-        assert p.poll() is None, "a process the census did not see was signalled"
-        process.remove_process(marks.Obj("process", str(p.pid), ident=start), led)       # the one it saw
-        assert p.wait(5) == -signal.SIGKILL
-        process.remove_process(marks.Obj("process", str(p.pid), ident=start), led)       # idempotent
-    finally:
-        p.kill()
-        p.wait()
-
-
 def _pdeathsig():
     from labhelper import syscalls
     import ctypes

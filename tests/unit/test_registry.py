@@ -35,9 +35,17 @@ def test_add_find_remove(led):
 
 
 def test_names_cannot_escape_the_ledger_folder(led):
-    r = led.add("dir", "../../etc/passwd\nx" + "y" * 500, owner="o")
-    files = os.listdir(led.root)
-    assert files == [r.key] and "/" not in r.key and len(r.key) < 64
+    # R18: a name that is not one of ours is refused before anything is written...
+    for kind, name in (("dir", "../../etc/passwd\nx" + "y" * 500), ("dir", "/etc"), ("link", "eth0"),
+                       ("process", "1; rm -rf /"), ("cgroup", "/sys/fs/cgroup/user.slice")):
+        with pytest.raises(ValueError):
+            led.add(kind, name, owner="o")
+    assert not led.root.exists()
+    # ...and the file name of any record is a hash: '/', '..' or length cannot reach outside.
+    key = registry.Record.key_of("dir", "../../etc/passwd\nx" + "y" * 500)
+    assert "/" not in key and len(key) < 64 and key.startswith("dir.")
+    r = led.add("dir", "/var/lib/labhelper/c1", owner="o")
+    assert os.listdir(led.root) == [r.key]
 
 
 def test_missing_folder_is_an_empty_ledger(tmp_path):
@@ -56,8 +64,9 @@ def test_corrupt_record_is_reported_and_kept(led):
     wrong = write(led.root / "link.1111.json", json.dumps({"kind": "link"}))
     records = led.records()
     assert [r.name for r in records] == ["/run/labhelper/a"]
-    assert len(led.problems) == 2 and all("left in place" in p for p in led.problems)
-    assert bad.exists() and wrong.exists()  # nothing lost
+    assert len(led.problems) == 2 and all("sets it aside" in p for p in led.problems)
+    assert sorted(name for name, _ in led.bad) == ["link.1111.json", "mount.0000.json"]
+    assert bad.exists() and wrong.exists()  # reading changes nothing
 
 
 def test_write_is_atomic_no_temp_files_left(led):
@@ -136,8 +145,8 @@ def test_records_with_wrong_field_types_are_problems(led, change):
     key = registry.Record(raw["kind"], str(raw["name"]), "", 0, None, 0).key
     write(led.root / key, json.dumps(raw))
     assert led.records() == []
-    assert len(led.problems) == 1 and "unreadable ledger record" in led.problems[0]
-    assert "rm " in led.problems[0]  # P2: says what to do with it
+    assert len(led.problems) == 1 and "not a ledger record" in led.problems[0]
+    assert "sets it aside" in led.problems[0]  # P2: says what happens to it
 
 
 def test_unreadable_ledger_folder_is_a_problem_with_a_hint(led, monkeypatch):
@@ -146,7 +155,7 @@ def test_unreadable_ledger_folder_is_a_problem_with_a_hint(led, monkeypatch):
 
     def denied(path):
         raise PermissionError(13, "Permission denied", str(path))
-    monkeypatch.setattr(registry.os, "scandir", denied)
+    monkeypatch.setattr(registry.os, "listdir", denied)
     assert led.records() == []
     assert len(led.problems) == 1 and "root only" in led.problems[0] and "sudo labhelper" in led.problems[0]
 
