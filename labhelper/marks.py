@@ -344,6 +344,7 @@ class Scan:
     fs_root: Path
     mounts: list = field(default_factory=list)      # procfs.Mount, parsed once for every kind
     records: list = field(default_factory=list)     # registry.Record
+    problems: list = field(default_factory=list)    # what a finder saw and must report (str)
 
     def host_path(self, path: str) -> Path:
         """Where the host path ``path`` is in the tree being read (``fs_root`` + path)."""

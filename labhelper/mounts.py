@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 
 from . import marks, procfs, registry, syscalls
@@ -30,7 +31,7 @@ from .flags import MountFlags, UmountFlags
 from .procfs import Mount
 from .registry import fault_point, ledger
 
-__all__ = ["mounts_under", "mount_tmpfs", "unmount", "detach", "is_ours", "remove_tree",
+__all__ = ["mounts_under", "tmpfs_size", "mount_tmpfs", "unmount", "detach", "is_ours", "remove_tree",
            "find_mounts", "remove_mount", "find_dirs", "remove_dir"]
 
 
@@ -43,49 +44,108 @@ def mounts_under(folder: str, table: list[Mount] | None = None) -> list[Mount]:
 
 # --- mounting and unmounting ------------------------------------------------------------------------
 
+def tmpfs_size(size) -> str:
+    """A tmpfs size, checked: a positive number of bytes with an optional k, m or g, at most a
+    quarter of this machine's memory (and 1 GiB). tmpfs itself takes "0" as "unlimited", "100%"
+    as all of the memory, and "1m,mode=0777" would smuggle in another mount option."""
+    text = str(size).strip().lower() if isinstance(size, (str, int)) and not isinstance(size, bool) else ""
+    match = re.fullmatch(r"([1-9][0-9]{0,12})([kmg]?)", text)
+    if not match:
+        raise Refused(f"tmpfs size {size!r}: give a positive number of bytes, with k, m or g if you like "
+                      "('64k', '1m', '16m')")
+    nbytes = int(match.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[match.group(2)]
+    meminfo = procfs.read_text("/proc/meminfo")
+    total = next((int(line.split()[1]) << 10 for line in meminfo.splitlines() if line.startswith("MemTotal:")), 1 << 32)
+    cap = min(1 << 30, total // 4)
+    if nbytes > cap:
+        raise Refused(f"tmpfs size {size!r} is {nbytes >> 20} MiB; a lab tmpfs may have at most {cap >> 20} MiB "
+                      "(a quarter of this machine's memory, and 1 GiB)")
+    return text
+
+
 def mount_tmpfs(target: str, size: str = "1m", owner: str | None = None) -> Mount:
     """Mount a small tmpfs at ``target`` (below a lab folder), recorded in the ledger.
 
-    The record is written first (registry.Ledger.creating); if any later step fails, what was
-    done is undone and the record forgotten.
+    Everything is checked before the first change: the path, the size, and that nothing is
+    mounted or recorded there already (a second mount would silently hide the first one's
+    files). The record is written first, with the folders this mount will have to make
+    (registry.Ledger.creating); if any later step fails, what was done is undone, those folders
+    included, and the record forgotten. Removing the mount removes them too, when empty.
     """
     target = marks.lab_path(target, "mount a tmpfs on")
+    size = tmpfs_size(size)
+    if any(m.mountpoint == target for m in procfs.mountinfo()):
+        raise Refused(f"something is mounted on {target} already: a second mount would hide it",
+                      hint="unmount it first (mounts.unmount), or choose another folder")
     name = os.path.basename(target)
-    with ledger().creating("mount", target, owner):
-        parent = marks.open_lab_dir(os.path.dirname(target), create=True)
+    made = _missing_folders(target)
+    with ledger().creating("mount", target, owner, data={"made": made}):
+        fault_point("mount-recorded")
         try:
+            parent = marks.open_lab_dir(os.path.dirname(target), create=True)
             try:
-                os.mkdir(name, 0o755, dir_fd=parent)
-            except FileExistsError:
-                pass
-            fd = marks.open_step(parent, name, target)
-            try:
-                # Mount on the folder we opened (without following symlinks), not on the path
-                # again: /proc/self/fd/N names exactly that folder, so a symlink swapped in since
-                # cannot redirect the mount elsewhere.
-                syscalls.mount("labhelper", f"/proc/self/fd/{fd}", "tmpfs",
-                               MountFlags.MS_NOSUID | MountFlags.MS_NODEV, f"size={size}")
-            except SyscallError as exc:
-                raise exc.with_arguments(target=target) from None
-            finally:
-                os.close(fd)
-            try:
-                fault_point("mount")
-                # Find the new mount by its id: open the path again (now the tmpfs's root) and ask.
-                top = marks.open_step(parent, name, target)
                 try:
-                    mid = procfs.mount_id(top)
+                    os.mkdir(name, 0o755, dir_fd=parent)
+                except FileExistsError:
+                    pass
+                fd = marks.open_step(parent, name, target)
+                try:
+                    # Mount on the folder we opened (without following symlinks), not on the path
+                    # again: /proc/self/fd/N names exactly that folder, so a symlink swapped in since
+                    # cannot redirect the mount elsewhere.
+                    syscalls.mount("labhelper", f"/proc/self/fd/{fd}", "tmpfs",
+                                   MountFlags.MS_NOSUID | MountFlags.MS_NODEV, f"size={size}")
+                except SyscallError as exc:
+                    raise exc.with_arguments(target=target) from None
                 finally:
-                    os.close(top)
-                found = next((m for m in procfs.mountinfo() if m.mount_id == mid), None)
-                if found is None:
-                    raise LabError(f"mounted a tmpfs on {target}, but cannot find it in /proc/self/mountinfo")
-            except BaseException:
-                detach(target)              # a failed create leaves no mount behind
-                raise
+                    os.close(fd)
+                try:
+                    fault_point("mount")
+                    # Find the new mount by its id: open the path again (now the tmpfs's root) and ask.
+                    top = marks.open_step(parent, name, target)
+                    try:
+                        mid = procfs.mount_id(top)
+                    finally:
+                        os.close(top)
+                    found = next((m for m in procfs.mountinfo() if m.mount_id == mid), None)
+                    if found is None:
+                        raise LabError(f"mounted a tmpfs on {target}, but cannot find it in /proc/self/mountinfo")
+                except BaseException:
+                    detach(target)              # a failed create leaves no mount behind...
+                    raise
+            finally:
+                os.close(parent)
+        except BaseException:
+            _rmdir_empty(made)                  # ...and none of the folders it made
+            raise
+    return found
+
+
+def _missing_folders(path: str) -> list[str]:
+    """The folders from ``path`` up to its lab folder that do not exist yet, deepest last."""
+    missing = []
+    here = path
+    while marks.lab_dir_of(here) and here not in marks.LAB_DIRS and not os.path.lexists(here):
+        missing.append(here)
+        here = os.path.dirname(here)
+    return missing[::-1]
+
+
+def _rmdir_empty(folders) -> None:
+    """Remove each of ``folders`` that is a plain empty folder strictly below a lab folder,
+    deepest first; leave the others (not empty, a mount point, gone, not ours)."""
+    for path in sorted(folders, key=lambda p: p.count("/"), reverse=True):
+        try:
+            path = marks.lab_path(path, "remove")
+            parent = marks.open_lab_dir(os.path.dirname(path))
+        except (OSError, LabError):
+            continue
+        try:
+            os.rmdir(os.path.basename(path), dir_fd=parent)
+        except OSError:
+            pass
         finally:
             os.close(parent)
-    return found
 
 
 def detach(target: str) -> bool:
@@ -115,10 +175,13 @@ def detach(target: str) -> bool:
 
 
 def is_ours(path: str, table: list[Mount] | None = None) -> bool:
-    """Does the mount point ``path`` carry our mark? Below a lab folder; or a named network
-    namespace lh-* under /run/netns; or a mount there now that is an overlay writing into a lab
-    folder (its upper directory is ours, so its writes are: chapter 06 mounts such overlays)."""
+    """Does the mount point ``path`` carry our mark? Strictly below a lab folder (never a lab
+    folder itself); or a named network namespace lh-* under /run/netns; or a mount there now that
+    is an overlay writing into a lab folder (its upper directory is ours, so its writes are:
+    chapter 06 mounts such overlays)."""
     path = os.path.normpath(path)
+    if path in marks.LAB_DIRS:
+        return False
     if marks.lab_dir_of(path):
         return True
     if os.path.dirname(path) == marks.NETNS_DIR and os.path.basename(path).startswith(marks.PREFIX):
@@ -141,7 +204,10 @@ def unmount(target: str, record: bool = True) -> bool:
     for m in mounts_under(target):
         done = detach(m.mountpoint) or done
     if record:
-        ledger().remove("mount", target)
+        the_ledger = ledger()
+        made = the_ledger.find("mount", target)
+        _rmdir_empty([target, *(made.data.get("made", []) if made else [])])
+        the_ledger.remove("mount", target)
     return done
 
 
@@ -175,15 +241,20 @@ def remove_tree(path: str, allowed: tuple[str, ...] | None = None) -> None:
         parent = marks.open_lab_dir(os.path.dirname(normal), allowed)
     except FileNotFoundError:
         return
+    # Another cleanup may remove the same tree at the same moment (a workshop runs several): a
+    # file or folder already gone is success, at every step.
     try:
         try:
             st = os.stat(name, dir_fd=parent, follow_symlinks=False)
         except FileNotFoundError:
             return
         if not stat.S_ISDIR(st.st_mode):
-            os.unlink(name, dir_fd=parent)
+            _gone_ok(os.unlink, name, dir_fd=parent)
             return
-        top = os.open(name, marks.DIR_FLAGS, dir_fd=parent)
+        try:
+            top = os.open(name, marks.DIR_FLAGS, dir_fd=parent)
+        except FileNotFoundError:
+            return
         try:
             mnt = _mount_of(top, normal)
             if mnt != _mount_of(parent, os.path.dirname(normal)):
@@ -193,26 +264,39 @@ def remove_tree(path: str, allowed: tuple[str, ...] | None = None) -> None:
             _empty_dir(top, mnt, normal)
         finally:
             os.close(top)
-        os.rmdir(name, dir_fd=parent)
+        _gone_ok(os.rmdir, name, dir_fd=parent)
     finally:
         os.close(parent)
 
 
+def _gone_ok(call, *args, **kwargs) -> None:
+    try:
+        call(*args, **kwargs)
+    except FileNotFoundError:
+        pass
+
+
 def _empty_dir(dfd: int, mnt: int, where: str) -> None:
     for entry in list(os.scandir(dfd)):
-        st = os.stat(entry.name, dir_fd=dfd, follow_symlinks=False)
-        if stat.S_ISDIR(st.st_mode):
+        try:
+            st = os.stat(entry.name, dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            _gone_ok(os.unlink, entry.name, dir_fd=dfd)
+            continue
+        try:
             sub = os.open(entry.name, marks.DIR_FLAGS, dir_fd=dfd)
-            try:
-                if _mount_of(sub, f"{where}/{entry.name}") != mnt:
-                    raise LabError(f"refusing to remove {where}/{entry.name}: another filesystem is mounted "
-                                   "there", hint="unmount it first (labhelper cleanup unmounts ours)")
-                _empty_dir(sub, mnt, f"{where}/{entry.name}")
-            finally:
-                os.close(sub)
-            os.rmdir(entry.name, dir_fd=dfd)
-        else:
-            os.unlink(entry.name, dir_fd=dfd)
+        except FileNotFoundError:
+            continue
+        try:
+            if _mount_of(sub, f"{where}/{entry.name}") != mnt:
+                raise LabError(f"refusing to remove {where}/{entry.name}: another filesystem is mounted "
+                               "there", hint="unmount it first (labhelper cleanup unmounts ours)")
+            _empty_dir(sub, mnt, f"{where}/{entry.name}")
+        finally:
+            os.close(sub)
+        _gone_ok(os.rmdir, entry.name, dir_fd=dfd)
 
 
 # --- mounts and folders as lab objects (marks.KINDS) -------------------------------------------------
@@ -221,33 +305,31 @@ def find_mounts(scan: marks.Scan) -> list[marks.Obj]:
     """Mounts of ours: on a lab path, or an overlay whose upper directory is in a lab folder
     (it writes there). A named network namespace is a bind mount of nsfs: it is counted as a
     netns, not here."""
-    return [marks.Obj("mount", m.mountpoint, m.fstype, where=(m.mountpoint,)) for m in scan.mounts
-            if not m.mountpoint.startswith(str(scan.netns_dir) + "/")
-            and (marks.lab_dir_of(m.mountpoint) or (m.upperdir and marks.lab_dir_of(m.upperdir)))]
+    found = []
+    for m in scan.mounts:
+        if m.mountpoint.startswith(str(scan.netns_dir) + "/"):
+            continue
+        if m.mountpoint in marks.LAB_DIRS:
+            # On a lab folder itself: never ours to unmount (labhelper mounts only below them).
+            # The lab VM or a test guest may provide a lab folder as a tmpfs named "labhelper";
+            # anything else covers what the lab keeps there, so say so.
+            if m.source != "labhelper":
+                scan.problems.append(f"{m.fstype} from {m.source!r} is mounted on the lab folder {m.mountpoint}: "
+                                     "labhelper did not mount it and leaves it alone; what the lab keeps "
+                                     f"there is hidden below it (see `findmnt {m.mountpoint}`)")
+            continue
+        if marks.lab_dir_of(m.mountpoint) or (m.upperdir and marks.lab_dir_of(m.upperdir)):
+            found.append(marks.Obj("mount", m.mountpoint, m.fstype, where=(m.mountpoint,)))
+    return found
 
 
 def remove_mount(obj: marks.Obj, ledger: registry.Ledger) -> None:
-    """Unmount one mount of ours, then remove the folder it was on if that is ours and empty."""
+    """Unmount one mount of ours, then remove the folder it was on, and the folders its creation
+    made (its record lists them), when they are ours and empty."""
+    record = ledger.find("mount", obj.name)
     with ledger.removing("mount", obj.name):
         detach(obj.name)
-        _rmdir_mount_point(obj.name)
-
-
-def _rmdir_mount_point(path: str) -> None:
-    try:
-        path = marks.lab_path(path, "remove")
-    except Refused:
-        return  # e.g. an overlay on /srv/x writing into our folder: the mount was ours, /srv/x is not
-    try:
-        parent = marks.open_lab_dir(os.path.dirname(path))
-    except (OSError, LabError):
-        return
-    try:
-        os.rmdir(os.path.basename(path), dir_fd=parent)
-    except OSError:
-        pass  # not empty, or still a mount point: leave it
-    finally:
-        os.close(parent)
+        _rmdir_empty([obj.name, *(record.data.get("made", []) if record else [])])
 
 
 def find_dirs(scan: marks.Scan) -> list[marks.Obj]:

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import host, marks, procfs
-from .errors import FaultInjected, LabError, LedgerError
+from .errors import FaultInjected, LabError, LedgerError, Refused
 from .procfs import start_time
 from .process import is_same_process, lifetime_pid
 
@@ -155,12 +155,25 @@ class Ledger:
             with self._folder(create=True) as folder:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                              dir_fd=folder)
-                with os.fdopen(fd, "w") as fh:
-                    json.dump(asdict(record), fh, sort_keys=True)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                # atomic: a reader sees the whole record or none, even after SIGKILL mid-write
-                os.replace(tmp, record.key, src_dir_fd=folder, dst_dir_fd=folder)
+                try:
+                    with os.fdopen(fd, "w") as fh:
+                        json.dump(asdict(record), fh, sort_keys=True)
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                    # Atomic, and only if no record has this name: link(2) refuses an existing
+                    # name. A reader sees the whole record or none, even after SIGKILL mid-write;
+                    # a second create of an object in use leaves the first one's record intact.
+                    try:
+                        os.link(tmp, record.key, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
+                    except FileExistsError:
+                        raise Refused(f"{kind} {name!r} is in use: the ledger has a record of it already",
+                                      hint="remove the existing one first (`labhelper cleanup` removes what "
+                                           "is left of an earlier run), or choose another name") from None
+                finally:
+                    try:
+                        os.unlink(tmp, dir_fd=folder)
+                    except FileNotFoundError:
+                        pass
         except OSError as exc:
             raise LedgerError(f"cannot write the ledger at {self.root}: {exc}",
                               hint="labhelper needs root to write /run/labhelper") from exc

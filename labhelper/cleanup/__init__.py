@@ -18,8 +18,10 @@ import it.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+from ..errors import RequirementError
 from ..marks import ORDER, Obj
 from .executor import execute, execute_each
 from .inventory import Census, census, record_of
@@ -74,6 +76,12 @@ def cleanup(owner: str | None = None, dry_run: bool = False, orphans_only: bool 
         if dry_run:
             done = actions
             break
+        if os.geteuid() != 0:
+            # Refuse before the first removal, rather than try each and report EPERM for all.
+            raise RequirementError(f"removing the lab's kernel objects needs root ({len(actions)} to remove)",
+                                   hint="run it as root: `sudo labhelper cleanup` (a dry run, "
+                                        "`labhelper cleanup --dry-run`, shows what it would do)",
+                                   missing=("root",))
         failed = execute_each(actions)
         done += [a for a in actions if a not in done]
         c = census()

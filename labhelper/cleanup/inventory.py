@@ -107,4 +107,4 @@ def census(proc: Path | str = "/proc", sys_: Path | str = "/sys", netns_dir: Pat
     for name, why in the_ledger.bad:
         objects[("ledger-file", name)] = Obj("ledger-file", name, why)
     ordered = sorted(objects.values(), key=lambda o: (ORDER.index(o.kind), o.name))
-    return Census(ordered, records, list(the_ledger.problems))
+    return Census(ordered, records, list(the_ledger.problems) + scan.problems)

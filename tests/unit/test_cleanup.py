@@ -108,6 +108,7 @@ def test_orphans_only_skips_live_creators(kernel):
 
 def test_orphans_of_a_dead_creator(kernel, tmp_path):
     led = kernel["the_ledger"]
+    led.remove("netns", "lh-net1")
     led.add("netns", "lh-net1", owner="ch04", pid=2 ** 22 + 7)  # a pid that cannot exist
     actions = cleanup.plan(cleanup.census(**kernel), orphans_only=True)
     assert [(a.verb, a.obj.name) for a in actions] == [("delete-netns", "lh-net1")]
@@ -221,6 +222,8 @@ def test_lab_start_spares_objects_of_a_live_kernel_of_the_same_chapter(kernel):
     # and dead creators' objects go.
     led = kernel["the_ledger"]
     other = os.getppid()  # alive, and not this process
+    for kind, name in (("netns", "lh-net1"), ("link", "lh-veth0"), ("netns", "lh-vanished")):
+        led.remove(kind, name)
     led.add("netns", "lh-net1", owner="ch04", pid=other)
     led.add("link", "lh-veth0", owner="ch04", pid=os.getpid())
     led.add("netns", "lh-vanished", owner="ch04", pid=2 ** 22 + 7)
@@ -374,3 +377,19 @@ def test_junk_in_the_ledger_is_set_aside_and_the_rest_is_cleaned(tmp_path, junk)
     kept = [p.name for p in (led.root / "quarantine").iterdir()]
     assert len(kept) == 1 and kept[0].startswith(name)          # ...not deleted
     assert led.records() == [] and led.problems == [] and led.bad == []
+
+
+def test_not_root_is_refused_before_anything_is_done(tmp_path, monkeypatch):
+    # Issue 10: as a learner (not root), `labhelper cleanup` printed "done:" and then EPERM for
+    # every object. It refuses up front now (the CLI exits 2), and removes nothing.
+    from labhelper import cli
+    from labhelper.errors import RequirementError
+    stuck = cleanup.Obj("mount", "/run/labhelper/unit-test-x", "tmpfs", "ch05")
+    monkeypatch.setattr(cleanup, "census", lambda: cleanup.Census([stuck], [], []))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    removed = []
+    monkeypatch.setattr(syscalls, "umount2", lambda *a, **k: removed.append(a))
+    with pytest.raises(RequirementError, match="needs root"):
+        cleanup.cleanup()
+    assert cli.main(["cleanup"]) == 2 and removed == []
+    assert cleanup.cleanup(dry_run=True).actions            # looking needs no root

@@ -178,3 +178,73 @@ def test_remove_tree_refuses_a_mount_point_at_its_top(tmp_path, monkeypatch):
     with pytest.raises(LabError, match="mount point"):
         mounts.remove_tree(str(lab / "c1" / "mnt"), allowed=(str(lab),))
     assert (lab / "c1" / "mnt" / "precious").read_text() == "keep"
+
+
+# --- checked before any kernel call (R3, R18, R20) ------------------------------------------------
+
+@pytest.mark.parametrize("size", ["0", "100%", "1m,mode=0777", "-1m", "1.5m", "", "1t", True, None, "99999999g"])
+def test_tmpfs_sizes_that_are_refused(size):
+    with pytest.raises(ValueError, match="tmpfs size"):
+        mounts.tmpfs_size(size)
+
+
+@pytest.mark.parametrize("size,shown", [("64k", "64k"), ("1M", "1m"), (4096, "4096"), (" 16m ", "16m")])
+def test_tmpfs_sizes_that_are_taken(size, shown):
+    assert mounts.tmpfs_size(size) == shown
+
+
+def test_nothing_is_mounted_twice_on_one_path(calls, monkeypatch):
+    taken = procfs.Mount(90, 25, "0:50", "/", "/run/labhelper/x", "rw", (), "tmpfs", "labhelper", "rw")
+    monkeypatch.setattr(procfs, "mountinfo", lambda *a, **k: [taken])
+    with pytest.raises(ValueError, match="mounted on /run/labhelper/x already"):
+        mounts.mount_tmpfs("/run/labhelper/x")
+    assert calls == [] and registry.ledger().records() == []
+
+
+def test_a_failed_mount_takes_its_record_and_folders_with_it(monkeypatch, lab, tmp_path):
+    # R3: the kernel refuses the mount; the record and every folder it made are gone again.
+    from labhelper.errors import SyscallError
+    monkeypatch.setenv("LABHELPER_LEDGER", str(tmp_path / "ledger"))
+
+    def refuse(*a, **k):
+        raise SyscallError("mount", {"target": a[1]}, 22)
+    monkeypatch.setattr(mounts.syscalls, "mount", refuse)
+    with pytest.raises(SyscallError) as info:
+        mounts.mount_tmpfs(str(lab / "a" / "b" / "m"))
+    assert f"target='{lab / 'a' / 'b' / 'm'}'" in str(info.value)       # the path the learner gave
+    assert registry.ledger().records() == []
+    assert sorted(os.listdir(lab)) == ["dirlink", "link"]               # a, a/b, a/b/m removed again
+
+
+def test_mounts_on_a_lab_folder_itself_are_not_ours(monkeypatch, tmp_path):
+    from labhelper.marks import Scan
+    table = [procfs.Mount(60, 1, "0:60", "/", "/var/lib/labhelper", "rw", (), "tmpfs", "intruder", "rw"),
+             procfs.Mount(61, 1, "0:61", "/", "/run/labhelper", "rw", (), "tmpfs", "labhelper", "rw"),
+             procfs.Mount(62, 61, "0:62", "/", "/run/labhelper/m", "rw", (), "tmpfs", "labhelper", "rw")]
+    scan = Scan(tmp_path, tmp_path, tmp_path / "netns", tmp_path, table, [])
+    assert [o.name for o in mounts.find_mounts(scan)] == ["/run/labhelper/m"]
+    assert len(scan.problems) == 1 and "/var/lib/labhelper" in scan.problems[0] and "intruder" in scan.problems[0]
+    assert not mounts.is_ours("/var/lib/labhelper", table) and not mounts.is_ours("/run/labhelper", table)
+
+
+def test_six_removals_of_one_tree_at_once_all_succeed(tmp_path):
+    # Issue 10: several cleanups at once (a workshop) on one folder: a file or folder another
+    # one removed first is success, not an ENOENT failure.
+    import multiprocessing
+    lab = tmp_path / "lab"
+    for i in range(200):
+        (lab / "c1" / f"d{i}" / "sub").mkdir(parents=True)
+        (lab / "c1" / f"d{i}" / "sub" / "f").write_text("x")
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(6) as pool:
+        results = pool.starmap(_remove_counting_errors, [(str(lab / "c1"), str(lab))] * 6)
+    assert results == ["ok"] * 6, results
+    assert not (lab / "c1").exists()
+
+
+def _remove_counting_errors(path, lab):
+    try:
+        mounts.remove_tree(path, allowed=(lab,))
+        return "ok"
+    except Exception as exc:  # noqa: BLE001 - the test reports what each worker met
+        return f"{type(exc).__name__}: {exc}"

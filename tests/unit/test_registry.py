@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from labhelper import registry
-from labhelper.errors import FaultInjected, LedgerError
+from labhelper.errors import FaultInjected, LabError, LedgerError
 from labhelper.procfs import start_time
 
 from fake import proc_tree, stat_line, write
@@ -169,3 +169,26 @@ def test_stale_temp_files(led):
     write(led.root / "not-a-temp.tmp", "{")
     os.utime(old, (time.time() - 61, time.time() - 61))
     assert led.stale_temp_files() == [old.name]
+
+
+def test_a_second_record_of_an_object_in_use_is_refused_and_the_first_kept(led):
+    # R18: a name in use is an error that leaves the first object's record intact.
+    first = led.add("netns", "lh-a", owner="first")
+    with pytest.raises(ValueError, match="in use"):
+        led.add("netns", "lh-a", owner="second")
+    assert led.records() == [first] and [n for n in os.listdir(led.root)] == [first.key]
+
+
+def test_a_symlink_in_place_of_the_ledger_is_never_followed(tmp_path):
+    # Issue 10: records must not be written into (nor temp files deleted from) a symlink's target.
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / ".old.1.tmp").write_text("{")
+    os.utime(target / ".old.1.tmp", (0, 0))
+    os.symlink(target, tmp_path / "ledger")
+    led = registry.Ledger(tmp_path / "ledger")
+    with pytest.raises(LabError, match="symlink"):
+        led.add("netns", "lh-a")
+    assert led.records() == [] and any("symlink" in p for p in led.problems)
+    assert led.stale_temp_files() == []
+    assert sorted(os.listdir(target)) == [".old.1.tmp"]        # nothing written, nothing taken
