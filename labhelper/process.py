@@ -80,7 +80,7 @@ def _close_fds(keep: set[int]) -> None:
 
 
 def _child_main(write_fd: int, parent_pid: int, fn, args, kwargs, unshare: CloneFlags,
-                keep_fds: set[int], gate_fd: int | None) -> None:
+                keep_fds: set[int], gate_fd: int | None, cgroup: str | None) -> None:
     """Runs in the child and never returns (os._exit)."""
     # Move every inherited object out of the garbage collector's sight: a collection would
     # touch (and so copy, page by page) the whole parent heap that fork shares copy-on-write.
@@ -95,6 +95,11 @@ def _child_main(write_fd: int, parent_pid: int, fn, args, kwargs, unshare: Clone
         syscalls.prctl(Prctl.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent_pid:
             os._exit(1)
+        if cgroup is not None:
+            # Join the lab cgroup before anything else runs: every process this child starts is
+            # born inside, where cleanup finds it even if PDEATHSIG does not reach it.
+            with open(os.path.join(marks.cgroup_path(cgroup), "cgroup.procs"), "w") as fh:
+                fh.write(f"{os.getpid()}\n")
         if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
             # A notebook interrupt (SIGINT to the process group) becomes KeyboardInterrupt here too.
             signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -258,8 +263,10 @@ class Child:
 
 
 def spawn(fn, *args, unshare: CloneFlags | int = 0, keep_fds: tuple[int, ...] = (),
-          gate: bool = False, **kwargs) -> Child:
-    """Fork a child that runs ``fn(*args, **kwargs)`` (after ``unshare(flags)`` if given)."""
+          gate: bool = False, cgroup: str | None = None, **kwargs) -> Child:
+    """Fork a child that runs ``fn(*args, **kwargs)`` (after ``unshare(flags)`` if given).
+
+    ``cgroup``: a lab cgroup's folder that the child joins before it runs anything."""
     unshare = CloneFlags(unshare)
     name = getattr(fn, "__qualname__", repr(fn))
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
@@ -278,7 +285,7 @@ def spawn(fn, *args, unshare: CloneFlags | int = 0, keep_fds: tuple[int, ...] = 
         os.close(read_fd)
         if gate_w is not None:
             os.close(gate_w)
-        _child_main(write_fd, parent_pid, fn, args, kwargs, unshare, set(keep_fds), gate_r)
+        _child_main(write_fd, parent_pid, fn, args, kwargs, unshare, set(keep_fds), gate_r, cgroup)
     os.close(write_fd)
     if gate_r is not None:
         os.close(gate_r)

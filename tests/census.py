@@ -50,6 +50,9 @@ def take() -> frozenset[tuple[str, str]]:
         if name.startswith("lh-"):
             found.add(("link", name))
     for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        stat = _read(f"/proc/{pid}/stat")
+        if stat[stat.rfind(")") + 2:][:1] == "Z":
+            continue  # a zombie has exited and holds nothing; its parent (maybe PID 1) reaps it
         cg = _read(f"/proc/{pid}/cgroup")
         if any(l.split(":", 2)[-1].startswith("/labhelper") for l in cg.splitlines()):
             found.add(("process", pid))

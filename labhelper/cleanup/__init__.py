@@ -69,6 +69,7 @@ def cleanup(owner: str | None = None, dry_run: bool = False, orphans_only: bool 
     done: list[Action] = []
     failed: list[tuple[Action, str]] = []
     c = census()
+    seen = list(c.problems)       # what the first look found (e.g. a bad ledger file set aside since)
     for _ in range(3):
         actions = plan(c, owner, orphans_only, created_by=created_by)
         if not actions:
@@ -93,4 +94,4 @@ def cleanup(owner: str | None = None, dry_run: bool = False, orphans_only: bool 
     named = {a.obj for a, _ in failed}
     failures += [f"still present: {obj!r}" for obj in sorted(left, key=lambda o: (ORDER.index(o.kind), o.name))
                  if obj not in named]
-    return Result(done, failures, c.problems, dry_run)
+    return Result(done, failures, list(dict.fromkeys(seen + c.problems)), dry_run)

@@ -117,9 +117,18 @@ class MmioUart:
         return value[:size].ljust(size, b"\0")
 
 
-def default_devices() -> list:
-    """A fresh set of the devices every Machine has unless told otherwise."""
-    return [SerialPort(), ReportPort(), PvConsole(), MmioUart()]
+#: Where the MMIO UART goes when the guest's memory reaches MMIO_BASE: just below 4 GiB, in the
+#: hole a PC leaves for devices (a 64-bit guest reaches it; a real-mode one has no memory there
+#: to need it for: it cannot address past 1 MiB anyway).
+HIGH_MMIO_BASE = 0xFEB00000
+
+
+def default_devices(memory: int = 0) -> list:
+    """A fresh set of the devices every Machine has unless told otherwise, placed so that none
+    sits inside ``memory`` bytes of guest memory (``machine.device("mmio-uart").base`` says
+    where the UART went)."""
+    uart = MmioUart() if memory <= MMIO_BASE else MmioUart(base=HIGH_MMIO_BASE)
+    return [SerialPort(), ReportPort(), PvConsole(), uart]
 
 
 class Wiring(NamedTuple):

@@ -18,8 +18,10 @@ imports it.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import platform
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -38,6 +40,25 @@ from .vm import MemoryError_, check_memory_request
 __all__ = ["Machine", "RunResult", "GuestError", "LongModeUnavailable", "DEFAULT_MEMORY", "long_mode_check"]
 
 DEFAULT_MEMORY = 64 * 1024
+REPORTS_KEPT = 4096     # values a Machine keeps of what its guest reports (the oldest go first)
+
+
+class Kept(collections.deque):
+    """The last ``maxlen`` values appended, and how many there were in all (``total``): a guest
+    that reports a number on every exit, a million times, must not fill the notebook's memory."""
+
+    def __init__(self, maxlen: int):
+        super().__init__(maxlen=maxlen)
+        self.total = 0
+
+    def append(self, value) -> None:
+        super().append(value)
+        self.total += 1
+
+    def since(self, total: int) -> tuple:
+        """What was appended after ``total`` values had been (as much of it as is kept)."""
+        new = self.total - total
+        return tuple(self)[-new:] if new > 0 else ()
 
 
 class GuestError(LabError):
@@ -99,10 +120,14 @@ class Machine:
                                    hint="use an x86_64 lab VM for chapter 02", missing=("kvm-x86",))
         # Bad input is refused before any fd is opened or any memory mapped.
         _check_layout(program, memory)
-        self.devices = list(devices) if devices is not None else default_devices()
+        self.devices = list(devices) if devices is not None else default_devices(memory)
         self._ports, self._mmio = wire(self.devices, memory)
         self.output = bytearray()
-        self.reports: list[int] = []
+        self.reports = Kept(REPORTS_KEPT)       # the last values reported; a guest may report forever
+        self._runner: int | None = None         # the thread inside run()/step(), if any
+        self._stop_asked = False                # close() from another thread asked the run to end
+        self._idle = threading.Event()
+        self._idle.set()
         self.counts: dict[str, int] = {}       # guest exits by kind, over the Machine's life
         self.kvm = self.vm = self.vcpu = None
         with contextlib.ExitStack() as undo:
@@ -152,7 +177,10 @@ class Machine:
         with self._watched(deadline):
             while True:
                 exit_ = self._step()
-                if type(exit_) is not ex.Interrupted or (deadline is not None and time.monotonic() >= deadline):
+                if type(exit_) is not ex.Interrupted:
+                    return exit_
+                self._check_stop()
+                if deadline is not None and time.monotonic() >= deadline:
                     return exit_
 
     @contextlib.contextmanager
@@ -161,6 +189,8 @@ class Machine:
         ``deadline``), and disarmed after it, whatever happens. A KeyboardInterrupt closes the VM,
         wherever it lands: in the block, in arm, or in disarm itself."""
         vcpu = self.vcpu
+        self._runner, self._stop_asked = threading.get_ident(), False
+        self._idle.clear()
         try:
             try:
                 # Inside the try: whatever happens next, the finally disarms (and if an interrupt
@@ -170,9 +200,19 @@ class Machine:
                 yield
             finally:
                 watchdog.disarm(vcpu)
+                self._runner = None
+                self._idle.set()
         except KeyboardInterrupt as exc:        # wherever it lands, the disarm included
             self._interrupted(exc)
             raise
+
+    def _check_stop(self) -> None:
+        # Looked at only when a run comes back Interrupted (not on every exit): close() from
+        # another thread makes sure the next KVM_RUN comes back so.
+        if self._stop_asked:
+            raise LabError("the VM was closed by another thread while it ran",
+                           hint="a Machine belongs to the thread that runs it; close it there, or "
+                                "interrupt the run first")
 
     def _interrupted(self, exc: KeyboardInterrupt) -> None:
         # Keep the promise of R26: an interrupted VM does not linger with its fds open.
@@ -220,7 +260,7 @@ class Machine:
         ``check``: raise GuestError when the guest triple-faults or the CPU refuses it (else the
         result says so). A notebook interrupt (SIGINT) raises KeyboardInterrupt and closes the VM.
         """
-        start_output, start_reports = len(self.output), len(self.reports)
+        start_output, start_reports = len(self.output), self.reports.total
         counts_before = dict(self.counts)
         stopped, last = "exit limit", None
         step = self._step
@@ -232,6 +272,7 @@ class Machine:
                 last = step()
                 kind = type(last)
                 if kind is ex.Interrupted:
+                    self._check_stop()
                     if deadline is not None and time.monotonic() >= deadline:
                         stopped = "timeout"
                         break
@@ -246,7 +287,7 @@ class Machine:
         seconds = time.perf_counter() - t0
         counts = {k: v - counts_before.get(k, 0) for k, v in self.counts.items() if v - counts_before.get(k, 0)}
         result = RunResult(stopped, exits, counts, bytes(self.output[start_output:]),
-                           tuple(self.reports[start_reports:]), last, seconds)
+                           self.reports.since(start_reports), last, seconds)
         if check and ex.is_error(last):
             regs = self.vcpu.regs()
             raise GuestError(f"the guest stopped with {last.reason}: {last.describe()}",
@@ -276,8 +317,19 @@ class Machine:
     def closed(self) -> bool:
         return self.vm is None or self.vm.closed
 
-    def close(self) -> None:
-        """Close the vCPU, the VM (and its memory) and /dev/kvm. Idempotent."""
+    def close(self, wait: float = 2.0) -> None:
+        """Close the vCPU, the VM (and its memory) and /dev/kvm. Idempotent.
+
+        From another thread while a run is in progress: first get the vCPU back (the watchdog's
+        kick: immediate_exit, then a signal to the running thread), let that run end with a
+        clear LabError, and only then close: the running thread must not find its kvm_run page
+        gone under it. ``wait``: how long to wait for that, in seconds.
+        """
+        runner = self._runner
+        if runner is not None and runner != threading.get_ident() and not self.closed:
+            self._stop_asked = True
+            watchdog.kick(self.vcpu, runner)
+            self._idle.wait(wait)
         if self.vm is not None:
             self.vm.close()
         if self.kvm is not None:

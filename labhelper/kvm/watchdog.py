@@ -39,7 +39,7 @@ import signal
 import threading
 import time
 
-__all__ = ["KICK_SIGNAL", "TICK", "arm", "disarm", "can_kick"]
+__all__ = ["KICK_SIGNAL", "TICK", "arm", "disarm", "can_kick", "kick"]
 
 KICK_SIGNAL = signal.SIGRTMAX - 3   # a real-time signal nothing else in a notebook kernel uses
 TICK = 0.1                          # seconds between two kicks while a guest runs
@@ -164,6 +164,17 @@ def arm(vcpu, deadline: float | None = None) -> _Armed:
 def disarm(vcpu) -> None:
     """Stop kicking ``vcpu`` and clear its immediate_exit. Idempotent."""
     _WATCHDOG.disarm(vcpu)
+
+
+def kick(vcpu, thread_ident: int) -> None:
+    """Get ``vcpu`` back from the thread ``thread_ident`` now (immediate_exit, then the signal),
+    as the watchdog does at a deadline: for a Machine closed from another thread."""
+    try:
+        vcpu.set_immediate_exit(True)
+        if signal.getsignal(KICK_SIGNAL) is _kicked:
+            signal.pthread_kill(thread_ident, KICK_SIGNAL)
+    except (ValueError, OSError):      # the vCPU or the thread is gone already: nothing to get back
+        pass
 
 
 def _after_fork_in_child() -> None:

@@ -332,19 +332,27 @@ def trace(target: str | Sequence[str] | Callable, *args, timeout: float = 30.0, 
     exe = strace_path(strace)
     argv = _resolve_command(target, args, env, cwd)
     data = input.encode() if isinstance(input, str) else input
-    proc = output = None
+    proc = output = group = None
     started = time.monotonic()
     try:
         output = _temp_output()
         full = strace_argv(exe, output, strsize, only=only) + ["--"] + argv
         # strace stays in our process group: a Jupyter restart (SIGKILL to the kernel's group)
-        # takes strace and the traced command with it.
-        proc = subprocess.Popen(full, cwd=cwd, env=env, stdin=subprocess.PIPE if data is not None
+        # takes strace and the traced command with it. And where it can, it starts in a lab
+        # cgroup of its own, which everything the command starts is born into: at the end, or at
+        # the timeout, killing that cgroup kills them all, also those that left strace behind
+        # (a process that kills its tracer, a daemon). A tiny shell joins the cgroup, then
+        # becomes strace (exec), so not one instruction of strace runs outside it.
+        group = _own_cgroup()
+        launch = full if group is None else ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"',
+                                             group, *full]
+        proc = subprocess.Popen(launch, cwd=cwd, env=env, stdin=subprocess.PIPE if data is not None
                                 else subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             out, err = proc.communicate(data, timeout=timeout)
         except subprocess.TimeoutExpired:
             _stop(proc, output)
+            _kill_group(group)            # before draining: a survivor would hold the pipes open
             out, err = _drain(proc)
             partial = _make_trace(argv, output, proc.returncode, out, err, started, full)
             exc = ChildTimeout(f"tracing {shlex.join(argv)!r} ran past the {timeout:g} s timeout; "
@@ -359,6 +367,7 @@ def trace(target: str | Sequence[str] | Callable, *args, timeout: float = 30.0, 
         # KeyboardInterrupt (a notebook interrupt) or an error of ours: leave nothing running.
         if proc is not None and proc.poll() is None:
             _stop(proc, output)
+            _kill_group(group)
             _drain(proc)
         raise
     finally:
@@ -368,7 +377,35 @@ def trace(target: str | Sequence[str] | Callable, *args, timeout: float = 30.0, 
                     stream.close()
         if output is not None:
             _unlink(output)
+        _remove_group(group)
     return result.check() if check else result
+
+
+def _own_cgroup() -> str | None:
+    """A new lab cgroup for one trace, or None where the lab may not make one (not root, a
+    machine not declared disposable, no cgroup hierarchy): then only what strace itself still
+    traces at the end is stopped."""
+    if os.geteuid() != 0:
+        return None
+    from .. import cgroups, host   # imported here: tracing a command needs them, importing trace does not
+    if host.disposable_reason() is None:
+        return None
+    try:
+        return cgroups.create(f"trace-{uuid.uuid4().hex[:12]}")
+    except (LabError, OSError):
+        return None
+
+
+def _kill_group(group: str | None) -> None:
+    if group is not None:
+        from .. import cgroups
+        cgroups.kill(group)
+
+
+def _remove_group(group: str | None) -> None:
+    if group is not None:
+        from .. import cgroups
+        cgroups.remove(group)
 
 
 def _drain(proc: subprocess.Popen) -> tuple[bytes, bytes]:
@@ -483,12 +520,13 @@ def trace_call(fn: Callable, *args, timeout: float = 30.0, strsize: int = 80,
     name = getattr(fn, "__qualname__", None) or repr(fn)
     command = ("python", f"{name}()")
     started = time.monotonic()
-    child = proc = output = None
+    child = proc = output = group = None
     value = error = None
     printed = io.StringIO()
     try:
         output = _temp_output()
-        child = spawn(_call_between_markers, token, fn, args, kwargs, gate=True)
+        group = _own_cgroup()       # the child joins it first thing, so all it starts is born inside
+        child = spawn(_call_between_markers, token, fn, args, kwargs, gate=True, cgroup=group)
         full = strace_argv(exe, output, strsize, only=only) + ["-p", str(child.pid)]
         proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
@@ -502,6 +540,7 @@ def trace_call(fn: Callable, *args, timeout: float = 30.0, strsize: int = 80,
                 value = child.wait(timeout)
         except ChildTimeout as exc:
             _stop(proc, output)
+            _kill_group(group)
             exc.partial = _make_trace(command, output, None, printed.getvalue().encode(), b"",  # type: ignore[attr-defined]
                                       started, full)
             raise
@@ -527,4 +566,5 @@ def trace_call(fn: Callable, *args, timeout: float = 30.0, strsize: int = 80,
             proc.stderr.close()
         if output is not None:
             _unlink(output)
+        _remove_group(group)
     return result.check() if check else result

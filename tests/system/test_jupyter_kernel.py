@@ -81,4 +81,4 @@ def test_restart_then_start_removes_what_the_dead_kernel_made(kernel):
     status, out = run(kc, "from labhelper.teach import lab; lab.start('08')")
     assert status == "ok" and "Removed" in out
     assert ("mount", target) not in cleanup.census().names()
-    os.rmdir("/run/labhelper/zz-restart")
+    assert not os.path.exists("/run/labhelper/zz-restart")      # the folders it made went with it

@@ -26,6 +26,7 @@ from timing import scaled
 from labhelper import kvm
 from labhelper.errors import LabError, SyscallError
 from labhelper.kvm import guests
+from labhelper.kvm import machine as machine_module
 from labhelper.kvm.machine import Machine
 
 # Whether to run is decided by an independent probe (tests/capabilities.py), not by host.kvm_info():
@@ -686,3 +687,46 @@ def test_kvm_run_on_a_wrong_fd_names_the_call(run_ioctl):
             finally:
                 m.vcpu._fd = real
     assert info.value.errno == errno.ENOTTY and "KVM_RUN" in str(info.value)
+
+
+# --- issue 10: the VMM under load and from two threads ---------------------------------------------
+
+def test_a_guest_that_reports_forever_keeps_only_the_last_values():
+    # One `out` to the report port per exit: a Machine kept every value (15.6 MB per million).
+    prog = kvm.assemble("    mov ax, 0\nagain:\n    inc ax\n    out 0x10, ax\n    jmp again\n")
+    with Machine(prog) as m:
+        r = m.run(max_exits=3 * machine_module.REPORTS_KEPT)
+        assert r.exits == 3 * machine_module.REPORTS_KEPT and m.reports.total == r.exits
+        assert len(m.reports) == machine_module.REPORTS_KEPT == len(r.reports)
+        assert r.reports[-1] == r.exits & 0xFFFF                        # the newest are the ones kept
+        again = m.run(max_exits=5)
+        assert again.reports == tuple((r.exits + i) & 0xFFFF for i in range(1, 6))
+
+
+def test_the_largest_guest_memory_is_not_refused_by_a_default_device():
+    # The default MMIO UART sat at 0xD0000, inside any memory over 832 KiB.
+    with Machine(guests.SERIAL_HELLO, memory=kvm.MEMORY_CAP) as m:
+        assert m.run().text == "Hello from a real-mode guest!\n"
+        assert m.device("mmio-uart").base >= kvm.MEMORY_CAP
+    with Machine(guests.MMIO_HELLO) as m:                               # small: where the guest expects it
+        assert m.device("mmio-uart").base == guests.MMIO_BASE and m.run().text
+
+
+def test_closing_a_machine_from_another_thread_stops_its_run_with_a_clear_error():
+    m = Machine(guests.SPIN)
+    result = []
+
+    def runner():
+        try:
+            m.run()
+            result.append("returned")
+        except Exception as exc:  # noqa: BLE001 - the test looks at what the running thread got
+            result.append(exc)
+    t = threading.Thread(target=runner)
+    t.start()
+    time.sleep(0.3)                              # spinning inside KVM_RUN
+    m.close()
+    t.join(scaled(5))
+    assert not t.is_alive() and m.closed and kvm.open_fds() == []
+    (got,) = result
+    assert isinstance(got, LabError) and "closed by another thread" in str(got), repr(got)

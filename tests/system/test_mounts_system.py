@@ -139,3 +139,44 @@ def test_unmounting_an_overlay_outside_the_lab_keeps_its_folder(tmp_path):
     ok, failures, mounted, folder = in_scratch(_overlay_outside, str(point), str(lower))
     assert ok, failures
     assert not mounted and folder
+
+
+@pytest.mark.parametrize("step", ["mount-recorded", "mount"])
+def test_a_kill_at_any_step_is_cleaned_by_the_owner_s_own_cleanup(uid, step):
+    # Issue 10: a kill between mount(2) and the ledger write used to leave a mount without a
+    # record, which `lab.start()` and `cleanup --owner` never removed. The record now comes
+    # first: a kill right after it (no mount yet) or right after the mount leaves a record of
+    # the owner's, and the owner's own cleanup removes everything.
+    target = f"/run/labhelper/test-{uid}/m"
+    code = f"from labhelper import mounts; mounts.mount_tmpfs({target!r}, owner='sys-{uid}'); print('not reached')"
+    p = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, LABHELPER_FAULT=f"{step}:sigkill"),
+                       capture_output=True, text=True, start_new_session=True, timeout=60)
+    assert p.returncode == -signal.SIGKILL and "not reached" not in p.stdout
+    assert registry.ledger().find("mount", target) is not None
+    r = labhelper_cli("cleanup", "--owner", f"sys-{uid}")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert not any(o.name.startswith(f"/run/labhelper/test-{uid}") for o in cleanup.census())
+    assert not os.path.exists(f"/run/labhelper/test-{uid}")            # nor the folders it made
+
+
+def _cover_the_ledger():
+    # A foreign tmpfs mounted over the ledger folder would hide the records below it.
+    led = registry.ledger()
+    mounts.mount_tmpfs("/run/labhelper/kept", owner="systest")
+    os.makedirs(led.root, exist_ok=True)
+    syscalls.mount("intruder", str(led.root), "tmpfs", 0, "size=64k")
+    try:
+        led.add("dir", "/run/labhelper/x", owner="systest")
+        wrote = "wrote a record"
+    except Exception as exc:  # noqa: BLE001 - the test reports what happened
+        wrote = f"{type(exc).__name__}: {exc}"
+    census_problems = cleanup.census().problems
+    syscalls.umount2(str(led.root), 0)
+    return wrote, census_problems, [r.name for r in registry.ledger().records()]
+
+
+def test_a_mount_over_the_ledger_is_refused_and_reported(tmp_path):
+    wrote, problems, records = in_scratch(_cover_the_ledger)
+    assert wrote.startswith("LedgerError") and "covered by another mount" in wrote
+    assert any("covered by another mount" in p for p in problems)
+    assert records == ["/run/labhelper/kept"]                           # the hidden record is intact

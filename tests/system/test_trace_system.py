@@ -357,3 +357,41 @@ def test_file_descriptors_stay_flat():
         with pytest.raises(ChildTimeout):
             T.trace(["sleep", "10"], timeout=0.2)
     assert fds() == before
+
+
+def _processes_running(argv: list[str]) -> list[int]:
+    found = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if fh.read().split(b"\0")[:-1] == [a.encode() for a in argv]:
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def test_a_command_that_kills_its_tracer_dies_with_the_trace_at_its_timeout():
+    # Issue 10: strace killed by its own tracee (strace 6.1 has no --kill-on-exit); the sleep
+    # used to live on under PID 1, holding the pipes, and the timeout came 5 s late.
+    t0 = time.monotonic()
+    with pytest.raises(ChildTimeout):
+        T.trace(["sh", "-c", "kill -9 $PPID; exec sleep 3131.7"], timeout=3)
+    took = time.monotonic() - t0
+    assert took < scaled(3 + 2), f"the timeout came after {took:.1f} s"
+    assert _processes_running(["sleep", "3131.7"]) == [], "a traced process outlived its trace"
+
+
+def _start_one_that_kills_the_tracer():
+    # A child that kills strace (its tracer, named in /proc/self/status) and then sleeps: only
+    # its cgroup still holds it once strace is gone.
+    script = "kill -9 $(awk '/TracerPid/{print $2}' /proc/$$/status); exec sleep 3131.8"
+    subprocess.Popen(["sh", "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)
+    return "started"
+
+
+def test_what_a_traced_function_starts_dies_with_the_trace():
+    t = T.trace(_start_one_that_kills_the_tracer)
+    assert t.value == "started"
+    assert _processes_running(["sleep", "3131.8"]) == [], "a process started under trace outlived it"

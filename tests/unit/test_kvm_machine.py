@@ -9,6 +9,7 @@ otherwise be the error).
 from __future__ import annotations
 
 import os
+import threading
 
 import capabilities
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from labhelper import kvm
 from labhelper.errors import RequirementError
 from labhelper.kvm import exits, guests, watchdog
+from labhelper.kvm import machine as machine_module
 from labhelper.kvm.devices import MmioUart
 from labhelper.kvm.machine import Machine
 from labhelper.kvm.vm import MEMORY_CAP, MemoryError_
@@ -110,7 +112,8 @@ def fake_machine(monkeypatch):
         m.vcpu = FakeVcpu(*script)
         m.kvm = m.vm = None
         m.devices, m._ports, m._mmio = [], {}, []
-        m.output, m.reports, m.counts = bytearray(), [], {}
+        m.output, m.reports, m.counts = bytearray(), machine_module.Kept(8), {}
+        m._runner, m._stop_asked, m._idle = None, False, threading.Event()
         m.close = lambda: events.append(("close",))
         return m
     make.events = events
