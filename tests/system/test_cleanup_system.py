@@ -114,7 +114,8 @@ def test_corrupt_ledger_file_is_set_aside_and_reported(uid):
     bad = led.root / f"netns.{uid}.json"
     bad.write_text("{half a record")
     quarantine = led.root / "quarantine"
-    before = set(quarantine.iterdir()) if quarantine.is_dir() else set()
+    existed = quarantine.is_dir()
+    before = set(quarantine.iterdir()) if existed else set()
     p = labhelper_cli("cleanup")
     moved = [q for q in (set(quarantine.iterdir()) - before) if q.name.startswith(bad.name)]
     try:
@@ -125,6 +126,8 @@ def test_corrupt_ledger_file_is_set_aside_and_reported(uid):
     finally:
         for q in moved:
             q.unlink()
+        if not existed and quarantine.is_dir() and not any(quarantine.iterdir()):
+            quarantine.rmdir()                                  # the test made it: leave none
 
 
 def test_cleanup_kills_what_is_left_in_an_orphaned_cgroup(uid):
