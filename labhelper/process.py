@@ -8,10 +8,12 @@ for good. So every isolation step happens in a fresh single-threaded child made 
     parent (notebook kernel)            child (one thread, copy of the parent)
     ------------------------            --------------------------------------
     fork() ---------------------------> prctl(PR_SET_PDEATHSIG, SIGKILL): die with the parent
+                                        prctl(PR_SET_CHILD_SUBREAPER): orphans it makes come back to it
                                         close inherited fds it does not need
                                         unshare(flags), if asked
                                         value = fn(*args)
     read the result pipe <------------- pickle(("ok", value, output)) | pickle(("err", exc, ...))
+                                        SIGKILL whatever it started that still runs
     waitpid()                           _exit()
 
 What the child prints is captured and printed again by the parent, so it shows in the notebook.
@@ -95,6 +97,9 @@ def _child_main(write_fd: int, parent_pid: int, fn, args, kwargs, unshare: Clone
         syscalls.prctl(Prctl.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent_pid:
             os._exit(1)
+        # A subreaper: a process this child starts that is orphaned (its parent exits, or it
+        # daemonizes) is given to this child, not to PID 1, so the child can end it (below).
+        syscalls.prctl(Prctl.PR_SET_CHILD_SUBREAPER, 1)
         if cgroup is not None:
             # Join the lab cgroup before anything else runs: every process this child starts is
             # born inside, where cleanup finds it even if PDEATHSIG does not reach it.
@@ -135,7 +140,33 @@ def _child_main(write_fd: int, parent_pid: int, fn, args, kwargs, unshare: Clone
         while view:
             view = view[os.write(write_fd, view):]
     finally:
-        os._exit(status)
+        try:
+            _end_descendants()
+        finally:
+            os._exit(status)
+
+
+def _end_descendants(rounds: int = 100) -> None:
+    """In the child, at its end: SIGKILL whatever it started that still runs, and reap it.
+
+    Everything it started is its child, or was reparented to it (it is a subreaper), so its
+    children are all there is; killing them reparents their own children to it, one level at a
+    time. Nothing it started outlives it, and no forked helper keeps the answer's pipe open.
+    """
+    for _ in range(rounds):
+        left = procfs.children()
+        if not left:
+            return
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)    # our child: a zombie or alive, never someone else's
+            except ProcessLookupError:
+                pass
+        for pid in left:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
 
 
 def _safe_repr(value) -> str:
@@ -151,6 +182,19 @@ def _describe(exc: BaseException) -> str:
     except Exception:  # noqa: BLE001
         text = "<its message could not be printed>"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _pin_descendants(pid: int, limit: int = 4096) -> list[int]:
+    """pidfds of every live descendant of ``pid`` (children first)."""
+    pinned, todo = [], procfs.children(pid)
+    while todo and len(pinned) < limit:
+        here = todo.pop(0)
+        try:
+            pinned.append(os.pidfd_open(here))
+        except (ProcessLookupError, OSError):
+            continue
+        todo += procfs.children(here)
+    return pinned
 
 
 @dataclass
@@ -173,13 +217,24 @@ class Child:
             self._gate_fd = None
 
     def kill(self) -> None:
-        """SIGKILL the child and reap it (idempotent)."""
+        """SIGKILL the child, and what it started, and reap it (idempotent).
+
+        What it started is found first (its descendants, pinned by pidfds so that a pid reused
+        meanwhile is never hit), then the child is killed (it forks no more), then they are."""
         if self._done:
             return
+        pinned = _pin_descendants(self.pid)
         try:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        for fd in pinned:
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            finally:
+                os.close(fd)
         self._reap()
 
     def _reap(self) -> int:

@@ -19,7 +19,7 @@ from pathlib import Path
 from .marks import is_under
 
 __all__ = ["read_text", "unescape", "Mount", "parse_mountinfo", "mountinfo", "mount_id",
-           "start_time", "parent_of", "ancestors", "is_zombie", "CgroupEntry", "cgroups_of", "cgroup_host_paths"]
+           "start_time", "parent_of", "ancestors", "children", "is_zombie", "CgroupEntry", "cgroups_of", "cgroup_host_paths"]
 
 #: The most a reader takes from one file unless told otherwise: kernel files read here are a
 #: few kilobytes, and a bound keeps a broken or hostile file from filling the memory.
@@ -166,6 +166,28 @@ def ancestors(pid: int | None = None, proc: Path | str = "/proc") -> list[int]:
         chain.append(here)
         here = parent_of(here, proc)
     return chain
+
+
+def children(pid: int | str = "self", proc: Path | str = "/proc") -> list[int]:
+    """The pids of ``pid``'s children, from /proc/PID/task/TID/children (one file per thread:
+    a child belongs to the thread that forked it). Plain os calls: every forked child of
+    process.spawn asks this once at its end, so it must cost next to nothing."""
+    base = f"{proc}/{pid}/task"
+    try:
+        tasks = os.listdir(base)
+    except OSError:
+        return []
+    found = []
+    for tid in tasks:
+        try:
+            fd = os.open(f"{base}/{tid}/children", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            found += [int(c) for c in os.read(fd, 1 << 16).split()]
+        finally:
+            os.close(fd)
+    return found
 
 
 def is_zombie(pid: int | str, proc: Path | str = "/proc") -> bool:

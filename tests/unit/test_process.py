@@ -212,3 +212,42 @@ def test_wait_works_with_a_high_fd_number():
         assert child.wait(10) == 10
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def _running(argv: list[str]) -> list[int]:
+    found = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if fh.read().split(b"\0")[:-1] == [a.encode() for a in argv]:
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def _start_a_daemon_and(then):
+    import subprocess
+    # setsid -f: a new session, and the sleep's own parent exits at once: it is orphaned.
+    subprocess.run(["setsid", "-f", "sleep", "3131.9"], check=True)
+    time.sleep(0.2)
+    if then == "hang":
+        time.sleep(60)
+    return "started"
+
+
+@pytest.mark.parametrize("then", ["return", "hang"])
+def test_what_a_child_starts_ends_with_it(then):
+    # Issue 10: a process started by run_in_child's function (even a daemon, orphaned at once)
+    # used to escape to PID 1, where no census sees it. The child is a subreaper now, and ends
+    # what it started when it returns; when it is killed (a timeout, an interrupt), its parent
+    # kills what it started too.
+    if then == "return":
+        assert process.run_in_child(_start_a_daemon_and, then) == "started"
+    else:
+        with pytest.raises(ChildTimeout):
+            process.run_in_child(_start_a_daemon_and, then, timeout=2)
+    deadline = time.monotonic() + scaled(2)
+    while _running(["sleep", "3131.9"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _running(["sleep", "3131.9"]) == [], "a process the child started outlived it"
