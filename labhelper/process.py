@@ -321,7 +321,12 @@ def spawn(fn, *args, unshare: CloneFlags | int = 0, keep_fds: tuple[int, ...] = 
           gate: bool = False, cgroup: str | None = None, **kwargs) -> Child:
     """Fork a child that runs ``fn(*args, **kwargs)`` (after ``unshare(flags)`` if given).
 
-    ``cgroup``: a lab cgroup's folder that the child joins before it runs anything."""
+    ``cgroup``: a lab cgroup's folder that the child joins before it runs anything.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the process: call
+    spawn() from a thread that outlives the child. A notebook's cells run on the kernel's main
+    thread (ipykernel 7), which lives as long as the kernel; run_in_child waits in the thread
+    that forked, so it is always safe."""
     unshare = CloneFlags(unshare)
     name = getattr(fn, "__qualname__", repr(fn))
     read_fd, write_fd = os.pipe2(os.O_CLOEXEC)

@@ -251,3 +251,14 @@ def test_what_a_child_starts_ends_with_it(then):
     while _running(["sleep", "3131.9"]) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _running(["sleep", "3131.9"]) == [], "a process the child started outlived it"
+
+
+def test_pdeathsig_follows_the_forking_thread():
+    # The kernel contract spawn()'s docstring warns about: a child spawned from a thread that
+    # ends is killed then, although the process lives on.
+    box = []
+    t = threading.Thread(target=lambda: box.append(process.spawn(time.sleep, 5)))
+    t.start()
+    t.join()
+    with pytest.raises(ChildError, match="killed by SIGKILL"):
+        box[0].wait(10)
