@@ -257,7 +257,11 @@ def test_pdeathsig_follows_the_forking_thread():
     # The kernel contract spawn()'s docstring warns about: a child spawned from a thread that
     # ends is killed then, although the process lives on.
     box = []
-    t = threading.Thread(target=lambda: box.append(process.spawn(time.sleep, 5)))
+
+    def fork_then_end():
+        box.append(process.spawn(time.sleep, 5, gate=True))   # it waits at the gate, PDEATHSIG set
+        time.sleep(0.5)
+    t = threading.Thread(target=fork_then_end)
     t.start()
     t.join()
     with pytest.raises(ChildError, match="killed by SIGKILL"):
