@@ -48,6 +48,7 @@ TEST_PACKAGES=(
   shellcheck                         # tests/unit/test_delivery.py: the scripts are lint-clean
   vagrant vagrant-libvirt            # tests/unit/test_delivery.py: `vagrant validate` on the Vagrantfile
   systemd                            # tests/unit/test_delivery.py: `systemd-analyze verify` on the unit
+  qemu-system-x86 cpio xz-utils zstd # tests/guest: a pure cgroup v2 + kvm_amd guest (busybox-static: above)
 )
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/!p}' "$0" | sed 's/^# \{0,1\}//'; }

@@ -56,23 +56,26 @@ def create(name: str, owner: str | None = None, root: str | None = None) -> str:
     """Make the lab cgroup ``name`` (``labhelper/NAME`` in :func:`hierarchy`, or in ``root``),
     recorded in the ledger, and return its folder. A name in use is an error (the cgroup that
     has it is left as it is)."""
+    if not isinstance(name, str) or "/" in name:
+        raise Refused(f"a lab cgroup's name is one plain name, not {name!r}")
     top = os.path.join(root or hierarchy(), marks.CGROUP_PARENT)
     path = marks.cgroup_path(os.path.join(top, name))
     with ledger().creating("cgroup", path, owner):
-        for _ in range(3):
+        for attempt in range(3):
             try:
                 os.mkdir(top, 0o755)            # the lab's parent cgroup, shared by every lab cgroup
             except FileExistsError:
                 pass
             try:
                 os.mkdir(path, 0o755)
-                break
+                return path
             except FileExistsError:
                 raise Refused(f"the cgroup {path} exists already: choose another name (or remove it: "
                               "labhelper cleanup)") from None
             except FileNotFoundError:
-                continue                        # the last lab cgroup was removed with its parent just now
-    return path
+                if attempt == 2:
+                    raise
+                # the last lab cgroup was removed with its parent just now: make the parent again
 
 
 def add(path: str, pid: int) -> None:

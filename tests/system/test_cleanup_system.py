@@ -12,9 +12,10 @@ import pytest
 from labhelper import cleanup, host, marks, procfs, registry
 from labhelper.flags import MountFlags
 
-from conftest import labhelper_cli, sh, tree_digest
+from systest import labhelper_cli, sh, tree_digest
 
 
+@pytest.mark.cgroups
 def test_cleanup_removes_one_object_of_every_kind(uid):
     sh(f"ip netns add lh-ns{uid} && ip link add lh-va{uid} type veth peer name lh-vb{uid} "
        f"&& ip link add lh-br{uid} type bridge")
@@ -68,6 +69,7 @@ def test_cleanup_of_a_rootfs_replaced_by_a_symlink(uid, host_folder):
     assert not root.exists() and tree_digest(host_folder) == digest
 
 
+@pytest.mark.cgroups
 def test_foreign_objects_survive_cleanup(uid, tmp_path):
     # R6: a netns, a bridge, a cgroup, a mount and a process that are not ours all survive.
     from labhelper import host
@@ -130,6 +132,7 @@ def test_corrupt_ledger_file_is_set_aside_and_reported(uid):
             quarantine.rmdir()                                  # the test made it: leave none
 
 
+@pytest.mark.cgroups
 def test_cleanup_kills_what_is_left_in_an_orphaned_cgroup(uid):
     # B12: after a kernel restart, a grandchild (no PDEATHSIG) stays in the kernel's cgroup. It
     # has no record of its own: the cgroup's record gives it its owner and makes it an orphan.

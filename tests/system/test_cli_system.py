@@ -9,7 +9,7 @@ import pytest
 
 from labhelper import registry
 
-from conftest import labhelper_cli, sh
+from systest import labhelper_cli, sh
 
 
 def test_cli_cleanup_is_idempotent_and_quiet(uid):

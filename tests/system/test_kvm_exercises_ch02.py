@@ -8,6 +8,8 @@ from labhelper import kvm
 from labhelper.exercises import ch02
 from labhelper.kvm import guests
 
+pytestmark = pytest.mark.kvm
+
 for _cap in ("kvm", "binutils"):
     if not capabilities.have(_cap):
         pytest.skip(capabilities.reason(_cap, capabilities.probe(_cap)[1]), allow_module_level=True)

@@ -10,6 +10,8 @@ from pathlib import Path
 import capabilities
 import pytest
 
+pytestmark = pytest.mark.kvm
+
 if not capabilities.have("jupyter"):
     pytest.skip(capabilities.reason("jupyter", "jupyter_client is not installed"), allow_module_level=True)
 import jupyter_client  # noqa: E402

@@ -17,7 +17,7 @@ from labhelper import cleanup, marks, mounts, procfs, registry, syscalls
 from labhelper.errors import LabError
 from labhelper.flags import MountFlags
 
-from conftest import in_scratch, labhelper_cli, tree_digest
+from systest import in_scratch, labhelper_cli, tree_digest
 
 
 def test_tmpfs_is_recorded_then_cleaned(uid):

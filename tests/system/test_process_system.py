@@ -97,6 +97,7 @@ def test_stale_record_never_signals_a_reused_pid():
         bystander.wait()
 
 
+@pytest.mark.cgroups
 def test_a_record_alone_never_gets_a_process_killed(uid):
     # Issue 10: a crafted record with the right pid and start time of a process that is not in a
     # lab cgroup (here a sleep; it could be the learner's shell) must not make it ours.
@@ -113,6 +114,7 @@ def test_a_record_alone_never_gets_a_process_killed(uid):
         bystander.wait()
 
 
+@pytest.mark.cgroups
 def test_a_process_in_a_lab_cgroup_is_killed_with_its_record_s_owner(uid):
     group = cgroups.create(f"systest-{uid}", owner="systest")
     ours = subprocess.Popen(["sleep", "60"])
@@ -130,6 +132,7 @@ def test_a_process_in_a_lab_cgroup_is_killed_with_its_record_s_owner(uid):
         cgroups.remove(group)
 
 
+@pytest.mark.cgroups
 def test_a_process_is_killed_only_while_it_has_the_start_time_the_census_saw(uid):
     # R7 at the point of the signal: between the census and the kill, the pid may have been
     # reused. remove_process re-reads the start time *after* pinning the process with a pidfd.
@@ -152,6 +155,7 @@ def test_a_process_is_killed_only_while_it_has_the_start_time_the_census_saw(uid
         cgroups.remove(group)
 
 
+@pytest.mark.cgroups
 def test_never_this_process_nor_its_ancestors(uid):
     # The shell running `labhelper cleanup`, moved into a lab cgroup by an exercise, must survive.
     group = cgroups.create(f"systest-{uid}", owner="systest")

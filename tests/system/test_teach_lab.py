@@ -7,7 +7,7 @@ import sys
 from labhelper import registry
 from labhelper.teach import lab
 
-from conftest import in_scratch
+from systest import in_scratch
 
 
 def _two_kernels_of_one_chapter():

@@ -371,6 +371,7 @@ def _processes_running(argv: list[str]) -> list[int]:
     return found
 
 
+@pytest.mark.cgroups
 def test_a_command_that_kills_its_tracer_dies_with_the_trace_at_its_timeout():
     # Issue 10: strace killed by its own tracee (strace 6.1 has no --kill-on-exit); the sleep
     # used to live on under PID 1, holding the pipes, and the timeout came 5 s late.
@@ -391,6 +392,7 @@ def _start_one_that_kills_the_tracer():
     return "started"
 
 
+@pytest.mark.cgroups
 def test_what_a_traced_function_starts_dies_with_the_trace():
     t = T.trace(_start_one_that_kills_the_tracer)
     assert t.value == "started"

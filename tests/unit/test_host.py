@@ -114,6 +114,7 @@ def test_virtualization_case(flavour, flags, openable, case):
     assert host.virtualization_case(_facts(kvm=kvm)).case == case
 
 
+@pytest.mark.guest
 def test_facts_agree_with_independent_probes():
     """The doctor says what tests/capabilities.py finds on its own: if labhelper wrongly said "no
     KVM" (or no overlay, no strace), the tests that need them still run by the probes; this
