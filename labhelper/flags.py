@@ -99,6 +99,7 @@ class Prctl(enum.IntEnum):
     PR_SET_PDEATHSIG = 1
     PR_GET_PDEATHSIG = 2
     PR_GET_DUMPABLE = 3
+    PR_SET_DUMPABLE = 4
     PR_SET_NAME = 15
     PR_GET_NAME = 16
     PR_CAPBSET_READ = 23

@@ -93,6 +93,9 @@ class Facts:
     dot: str | None
     strace: str | None
     extras: dict = field(default_factory=dict, compare=False)
+    # Ubuntu 23.10 and later (the lab VM): AppArmor lets an unprivileged process make a user
+    # namespace, but takes every capability from it there (kernel.apparmor_restrict_unprivileged_userns)
+    userns_restricted: bool = False
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -261,6 +264,7 @@ def facts(proc: Path | str = "/proc", sys_: Path | str = "/sys", env: dict | Non
         cgroup=cgroup_info(proc),
         overlayfs=overlayfs_where(proc) is not None,
         user_namespaces=userns.isdigit() and int(userns) > 0,
+        userns_restricted=read_text(proc / "sys" / "kernel" / "apparmor_restrict_unprivileged_userns").strip() == "1",
         namespaces=namespaces,
         kvm=kvm_info(proc=proc, sys_=sys_),
         dot=shutil.which("dot"),
@@ -288,8 +292,8 @@ NEEDS: dict[str, Need] = {n.name: n for n in (
          f"inside a throw-away VM: `sudo mkdir -p {DISPOSABLE_MARKER.parent} && sudo touch {DISPOSABLE_MARKER}`"
          " (the lab VM has it), or set LABHELPER_DISPOSABLE=1 for one session", True),
     Need("python", "Python 3.11 or newer", "use the lab VM (Python 3.12) or Debian 12", True),
-    Need("namespaces", "mnt, pid, uts, ipc, net, user and cgroup namespaces",
-         "use a Linux kernel >= 4.6 (the lab VM has 6.8)", True),
+    Need("namespaces", "the eight namespace types: mnt, uts, ipc, pid, net, user, cgroup and time",
+         "use a Linux kernel >= 5.6, built with them (the lab VM has 6.8)", True),
     Need("cgroups", "a mounted cgroup hierarchy with controllers",
          "boot with cgroups mounted (every systemd distribution does)", True),
     Need("overlayfs", "the overlay filesystem", "`modprobe overlay`", True),
@@ -310,7 +314,7 @@ def _has(name: str, f: Facts) -> tuple[bool, str]:
     if name == "python":
         return sys.version_info >= (3, 11), f.python
     if name == "namespaces":
-        want = {"mnt", "pid", "uts", "ipc", "net", "user", "cgroup"}
+        want = {"mnt", "pid", "uts", "ipc", "net", "user", "cgroup", "time"}
         missing = want - set(f.namespaces)
         return not missing, ", ".join(f.namespaces) if not missing else "missing " + ", ".join(sorted(missing))
     if name == "cgroups":
@@ -319,7 +323,10 @@ def _has(name: str, f: Facts) -> tuple[bool, str]:
     if name == "overlayfs":
         return f.overlayfs, overlayfs_where() or "not in /proc/filesystems, nor a module of this kernel"
     if name == "userns":
-        return f.user_namespaces, "enabled" if f.user_namespaces else "max_user_namespaces is 0"
+        if not f.user_namespaces:
+            return False, "max_user_namespaces is 0"
+        return True, ("enabled; AppArmor takes the capabilities of an unprivileged process's user namespaces "
+                      "(kernel.apparmor_restrict_unprivileged_userns=1)" if f.userns_restricted else "enabled")
     if name == "kvm":
         k = f.kvm
         if k.machine != "x86_64":

@@ -161,6 +161,16 @@ def netns_name(name) -> str:
     return name
 
 
+def plain_name(name, what: str) -> str:
+    """A name that becomes one path component below a lab folder (a pinned namespace's, say):
+    letters, digits and ``_.+,@=:-``, not starting with a dot, at most NAME_MAX bytes. So never
+    empty, ``.``, ``..``, nor holding ``/``, NUL, a newline or anything a shell would read."""
+    if not isinstance(name, str) or not _COMPONENT.fullmatch(name) or len(name.encode()) > NAME_MAX:
+        raise Refused(f"{printable(str(name))!r} is not a {what}: one plain name of letters, digits and "
+                      "'_.+,@=:-', not starting with '.', at most 255 bytes")
+    return name
+
+
 def pid_name(name) -> str:
     """A process is named by its pid, in decimal."""
     if not isinstance(name, str) or not name.isascii() or not name.isdigit() or name.startswith("0"):

@@ -131,17 +131,24 @@ def _missing_folders(path: str) -> list[str]:
     return missing[::-1]
 
 
-def _rmdir_empty(folders) -> None:
-    """Remove each of ``folders`` that is a plain empty folder strictly below a lab folder,
-    deepest first; leave the others (not empty, a mount point, gone, not ours)."""
-    for path in sorted(folders, key=lambda p: p.count("/"), reverse=True):
+def _rmdir_empty(paths) -> None:
+    """Remove each of ``paths`` that is an empty folder, or an empty plain file (the mount point
+    of a bind-mounted file), strictly below a lab folder, deepest first; leave the others (not
+    empty, a mount point still, gone, not ours)."""
+    for path in sorted(paths, key=lambda p: p.count("/"), reverse=True):
         try:
             path = marks.lab_path(path, "remove")
             parent = marks.open_lab_dir(os.path.dirname(path))
         except (OSError, LabError):
             continue
+        name = os.path.basename(path)
         try:
-            os.rmdir(os.path.basename(path), dir_fd=parent)
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                os.rmdir(name, dir_fd=parent)
+            elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
+                # Still a mount point? unlink(2) refuses (EBUSY): then it stays.
+                os.unlink(name, dir_fd=parent)
         except OSError:
             pass
         finally:

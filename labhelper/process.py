@@ -95,7 +95,9 @@ def _child_main(write_fd: int, parent_pid: int, fn, args, kwargs, unshare: Clone
         # Die if the parent dies (a Jupyter restart SIGKILLs the kernel). PDEATHSIG is reset by
         # fork, so set it here; then check the parent did not already die before we set it.
         syscalls.prctl(Prctl.PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent_pid:
+        # getppid() is 0 in the first process of a new pid namespace (its parent is outside):
+        # then the check cannot be made; otherwise another ppid means the parent is gone.
+        if os.getppid() not in (parent_pid, 0):
             os._exit(1)
         # A subreaper: a process this child starts that is orphaned (its parent exits, or it
         # daemonizes) is given to this child, not to PID 1, so the child can end it (below).

@@ -23,6 +23,7 @@ from .flags import CloneFlags, MountFlags, Prctl, UmountFlags
 
 __all__ = [
     "SYSCALL_NUMBERS", "syscall_number", "raw_syscall", "unshare", "setns", "mount", "umount2",
+    "msgget", "msgctl_rmid", "IPC_CREAT", "IPC_PRIVATE",
     "pivot_root", "sethostname", "prctl", "ioctl", "ioctl_noarg", "address_of", "check", "error",
 ]
 
@@ -168,6 +169,24 @@ def pivot_root(new_root: str | os.PathLike, put_old: str | os.PathLike) -> None:
     nr = syscall_number("pivot_root")
     check(_libc.syscall(ctypes.c_long(nr), _path(new_root), _path(put_old)), "pivot_root",
           {"new_root": os.fspath(new_root), "put_old": os.fspath(put_old)})
+
+
+# System V message queues (sysvipc(7)): Python's os module has no call for them. Chapter 03 makes
+# one to show that an IPC namespace has queues of its own.
+IPC_CREAT = 0o1000
+IPC_PRIVATE = 0
+IPC_RMID = 0
+
+
+def msgget(key: int = IPC_PRIVATE, flags: int = IPC_CREAT | 0o600) -> int:
+    """msgget(2): the id of a (new) System V message queue."""
+    return check(_libc.msgget(ctypes.c_int(key), ctypes.c_int(flags)), "msgget", {"key": key, "msgflg": oct(flags)})
+
+
+def msgctl_rmid(queue: int) -> None:
+    """msgctl(queue, IPC_RMID): remove a System V message queue."""
+    check(_libc.msgctl(ctypes.c_int(queue), ctypes.c_int(IPC_RMID), None), "msgctl",
+          {"msqid": queue, "cmd": Shown("IPC_RMID")})
 
 
 def sethostname(name: str) -> None:

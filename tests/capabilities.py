@@ -124,6 +124,7 @@ PROBES = {
     "kvm-header": lambda: (os.path.exists("/usr/include/linux/kvm.h"), "/usr/include/linux/kvm.h"),
     "ruby": lambda: _programs("ruby"),
     "setpriv": lambda: _programs("setpriv"),
+    "lsns": lambda: _programs("lsns"),
     "matplotlib": lambda: _module("matplotlib"),
     "graphviz": lambda: _module("graphviz"),
     "ipywidgets": lambda: _module("ipywidgets"),

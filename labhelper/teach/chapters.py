@@ -42,7 +42,7 @@ CHAPTERS: tuple[Chapter, ...] = (
             "the kernel", ("strace",)),
     Chapter("02", "hypervisors", "Type 1 vs 2; trap-and-emulate vs paravirtual; a real VM on /dev/kvm",
             "virtualization", ("kvm",)),
-    Chapter("03", "namespaces", "mnt, pid, uts, ipc, user, cgroup, time namespaces; docker exec",
+    Chapter("03", "namespaces", "The eight namespaces made and observed; PID 1; propagation; docker exec",
             "Docker's kernel features", (*_LIVE, "namespaces", "userns")),
     Chapter("04", "network-namespaces", "An empty network stack; veth, a bridge, two containers talking",
             "Docker's kernel features", (*_LIVE, "namespaces")),

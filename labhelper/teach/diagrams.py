@@ -8,6 +8,7 @@ for tests and for learners who want to see how it is drawn.
 * chapter 01: :func:`layers_diagram`, the layers from a program down to the hardware
 * chapter 02: :func:`hypervisor_types`, :func:`nesting`, :func:`exit_round_trip`,
   :func:`emulated_vs_paravirtual`
+* chapter 03: :func:`namespaces_diagram`, processes and the namespaces they share
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from ..errors import Refused, RequirementError
 from .chapters import CHAPTERS
 
 __all__ = ["Diagram", "digraph", "course_map", "layers_diagram", "LAYER_PATHS", "hypervisor_types",
-           "nesting", "exit_round_trip", "emulated_vs_paravirtual"]
+           "nesting", "exit_round_trip", "emulated_vs_paravirtual", "namespaces_diagram"]
 
 
 @dataclass
@@ -268,3 +269,41 @@ def emulated_vs_paravirtual(n: int = 5) -> Diagram:
     return digraph("emulated vs paravirtual", nodes, edges, rankdir="LR",
                    clusters={"e": ("full virtualization: trap and emulate", ["g_e", "v_e"]),
                              "p": ("paravirtualization: the guest cooperates", ["g_p", "v_p"])})
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 03: namespaces
+
+_NS_COLOURS = {"mnt": "#dbeafe", "uts": "#fde2e4", "ipc": "#e9d5ff", "pid": "#d4f4dd", "net": "#ffe8b3",
+               "user": "#fce7f3", "cgroup": "#e1e4e8", "time": "#cffafe"}
+
+
+_PROCESS_COLOURS = ("#0969da", "#bc4c00", "#1a7f37", "#8250df", "#cf222e")
+
+
+def namespaces_diagram(processes: dict[str, dict[str, int]]) -> Diagram:
+    """Processes (on top) joined to the namespaces they are in (below, one box per type): where
+    two processes' arrows meet, they share that namespace; where they part, each has its own.
+
+    ``processes`` maps a label ("notebook", "held") to its namespace ids (``namespaces.ids``).
+    Each process's arrows have a colour of their own.
+    """
+    types = [t for t in _NS_COLOURS if any(t in ids for ids in processes.values())]
+    nodes, edges, clusters = {}, [], {}
+    colours = {label: _PROCESS_COLOURS[i % len(_PROCESS_COLOURS)] for i, label in enumerate(processes)}
+    for label in processes:
+        nodes[f"p:{label}"] = {"label": label, "shape": "box", "fillcolor": "#f6f8fa", "color": colours[label],
+                               "penwidth": "2"}
+    for t in types:
+        members = []
+        for label, ids in processes.items():
+            if t not in ids:
+                continue
+            node = f"ns:{t}:{ids[t]}"
+            if node not in nodes:
+                nodes[node] = {"label": str(ids[t]), "shape": "ellipse", "fillcolor": _NS_COLOURS[t],
+                               "fontsize": "9"}
+                members.append(node)
+            edges.append((f"p:{label}", node, {"color": colours[label]}))
+        clusters[t] = (t, members)
+    return digraph("processes and their namespaces", nodes, edges, rankdir="TB", clusters=clusters)

@@ -6,6 +6,8 @@ ipywidgets and matplotlib are imported inside the functions that use them, so th
 
 * chapter 00: :func:`chapter_explorer`: a slider over the chapters, and what this machine
   lets each of them do;
+* chapter 03: :class:`NamespaceExplorer`: a checkbox per namespace type, and what a child in
+  the chosen new namespaces sees, next to the host;
 * chapter 01: :class:`SyscallExplorer`: pick a command, see its system calls as a table and a
   bar chart, filtered by category::
 
@@ -15,15 +17,18 @@ ipywidgets and matplotlib are imported inside the functions that use them, so th
 from __future__ import annotations
 
 import html
+import os
 import shutil
 import sys
 import tempfile
 
+from .. import procfs
 from .. import trace as _trace
 from . import plots
 from .chapters import CHAPTERS
 
-__all__ = ["Playground", "SyscallExplorer", "explorer_commands", "chapter_explorer"]
+__all__ = ["Playground", "SyscallExplorer", "explorer_commands", "chapter_explorer", "NamespaceExplorer", "look",
+           "Seen"]
 
 
 class Playground:
@@ -165,3 +170,89 @@ def chapter_explorer(report=None):
     slider.observe(show, names="value")
     show()
     return widgets.VBox([slider, label])
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 03: what a process in new namespaces sees
+
+def look() -> dict[str, object]:
+    """What the calling process sees of the machine, one line per namespace type."""
+    import socket
+    import time
+    mounts = procfs.read_text("/proc/self/mountinfo", limit=None).count("\n")
+    cgroup = procfs.read_text("/proc/self/cgroup").splitlines()
+    return {
+        "hostname (uts)": socket.gethostname(),
+        "mounts it sees (mnt)": mounts,
+        "System V queues (ipc)": max(procfs.read_text("/proc/sysvipc/msg").count("\n") - 1, 0),
+        "its own pid (pid)": os.getpid(),
+        "processes in /proc (pid)": sum(1 for p in os.listdir("/proc") if p.isdigit()),
+        "network interfaces (net)": ", ".join(name for _, name in socket.if_nameindex()),
+        "its uid (user)": os.getuid(),
+        "its cgroup (cgroup)": cgroup[-1].split(":", 2)[-1] if cgroup else "?",
+        "seconds since boot (time)": int(time.clock_gettime(time.CLOCK_BOOTTIME)),
+    }
+
+
+class Seen(tuple):
+    """(what, on the host, inside) rows: :meth:`NamespaceExplorer.choose`'s answer."""
+
+    def __repr__(self) -> str:
+        w = max(len(r[0]) for r in self)
+        lines = [f"{'':{w}}  {'host':>16}  {'inside':>16}"]
+        lines += [f"{a:{w}}  {str(b):>16}  {str(c):>16}{'  <-' if b != c else ''}" for a, b, c in self]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        bold = " style='font-weight:bold'"
+        rows = "".join(f"<tr><td style='text-align:left'>{html.escape(a)}</td><td>{html.escape(str(b))}</td>"
+                       f"<td{bold if b != c else ''}>{html.escape(str(c))}</td></tr>"
+                       for a, b, c in self)
+        return f"<table><tr><th></th><th>host</th><th>inside</th></tr>{rows}</table>"
+
+
+class NamespaceExplorer(Playground):
+    """A checkbox per namespace type: start a child in the chosen new namespaces and see, next to
+    the host, what it sees (what differs in bold). ``choose(names)`` does it without widgets."""
+
+    def __init__(self, timeout: float = 30.0):
+        self.timeout = timeout
+        self.last: Seen | None = None
+
+    def choose(self, names) -> Seen:
+        from .. import namespaces, process
+        host = process.run_in_child(look, timeout=self.timeout)
+        names = namespaces.names_of(names) if names else ()
+        if names:
+            inside = namespaces.run(names, look, timeout=self.timeout,
+                                    hostname="inside" if "uts" in names else None,
+                                    offset=86400 if "time" in names else 0)
+        else:
+            inside = process.run_in_child(look, timeout=self.timeout)
+        self.last = Seen((k, host[k], inside[k]) for k in host)
+        return self.last
+
+    def _build(self):
+        import ipywidgets as w
+        from ..namespaces import NAMESPACES
+
+        self._boxes = {ns.name: w.Checkbox(value=ns.name in ("uts", "pid"), description=ns.name, indent=False,
+                                           layout=w.Layout(width="90px")) for ns in NAMESPACES}
+        self._button = w.Button(description="start a child", tooltip="run a child in the chosen new namespaces")
+        self._view = w.HTML()
+        self._button.on_click(lambda _: self._refresh())
+        self._refresh()
+        return w.VBox([w.HBox(list(self._boxes.values())), self._button, self._view])
+
+    def _refresh(self) -> None:
+        chosen = [n for n, box in self._boxes.items() if box.value]
+        try:
+            seen = self.choose(chosen)
+        except Exception as exc:  # noqa: BLE001 - show the kernel's answer in the playground
+            self._view.value = f"<p style='color:#cf222e'>{html.escape(f'{type(exc).__name__}: {exc}')}</p>"
+            return
+        self._view.value = (f"<p>new namespaces: <code>{html.escape(', '.join(chosen) or 'none')}</code></p>"
+                            + seen._repr_html_())
+
+    def __repr__(self) -> str:
+        return "NamespaceExplorer(8 namespace types)"

@@ -82,3 +82,30 @@ def test_restart_then_start_removes_what_the_dead_kernel_made(kernel):
     assert status == "ok" and "Removed" in out
     assert ("mount", target) not in cleanup.census().names()
     assert not os.path.exists("/run/labhelper/zz-restart")      # the folders it made went with it
+
+
+def test_restart_with_held_and_pinned_namespaces_then_cleanup(kernel):
+    # Chapter 03's objects, left by a kernel killed mid-chapter: a held process (in its lab
+    # cgroup), a pinned namespace (bind mounts below /run/labhelper/ns), a tmpfs. Each held
+    # process dies with the kernel (PR_SET_PDEATHSIG); `labhelper cleanup` removes the rest.
+    km, kc = kernel
+    status, out = run(kc, "from labhelper import namespaces; from labhelper.teach import lab; lab.start('03')\n"
+                          "box = namespaces.hold(['uts', 'pid', 'mnt', 'net'], hostname='box')\n"
+                          "pinned = namespaces.pin(box.pid, 'zz-restart')\n"
+                          "other = namespaces.hold(['ipc'])\n"
+                          "print(box.pid, other.pid)")
+    assert status == "ok", out
+    pids = [int(p) for p in out.splitlines()[-1].split()]
+    kinds = {o.kind for o in cleanup.census().objects}
+    assert {"process", "cgroup", "mount"} <= kinds, kinds
+    km.restart_kernel(now=True)
+    kc.wait_for_ready(timeout=60)
+    deadline = time.monotonic() + scaled(10)
+    while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(os.path.exists(f"/proc/{p}") for p in pids), "a held process outlived its kernel"
+    from systest import labhelper_cli
+    r = labhelper_cli("cleanup")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    assert not cleanup.census().objects
+    assert not os.path.exists("/run/labhelper/ns/zz-restart")

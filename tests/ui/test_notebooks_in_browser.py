@@ -281,6 +281,24 @@ def check_slider_round_trip(page, lab, name: str, shots: Path) -> None:
     assert before_kernel != after_kernel, "the kernel saw no slider change"
 
 
+def check_button_round_trip(page, lab, name: str, shots: Path) -> None:
+    """Chapter 03's playground: tick `net`, click "start a child", and see the kernel's answer
+    (the child's view, made in a real new network namespace) come back into the page."""
+    panel = ".jp-NotebookPanel:not(.lm-mod-hidden)"
+    button = page.locator(f"{panel} .widget-button", has_text="start a child").first
+    button.scroll_into_view_if_needed()
+    page.locator(f"{panel} .widget-checkbox", has_text="net").first.locator("input").check()
+    button.click()
+    wait_idle(page, lab, name, timeout=60)
+    view = page.locator(f"{panel} .widget-html", has_text="new namespaces:").first
+    view.wait_for(timeout=30_000)
+    page.screenshot(path=str(shots / "button-clicked.png"))
+    text = view.inner_text()
+    assert "new namespaces: uts, pid, net" in text, text
+    row = [line for line in text.splitlines() if line.startswith("network interfaces (net)")]
+    assert row and row[0].split("\t")[-1].strip() == "lo", text
+
+
 def exercise(page, lab, name: str, shots: Path) -> tuple[dict, list[Problem]]:
     """Open, run all, screenshot, save; return the run notebook and the errors seen."""
     open_notebook(page, lab, name)
@@ -355,6 +373,8 @@ def test_chapter_runs_clean_in_the_browser(name: str, lab, page, screenshots: Pa
             f"{name}: {expected} graphviz diagrams in the committed notebook, {drawn} drawn now")
         if page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .widget-slider [role=slider]").count():
             check_slider_round_trip(page, lab, name, screenshots)
+        if "NamespaceExplorer()" in (NOTEBOOKS / name).read_text():
+            check_button_round_trip(page, lab, name, screenshots)
     finally:
         shut_kernel(lab, name)
 

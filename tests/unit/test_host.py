@@ -192,3 +192,20 @@ def test_kvm_fix_follows_the_case(capsys):
     assert not host.ready("kvm", f=_facts(kvm=kvm))
     out = capsys.readouterr().out
     assert "ls -l /dev/kvm" in out and "nested" not in out
+
+
+def test_userns_restriction_is_read_and_reported(tmp_path):
+    proc = proc_tree(tmp_path, V2_MOUNTINFO)
+    write(proc / "sys/user/max_user_namespaces", "63000\n")
+    (proc / "self" / "ns").mkdir(parents=True)
+    for name in ("mnt", "uts", "ipc", "pid", "net", "user", "cgroup"):
+        (proc / "self" / "ns" / name).touch()
+    f = host.facts(proc=proc)
+    assert f.user_namespaces and not f.userns_restricted
+    assert not host.ready("namespaces", f=f, quiet=True)         # no time namespace: a kernel before 5.6
+    (proc / "self" / "ns" / "time").touch()
+    write(proc / "sys/kernel/apparmor_restrict_unprivileged_userns", "1\n")
+    f = host.facts(proc=proc)
+    assert f.userns_restricted and host.ready("namespaces", "userns", f=f, quiet=True)
+    row = next(c for c in host.checks(f) if c.name == "userns")
+    assert row.ok and "AppArmor" in row.found and "apparmor_restrict_unprivileged_userns=1" in row.found

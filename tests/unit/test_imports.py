@@ -28,6 +28,7 @@ ORDER = [
     "mounts",       # concept modules, from here up: each makes and removes its own kinds
     "cgroups",
     "network",
+    "namespaces",   # makes, looks at, joins and pins namespaces (in forked children)
     "trace",
     "syscost",
     "kvm",

@@ -42,6 +42,14 @@ def test_names_of_each_kind():
             check(bad)
 
 
+def test_plain_names():
+    for good in ("web", "lab-1", "a.b_c", "x" * 255, "A:1=2,3@4+5"):
+        assert marks.plain_name(good, "pin name") == good
+    for bad in ("", ".", "..", ".x", "a/b", "a\0b", "a\nb", "x" * 256, "a b", "$(id)", "a;b", "é", 3, None, b"x"):
+        with pytest.raises(Refused, match="is not a pin name"):
+            marks.plain_name(bad, "pin name")
+
+
 def test_lab_cgroups():
     assert marks.is_lab_cgroup("/labhelper") and marks.is_lab_cgroup("/labhelper/c1/sub")
     assert not marks.is_lab_cgroup("/labhelperish") and not marks.is_lab_cgroup("/user.slice/labhelper")

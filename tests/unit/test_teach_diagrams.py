@@ -53,3 +53,11 @@ def test_importing_the_teaching_side_does_not_import_widgets_graphviz_or_matplot
     assert out.strip() == "[]"
 
 
+
+
+def test_namespaces_diagram_joins_processes_to_what_they_share():
+    host = {"uts": 1, "pid": 2, "net": 3}
+    d = diagrams.namespaces_diagram({"a": host, "b": dict(host, uts=9), "c": {"uts": 9}})
+    assert d.source.count('shape="ellipse"') == 4            # uts 1, uts 9, pid 2, net 3
+    assert d.source.count(" -> ") == 3 + 3 + 1
+    assert '"ns:uts:9"' in d.source and "cluster_uts" in d.source and "time" not in d.source
