@@ -527,11 +527,11 @@ def pin(pid: int, name: str, names=None, owner: str | None = None) -> Pinned:
             opened[t] = os.open(f"/proc/{pid}/ns/{t}", os.O_RDONLY | os.O_CLOEXEC)
         signal.pidfd_send_signal(pidfd, 0)        # still the same process: ProcessLookupError if not
         files = {}
-        # Every record lists the folders this pin makes: whichever mount goes last removes them.
-        folders = [d for d in (PIN_DIR, folder) if not os.path.isdir(d)]
         for t, nsfd in opened.items():
             target = f"{folder}/{t}"
-            made = folders + [target]
+            # Every record lists the folders: whichever of its mounts goes last removes them, when
+            # empty (PIN_DIR too, if no other pin is left in it).
+            made = [PIN_DIR, folder, target]
             with ledger().creating("mount", target, owner, data={"made": made}):
                 _bind_file(nsfd, folder, t)
             files[t] = target
@@ -556,7 +556,15 @@ def _pin_folder(name) -> str:
 def _bind_file(source_fd: int, folder: str, name: str) -> None:
     """Bind-mount the file open as ``source_fd`` on a new empty file ``folder/name``, reached
     without following a symlink (the mount is made on /proc/self/fd of the file we made)."""
-    dfd = marks.open_lab_dir(folder, create=True)
+    for attempt in range(3):
+        try:
+            dfd = marks.open_lab_dir(folder, create=True)
+            break
+        except FileNotFoundError:
+            # Another pin's last unpin removed PIN_DIR, empty, between our mkdir and openat:
+            # make it again.
+            if attempt == 2:
+                raise
     try:
         os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444,
                          dir_fd=dfd))
@@ -576,7 +584,8 @@ def unpin(name: str) -> None:
         return
     for entry in sorted(os.listdir(folder)):
         unmount(f"{folder}/{entry}")
-    try:
-        os.rmdir(folder)
-    except OSError:
-        pass
+    for empty in (folder, PIN_DIR):            # what the records did not remove (a failed pin's)
+        try:
+            os.rmdir(empty)
+        except OSError:
+            pass

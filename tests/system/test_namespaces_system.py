@@ -301,7 +301,7 @@ def test_pin_keeps_a_namespace_after_its_last_process(uid):
             namespaces.enter(pinned, ["ipc"], _hostname)
     finally:
         namespaces.unpin(name)
-    assert not os.path.lexists(f"{namespaces.PIN_DIR}/{name}")
+    assert not os.path.lexists(namespaces.PIN_DIR)              # no other pin: its folder went too
     with pytest.raises(LabError, match="not pinned any more"):
         namespaces.enter(pinned, ["uts"], _hostname)
     namespaces.unpin(name)                                  # idempotent
@@ -422,7 +422,7 @@ def test_creator_killed_at_each_step_then_cleanup(step, signame, uid):
     r = labhelper_cli("cleanup")
     assert r.returncode == 0 and r.stderr == "", r.stderr
     assert labhelper_cli("census").stdout.strip() == "nothing of ours exists"
-    assert not os.path.lexists(f"{namespaces.PIN_DIR}/r1-{uid}")
+    assert not os.path.lexists(namespaces.PIN_DIR)
 
 
 def test_four_creators_at_once_keep_to_their_own(uid):
@@ -458,8 +458,10 @@ def test_four_creators_at_once_keep_to_their_own(uid):
         outs = [p.stdout.read() for p in procs]
         codes = [p.wait(30) for p in procs]
     assert [codes[i] for i in (0, 2, 3)] == [0, 0, 0] and all("done" in outs[i] for i in (0, 2, 3))
-    # Owner 1's creator found its objects gone and ended cleanly too: nothing of anyone is left.
+    # Owner 1's creator found its objects gone and ended cleanly too: nothing of anyone is left,
+    # not even the folder the pins shared (whichever unpin came last removed it).
     assert not cleanup.census().objects
+    assert not os.path.lexists(namespaces.PIN_DIR)
 
 
 # --- the chapter's widget and diagram --------------------------------------------------------------------
