@@ -305,7 +305,8 @@ def run(names, fn: Callable, *args, hostname: str | None = None, uid: int | None
     becomes this uid (nobody by default), and root inside maps to it. ``offset``: seconds added to
     CLOCK_MONOTONIC and CLOCK_BOOTTIME inside a new ``time`` namespace. ``propagation``: what a new
     ``mnt`` namespace's copies of the mounts do (private, slave or shared). With new ``pid`` and
-    ``mnt`` namespaces, /proc inside is a fresh one. ``cgroup``: a lab cgroup (from
+    ``mnt`` namespaces, /proc inside is a fresh one (not with shared propagation: that mount
+    would reach the host's /proc too). ``cgroup``: a lab cgroup (from
     ``cgroups.create``) the child joins first; a new ``cgroup`` namespace then has it as its root.
     """
     setup = _setup_of(names, hostname, uid, offset, propagation)
