@@ -59,7 +59,7 @@ class Shown(str):
 _HINTS: dict[tuple[str, int], str] = {
     ("*", _errno.EPERM): "this needs root (CAP_SYS_ADMIN or similar): run it as root inside the lab VM",
     ("*", _errno.EACCES): "permission denied: run as root inside the lab VM, and check the path's mode",
-    ("unshare", _errno.EINVAL): "unshare(CLONE_NEWPID/NEWUSER) is refused in a multi-threaded process: "
+    ("unshare", _errno.EINVAL): "unshare(CLONE_NEWUSER) is refused in a multi-threaded process: "
                                 "labhelper does it in a forked child (process.run_in_child)",
     ("unshare", _errno.ENOSPC): "the namespace limit is reached: see /proc/sys/user/max_*_namespaces",
     ("setns", _errno.EINVAL): "the file is not a namespace of that type, or this process is multi-threaded",

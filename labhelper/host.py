@@ -292,8 +292,8 @@ NEEDS: dict[str, Need] = {n.name: n for n in (
          f"inside a throw-away VM: `sudo mkdir -p {DISPOSABLE_MARKER.parent} && sudo touch {DISPOSABLE_MARKER}`"
          " (the lab VM has it), or set LABHELPER_DISPOSABLE=1 for one session", True),
     Need("python", "Python 3.11 or newer", "use the lab VM (Python 3.12) or Debian 12", True),
-    Need("namespaces", "the eight namespace types: mnt, uts, ipc, pid, net, user, cgroup and time",
-         "use a Linux kernel >= 5.6, built with them (the lab VM has 6.8)", True),
+    Need("namespaces", "the eight namespace types, and setns(2) with a pidfd (Linux 5.8)",
+         "use a Linux kernel >= 5.8, built with them (the lab VM has 6.8)", True),
     Need("cgroups", "a mounted cgroup hierarchy with controllers",
          "boot with cgroups mounted (every systemd distribution does)", True),
     Need("overlayfs", "the overlay filesystem", "`modprobe overlay`", True),
@@ -316,7 +316,11 @@ def _has(name: str, f: Facts) -> tuple[bool, str]:
     if name == "namespaces":
         want = {"mnt", "pid", "uts", "ipc", "net", "user", "cgroup", "time"}
         missing = want - set(f.namespaces)
-        return not missing, ", ".join(f.namespaces) if not missing else "missing " + ", ".join(sorted(missing))
+        if missing:
+            return False, "missing " + ", ".join(sorted(missing))
+        if f.kernel_version < (5, 8):
+            return False, f"kernel {f.kernel}: setns(2) takes a pidfd from 5.8 on"
+        return True, ", ".join(f.namespaces)
     if name == "cgroups":
         ok = bool(f.cgroup.controllers())
         return ok, f"{f.cgroup.mode}: {', '.join(f.cgroup.controllers()) or 'no controllers'}"

@@ -6,9 +6,9 @@ user; cgroup and time came later). Each is named by an inode number, shown as a 
 /proc/PID/ns: two processes with the same number for ``uts`` share a hostname.
 
 This module makes them, inspects them and joins them, always from a forked child: the notebook
-kernel's own namespaces never change (unshare(2) of a user or pid namespace is refused in a
-threaded process, and a Jupyter kernel is threaded; the others would change the notebook for
-good).
+kernel's own namespaces never change (unshare(2) of a user namespace, and setns(2) into a user or
+mount namespace, are refused in a threaded process, and a Jupyter kernel is threaded; the others
+would change the notebook for good).
 
 * :data:`NAMESPACES`: the table (name, CLONE flag, /proc entry, what it isolates, when it came);
 * :func:`run`: call a function in new namespaces and get its value back;
@@ -16,7 +16,8 @@ good).
   own, so nothing of it outlives a crash), to look at, join and pin;
 * :func:`ids`, :func:`compare`, :func:`lsns`: which namespaces processes are in, read from /proc;
 * :func:`enter`: call a function inside another process's namespaces, the idea behind
-  ``docker exec`` (setns(2), with a pidfd: all at once, never into a pid reused meanwhile);
+  ``docker exec`` (setns(2) with a pidfd: all the chosen ones at once, or none, and those of the
+  very process the pidfd was opened on, even if its pid is reused meanwhile);
 * :func:`pin`: keep a namespace alive after its last process, by bind-mounting its /proc file
   (a mount below /run/labhelper/ns, recorded in the ledger like every mount of the lab).
 """
@@ -269,8 +270,9 @@ def _userns_refused(uid: int) -> str:
                 "machine (kernel.apparmor_restrict_unprivileged_userns=1): such a namespace has no capabilities, "
                 "so it cannot own new namespaces of other types. Ask for 'user' alone, or pass uid=None to "
                 "make it as root")
-    return (f"the kernel refused a user namespace to uid {uid}: see user.max_user_namespaces (and, on some "
-            "kernels, kernel.unprivileged_userns_clone)")
+    return (f"the kernel refused a user namespace to uid {uid}: unprivileged user namespaces are off "
+            "(kernel.unprivileged_userns_clone=0 on some kernels), or a security module forbids them "
+            "(the limit user.max_user_namespaces gives ENOSPC, not EPERM)")
 
 
 def _needs_fork(flags: CloneFlags) -> bool:
@@ -441,16 +443,15 @@ def _enter_body(target, flags: CloneFlags, names, fn, args, kwargs):
     if isinstance(target, Pinned):
         _join_pinned(target, names)
     else:
+        # ``target`` is a pidfd, opened by the parent (Linux 5.8: setns takes one): the chosen
+        # namespaces all at once, or none, of the very process it was opened on. Had that
+        # process exited since, setns fails (ESRCH); a newcomer with its pid is never joined.
         try:
-            pidfd = os.pidfd_open(target)
-        except ProcessLookupError:
-            raise LabError(f"there is no process {target} any more: it exited") from None
-        try:
-            # setns(2) with a pidfd (Linux 5.8): every namespace at once, into the very process
-            # the pidfd names (never into one that reused its pid).
-            syscalls.setns(pidfd, flags)
-        finally:
-            os.close(pidfd)
+            syscalls.setns(target, flags)
+        except SyscallError as exc:
+            if exc.errno == errno.ESRCH:
+                raise LabError("the process exited before its namespaces could be joined") from None
+            raise
     if CloneFlags.CLONE_NEWNS & flags:
         os.chdir("/")                # the old working directory belongs to the old mount table
     if _needs_fork(flags):
@@ -472,11 +473,21 @@ def enter(target, names, fn: Callable, *args, timeout: float | None = 30.0, **kw
             raise Refused(f"{target.name!r} pins no {missing[0]} namespace", hint=f"it pins: {', '.join(target.files)}")
         if not all(os.path.isfile(p) for p in target.files.values()):
             raise LabError(f"the namespaces pinned as {target.name!r} are not pinned any more (unpinned?)")
-    else:
-        target = _pid(target, self_ok=False)
-        if not os.path.isdir(f"/proc/{target}"):
-            raise LabError(f"there is no process {target} (it exited, or never was)")
-    return process.run_in_child(_enter_body, target, flags, names, fn, args, kwargs, timeout=timeout)
+        return process.run_in_child(_enter_body, target, flags, names, fn, args, kwargs, timeout=timeout)
+    pidfd = _pidfd(_pid(target, self_ok=False))
+    try:
+        return process.run_in_child(_enter_body, pidfd, flags, names, fn, args, kwargs, timeout=timeout,
+                                    keep_fds=(pidfd,))
+    finally:
+        os.close(pidfd)
+
+
+def _pidfd(pid: int) -> int:
+    """A pidfd for ``pid`` (pidfd_open(2)): from now on it names that process and no other."""
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise LabError(f"there is no process {pid} (it exited, or never was)") from None
 
 
 # --- pinning -----------------------------------------------------------------------------------------
@@ -502,28 +513,25 @@ def pin(pid: int, name: str, names=None, owner: str | None = None) -> Pinned:
     namespace hold itself: a loop that is never freed)."""
     pid = _pid(pid, self_ok=False)
     folder = _pin_folder(name)
-    if names is not None:
-        chosen = names_of(names)
-        if "mnt" in chosen:
-            raise Refused("mount namespaces are not pinned here: the kernel refuses a mount namespace's file on a "
-                          "shared mount (and /run is shared)", hint="pin the others; keep a process in the mount "
-                          "namespace instead (namespaces.hold)")
-    else:
-        ours, theirs = ids(), ids(pid)
-        chosen = tuple(t for t in theirs if theirs[t] != ours.get(t) and t not in ("mnt", "pid"))
-        if not chosen:
-            raise Refused(f"process {pid} has no namespace of its own to pin (but perhaps mnt or pid)",
-                          hint="name the ones to pin: pin(pid, name, names=[...])")
+    chosen = names_of(names) if names is not None else None
+    if chosen and "mnt" in chosen:
+        raise Refused("mount namespaces are not pinned here: the kernel refuses a mount namespace's file on a "
+                      "shared mount (and /run is shared)", hint="pin the others; keep a process in the mount "
+                      "namespace instead (namespaces.hold)")
     if os.path.lexists(folder):
         raise Refused(f"the name {name!r} is in use ({folder} exists)", hint="unpin it first, or choose another")
-    # Hold the process still (a pidfd) while its namespace files are opened: the files are then
-    # those of the process we checked, never of one that reused its pid.
-    try:
-        pidfd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        raise LabError(f"there is no process {pid} any more: it exited") from None
+    # A pidfd first: what is read and opened below through /proc/PID is then checked to be of
+    # the process it names (still alive at the end), never of a newcomer that reused its pid.
+    pidfd = _pidfd(pid)
     opened = {}
+    claimed = False
     try:
+        if chosen is None:
+            ours, theirs = ids(), ids(pid)
+            chosen = tuple(t for t in theirs if theirs[t] != ours.get(t) and t not in ("mnt", "pid"))
+            if not chosen:
+                raise Refused(f"process {pid} has no namespace of its own to pin (but perhaps mnt or pid)",
+                              hint="name the ones to pin: pin(pid, name, names=[...])")
         for t in chosen:
             opened[t] = os.open(f"/proc/{pid}/ns/{t}", os.O_RDONLY | os.O_CLOEXEC)
         signal.pidfd_send_signal(pidfd, 0)        # still the same process: ProcessLookupError if not
@@ -534,14 +542,17 @@ def pin(pid: int, name: str, names=None, owner: str | None = None) -> Pinned:
             # empty (PIN_DIR too, if no other pin is left in it).
             made = [PIN_DIR, folder, target]
             with ledger().creating("mount", target, owner, data={"made": made}):
+                if not claimed:
+                    _claim(folder)                 # the name is ours from here: undo on failure
+                    claimed = True
                 _bind_file(nsfd, folder, t)
             files[t] = target
             fault_point("ns-pin")
-    except ProcessLookupError:
-        unpin(name)
-        raise LabError(f"process {pid} exited while its namespaces were being pinned") from None
-    except BaseException:
-        unpin(name)
+    except BaseException as exc:
+        if claimed:
+            unpin(name)
+        if isinstance(exc, ProcessLookupError):
+            raise LabError(f"process {pid} exited while its namespaces were being pinned") from None
         raise
     finally:
         for fd in opened.values():
@@ -554,18 +565,31 @@ def _pin_folder(name) -> str:
     return marks.lab_path(f"{PIN_DIR}/{marks.plain_name(name, 'name for pinned namespaces')}", "pin namespaces at")
 
 
-def _bind_file(source_fd: int, folder: str, name: str) -> None:
-    """Bind-mount the file open as ``source_fd`` on a new empty file ``folder/name``, reached
-    without following a symlink (the mount is made on /proc/self/fd of the file we made)."""
+def _claim(folder: str) -> None:
+    """Make the pin's folder, or fail if it exists: two pins of one name at once never share it
+    (nor does the loser, failing, unpin the winner's)."""
     for attempt in range(3):
         try:
-            dfd = marks.open_lab_dir(folder, create=True)
+            dfd = marks.open_lab_dir(PIN_DIR, create=True)
             break
         except FileNotFoundError:
             # Another pin's last unpin removed PIN_DIR, empty, between our mkdir and openat:
             # make it again.
             if attempt == 2:
                 raise
+    try:
+        os.mkdir(os.path.basename(folder), 0o755, dir_fd=dfd)
+    except FileExistsError:
+        raise Refused(f"the name {os.path.basename(folder)!r} is in use ({folder} exists)",
+                      hint="unpin it first, or choose another") from None
+    finally:
+        os.close(dfd)
+
+
+def _bind_file(source_fd: int, folder: str, name: str) -> None:
+    """Bind-mount the file open as ``source_fd`` on a new empty file ``folder/name``, reached
+    without following a symlink (the mount is made on /proc/self/fd of the file we made)."""
+    dfd = marks.open_lab_dir(folder)
     try:
         os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444,
                          dir_fd=dfd))

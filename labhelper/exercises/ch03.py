@@ -74,10 +74,9 @@ def _check_pid_one(held) -> object:
     pid = _pid_of(held)
     if pid is None:
         return wrong(_NOT_A_PROCESS)
-    chain = _nspids(pid)          # its pid in each pid namespace it is in, outermost first
-    if len(chain) < 2 or not _other("pid", pid):
-        return wrong(f"process {pid} has one pid only ({pid}): it is in this machine's PID namespace. "
-                     "Start it in a new one.")
+    chain = _nspids(pid)          # its pid in each PID namespace from ours down to its own
+    if not _other("pid", pid):
+        return wrong(f"process {pid} is in this notebook's PID namespace, not one of its own. Start it in a new one.")
     if chain[-1] != 1:
         return wrong(f"it is in a new PID namespace, but it is number {chain[-1]} there, not the first process.")
     return right(f"/proc/{pid}/status says NSpid: {' '.join(map(str, chain))}: pid {chain[0]} out here, 1 inside "
@@ -96,23 +95,25 @@ q2 = Exercise(
 
 # --- q3: a mount only one process sees ------------------------------------------------------------------
 
-def _mounted_at(pid: int | str, path: str) -> list[procfs.Mount]:
-    return [m for m in procfs.mountinfo(pid=pid) if m.mountpoint == path]
-
-
 def _check_private_mount(held) -> object:
     pid = _pid_of(held)
     if pid is None:
         return wrong(_NOT_A_PROCESS)
     if not _other("mnt", pid):
         return wrong("that process shares this machine's mount namespace: a mount it made would be seen here too.")
-    theirs = [m for m in _mounted_at(pid, "/mnt") if m.fstype == "tmpfs"]
-    if not theirs:
-        return wrong("its own mount namespace, yes, but nothing of type tmpfs is mounted on /mnt in it. "
+    # The mount on top at /mnt in its namespace (the last one listed there), and its filesystem,
+    # named by its device number: a tmpfs is a filesystem of its own, so if this machine saw the
+    # same one mounted anywhere, its device number would be in our mount table too. (/mnt may be
+    # a mount point here already, e.g. a cloud VM's scratch disk: that does not matter.)
+    theirs = [m for m in procfs.mountinfo(pid=pid) if m.mountpoint == "/mnt"]
+    if not theirs or theirs[-1].fstype != "tmpfs":
+        return wrong("its own mount namespace, yes, but no tmpfs is mounted on /mnt in it. "
                      "Mount one there, from inside (namespaces.enter).")
-    if _mounted_at("self", "/mnt"):
-        return wrong("/mnt is a mount point out here too: the mount reached this machine.")
-    return right(f"/proc/{pid}/mountinfo has a tmpfs on /mnt; this machine's mount table has nothing there.")
+    seen_here = [m.mountpoint for m in procfs.mountinfo() if m.device == theirs[-1].device]
+    if seen_here:
+        return wrong(f"that tmpfs is mounted out here too (on {seen_here[0]}): the mount reached this machine.")
+    return right(f"/proc/{pid}/mountinfo has a tmpfs (device {theirs[-1].device}) on /mnt; this machine's mount table "
+                 "does not have it anywhere.")
 
 
 q3 = Exercise(
@@ -143,6 +144,9 @@ def _check_uid_outside(held, answer=None) -> object:
         return wrong("the second argument is the uid outside (a number) that root inside the namespace stands for.")
     if inside != 0:
         return wrong("in that namespace the first uid mapped is not 0: no root inside.")
+    if outside == 0:
+        return wrong("root inside that namespace is uid 0 outside, the real root: it was made by root with "
+                     "uid=None. Hold one made the default way (as nobody) and ask again.")
     if answer != outside:
         return wrong("not that one: /proc/PID/uid_map says it (inside, outside, how many).")
     return right(f"uid 0 inside is uid {outside} outside: root in there, {'nobody' if outside == 65534 else outside} here.")

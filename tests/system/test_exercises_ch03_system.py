@@ -7,8 +7,9 @@ import socket
 
 import pytest
 
-from labhelper import namespaces, syscalls
+from labhelper import namespaces, process, syscalls
 from labhelper.exercises import ch03
+from labhelper.flags import CLONE_NEWNS, MountFlags
 
 pytestmark = pytest.mark.cgroups
 
@@ -49,7 +50,7 @@ def test_q2_right():
 def test_q2_wrong():
     with namespaces.hold(["uts"]) as held:
         r = ch03.q2.check(held)
-    assert r.ok is False and "one pid only" in r.message, r.message
+    assert r.ok is False and "in this notebook's PID namespace" in r.message, r.message
 
 
 def test_q3_right():
@@ -60,13 +61,39 @@ def test_q3_right():
 
 
 @pytest.mark.parametrize("names, words", [
-    (["mnt"], "nothing of type tmpfs is mounted on /mnt"),
+    (["mnt"], "no tmpfs is mounted on /mnt in it"),
     (["uts"], "shares this machine's mount namespace"),
 ])
 def test_q3_wrong(names, words):
     with namespaces.hold(names) as held:
         r = ch03.q3.check(held)
     assert r.ok is False and words in r.message, r.message
+
+
+def _q3_where_mnt_is_a_mount_point_already(shared: bool):
+    # In a scratch mount namespace of its own, /mnt is a mount point already (a cloud VM's
+    # scratch disk, say), and shared if asked: a private tmpfs over it must still pass, one
+    # that propagated back must not.
+    syscalls.mount(None, "/", None, MountFlags.MS_REC | MountFlags.MS_PRIVATE)
+    syscalls.mount("lh-scratch", "/mnt", "tmpfs", 0, "size=1m")
+    if shared:
+        syscalls.mount(None, "/mnt", None, MountFlags.MS_SHARED)
+    with namespaces.hold(["mnt"], propagation="shared" if shared else "private") as held:
+        namespaces.enter(held.pid, ["mnt"], syscalls.mount, "ex3", "/mnt", "tmpfs")
+        return ch03.q3.check(held)
+
+
+@pytest.mark.parametrize("shared, ok, words", [(False, True, "does not have it anywhere"),
+                                               (True, False, "mounted out here too (on /mnt)")])
+def test_q3_when_mnt_is_a_mount_point_here(shared, ok, words):
+    r = process.run_in_child(_q3_where_mnt_is_a_mount_point_already, shared, unshare=CLONE_NEWNS)
+    assert r.ok is ok and words in r.message, r.message
+
+
+def test_q4_root_made_by_root_is_not_the_answer():
+    with namespaces.hold(["user"], uid=None) as held:
+        r = ch03.q4.check(held, 0)
+    assert r.ok is False and "the real root" in r.message, r.message
 
 
 @pytest.mark.parametrize("uid", [None, 1234])

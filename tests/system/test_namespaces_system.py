@@ -19,7 +19,7 @@ import time
 import capabilities
 import pytest
 
-from labhelper import cgroups, cleanup, namespaces, procfs, syscalls
+from labhelper import cgroups, cleanup, namespaces, process, procfs, syscalls
 from labhelper.errors import LabError, Refused, SyscallError
 
 from systest import labhelper_cli
@@ -332,17 +332,33 @@ def test_a_process_that_is_gone():
     assert not os.path.lexists(f"{namespaces.PIN_DIR}/gone")
 
 
-def _exit_then_enter(pid):
-    # Between enter()'s check and its pidfd_open the process exits: the same clear error.
-    return namespaces._enter_body(pid, namespaces.flags_of(["uts"]), ("uts",), _hostname, (), {})
-
-
 def test_enter_a_process_that_exits_meanwhile():
+    # enter() opens a pidfd first; if the process exits before the child's setns(2), the kernel
+    # says ESRCH (a pidfd never names a newcomer with the same pid) and enter() says so.
     held = namespaces.hold(["uts"])
-    pid = held.pid
+    pidfd = os.pidfd_open(held.pid)
     held.close()
-    with pytest.raises(LabError, match="any more: it exited"):
-        _exit_then_enter(pid)
+    try:
+        with pytest.raises(LabError, match="exited before its namespaces could be joined"):
+            process.run_in_child(namespaces._enter_body, pidfd, namespaces.flags_of(["uts"]), ("uts",), _hostname,
+                                 (), {}, keep_fds=(pidfd,))
+    finally:
+        os.close(pidfd)
+
+
+def test_two_pins_of_one_name_at_once_leave_the_first_intact(uid, monkeypatch):
+    # The loser of a race for a name finds the folder made (as if between its check and its
+    # mkdir): it fails, and unpins nothing of the winner's.
+    name = f"race-{uid}"
+    with namespaces.hold(["uts"]) as first, namespaces.hold(["uts"]) as second:
+        pinned = namespaces.pin(first.pid, name)
+        real = os.path.lexists
+        monkeypatch.setattr(os.path, "lexists", lambda p: False if p.endswith(name) else real(p))
+        with pytest.raises(Refused, match="is in use"):
+            namespaces.pin(second.pid, name)
+        monkeypatch.undo()
+        assert os.stat(pinned.files["uts"]).st_ino == first.ids()["uts"]
+        namespaces.unpin(name)
 
 
 def test_a_name_in_use_leaves_the_first_intact(uid):

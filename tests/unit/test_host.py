@@ -207,5 +207,9 @@ def test_userns_restriction_is_read_and_reported(tmp_path):
     write(proc / "sys/kernel/apparmor_restrict_unprivileged_userns", "1\n")
     f = host.facts(proc=proc)
     assert f.userns_restricted and host.ready("namespaces", "userns", f=f, quiet=True)
+    import dataclasses
+    old = dataclasses.replace(f, kernel="5.7.0", kernel_version=(5, 7))
+    row = next(c for c in host.checks(old) if c.name == "namespaces")
+    assert not row.ok and "5.8" in row.found                      # setns(2) takes a pidfd from 5.8 on
     row = next(c for c in host.checks(f) if c.name == "userns")
     assert row.ok and "AppArmor" in row.found and "apparmor_restrict_unprivileged_userns=1" in row.found
