@@ -1,5 +1,5 @@
-"""Helpers for the system tests: shell commands, the CLI, a folder's digest, a scratch mount
-namespace. A module of its own (tests/ is on sys.path), not conftest.py: `from conftest import`
+"""Helpers for the tests that touch the kernel (the system tests, and a few unit tests): shell
+commands, the CLI, processes by command line, a folder's digest, a scratch mount namespace. A module of its own (tests/ is on sys.path), not conftest.py: `from conftest import`
 finds whichever conftest.py Python imported last, which depends on the order of collection."""
 import hashlib
 import os
@@ -18,6 +18,19 @@ def labhelper_cli(*args, env=None):
     e = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", "labhelper", *args], capture_output=True, text=True,
                           env=e, timeout=120)
+
+
+def processes_running(argv: list[str]) -> list[int]:
+    """The pids of the processes whose command line is exactly ``argv`` (read from /proc)."""
+    found = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if fh.read().split(b"\0")[:-1] == [a.encode() for a in argv]:
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
 
 
 def tree_digest(path) -> str:

@@ -18,6 +18,7 @@ import pytest
 
 from labhelper import trace as T
 from labhelper.errors import ChildTimeout, RequirementError
+from systest import processes_running
 from timing import scaled
 
 pytestmark = pytest.mark.system
@@ -359,18 +360,6 @@ def test_file_descriptors_stay_flat():
     assert fds() == before
 
 
-def _processes_running(argv: list[str]) -> list[int]:
-    found = []
-    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if fh.read().split(b"\0")[:-1] == [a.encode() for a in argv]:
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
-
-
 @pytest.mark.cgroups
 def test_a_command_that_kills_its_tracer_dies_with_the_trace_at_its_timeout():
     # Issue 10: strace killed by its own tracee (strace 6.1 has no --kill-on-exit); the sleep
@@ -380,7 +369,7 @@ def test_a_command_that_kills_its_tracer_dies_with_the_trace_at_its_timeout():
         T.trace(["sh", "-c", "kill -9 $PPID; exec sleep 3131.7"], timeout=3)
     took = time.monotonic() - t0
     assert took < scaled(3 + 2), f"the timeout came after {took:.1f} s"
-    assert _processes_running(["sleep", "3131.7"]) == [], "a traced process outlived its trace"
+    assert processes_running(["sleep", "3131.7"]) == [], "a traced process outlived its trace"
 
 
 def _start_one_that_kills_the_tracer():
@@ -396,4 +385,4 @@ def _start_one_that_kills_the_tracer():
 def test_what_a_traced_function_starts_dies_with_the_trace():
     t = T.trace(_start_one_that_kills_the_tracer)
     assert t.value == "started"
-    assert _processes_running(["sleep", "3131.8"]) == [], "a process started under trace outlived it"
+    assert processes_running(["sleep", "3131.8"]) == [], "a process started under trace outlived it"

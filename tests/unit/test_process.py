@@ -9,6 +9,7 @@ import pytest
 
 from labhelper import process, procfs
 from labhelper.errors import ChildError, ChildTimeout
+from systest import processes_running
 from timing import scaled
 
 
@@ -214,18 +215,6 @@ def test_wait_works_with_a_high_fd_number():
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def _running(argv: list[str]) -> list[int]:
-    found = []
-    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as fh:
-                if fh.read().split(b"\0")[:-1] == [a.encode() for a in argv]:
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
-
-
 def _start_a_daemon_and(then):
     import subprocess
     # setsid -f: a new session, and the sleep's own parent exits at once: it is orphaned.
@@ -248,9 +237,9 @@ def test_what_a_child_starts_ends_with_it(then):
         with pytest.raises(ChildTimeout):
             process.run_in_child(_start_a_daemon_and, then, timeout=2)
     deadline = time.monotonic() + scaled(2)
-    while _running(["sleep", "3131.9"]) and time.monotonic() < deadline:
+    while processes_running(["sleep", "3131.9"]) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _running(["sleep", "3131.9"]) == [], "a process the child started outlived it"
+    assert processes_running(["sleep", "3131.9"]) == [], "a process the child started outlived it"
 
 
 def test_pdeathsig_follows_the_forking_thread():
