@@ -1,6 +1,7 @@
 """Helpers for the tests that touch the kernel (the system tests, and a few unit tests): shell
-commands, the CLI, processes by command line, a folder's digest, a scratch mount namespace. A module of its own (tests/ is on sys.path), not conftest.py: `from conftest import`
-finds whichever conftest.py Python imported last, which depends on the order of collection."""
+commands, the CLI, processes by command line, a folder's digest, a scratch mount namespace.
+A module of its own (tests/ is on sys.path), not conftest.py: `from conftest import` finds
+whichever conftest.py Python imported last, which depends on the order of collection."""
 import hashlib
 import os
 import subprocess
