@@ -123,6 +123,9 @@ hostname labhelper-guest
 echo "+cpuset +cpu +io +memory +pids" > /sys/fs/cgroup/cgroup.subtree_control 2>/dev/null || true
 modprobe kvm_amd 2>/dev/null || modprobe kvm_intel 2>/dev/null || true
 for d in /run/labhelper /var/lib/labhelper; do mkdir -p \$d && mount -t tmpfs -o mode=0755 labhelper \$d; done
+# A newline first: the firmware's last line ("Booting from ROM...") has none, and the filter
+# below drops that line whole, with whatever is printed on it.
+echo
 echo "GUEST: kernel \$(uname -r); cgroup2 with: \$(cat /sys/fs/cgroup/cgroup.controllers); /dev/kvm: \$(ls /dev/kvm 2>/dev/null || echo none)"
 cd "$PWD"
 export LABHELPER_GUEST=1 HOME=/root
