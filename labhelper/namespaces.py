@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import signal
 import socket
 from dataclasses import dataclass
@@ -418,7 +419,6 @@ def hold(names, *, hostname: str | None = None, uid: int | None = UNPRIVILEGED_U
 
 
 def _read_line(fd: int, timeout: float) -> bytes:
-    import select
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     if not poller.poll(int(timeout * 1000)):
@@ -439,7 +439,8 @@ def _join_pinned(pinned: "Pinned", names: tuple[str, ...]) -> None:
             os.close(fd)
 
 
-def _enter_body(target, flags: CloneFlags, names, fn, args, kwargs):
+def _enter_body(target, names: tuple[str, ...], fn, args, kwargs):
+    flags = flags_of(names)
     if isinstance(target, Pinned):
         _join_pinned(target, names)
     else:
@@ -466,17 +467,16 @@ def enter(target, names, fn: Callable, *args, timeout: float | None = 30.0, **kw
     value. ``target`` is a pid (what ``docker exec`` does to a running container) or what
     :func:`pin` returned (what ``ip netns exec`` does with a pinned network namespace)."""
     names = names_of(names)
-    flags = flags_of(names)
     if isinstance(target, Pinned):
         missing = [n for n in names if n not in target.files]
         if missing:
             raise Refused(f"{target.name!r} pins no {missing[0]} namespace", hint=f"it pins: {', '.join(target.files)}")
         if not all(os.path.isfile(p) for p in target.files.values()):
             raise LabError(f"the namespaces pinned as {target.name!r} are not pinned any more (unpinned?)")
-        return process.run_in_child(_enter_body, target, flags, names, fn, args, kwargs, timeout=timeout)
+        return process.run_in_child(_enter_body, target, names, fn, args, kwargs, timeout=timeout)
     pidfd = _pidfd(_pid(target, self_ok=False))
     try:
-        return process.run_in_child(_enter_body, pidfd, flags, names, fn, args, kwargs, timeout=timeout,
+        return process.run_in_child(_enter_body, pidfd, names, fn, args, kwargs, timeout=timeout,
                                     keep_fds=(pidfd,))
     finally:
         os.close(pidfd)
@@ -519,7 +519,7 @@ def pin(pid: int, name: str, names=None, owner: str | None = None) -> Pinned:
                       "shared mount (and /run is shared)", hint="pin the others; keep a process in the mount "
                       "namespace instead (namespaces.hold)")
     if os.path.lexists(folder):
-        raise Refused(f"the name {name!r} is in use ({folder} exists)", hint="unpin it first, or choose another")
+        raise _in_use(folder)
     # A pidfd first: what is read and opened below through /proc/PID is then checked to be of
     # the process it names (still alive at the end), never of a newcomer that reused its pid.
     pidfd = _pidfd(pid)
@@ -565,6 +565,11 @@ def _pin_folder(name) -> str:
     return marks.lab_path(f"{PIN_DIR}/{marks.plain_name(name, 'name for pinned namespaces')}", "pin namespaces at")
 
 
+def _in_use(folder: str) -> Refused:
+    return Refused(f"the name {os.path.basename(folder)!r} is in use ({folder} exists)",
+                   hint="unpin it first, or choose another")
+
+
 def _claim(folder: str) -> None:
     """Make the pin's folder, or fail if it exists: two pins of one name at once never share it
     (nor does the loser, failing, unpin the winner's)."""
@@ -580,8 +585,7 @@ def _claim(folder: str) -> None:
     try:
         os.mkdir(os.path.basename(folder), 0o755, dir_fd=dfd)
     except FileExistsError:
-        raise Refused(f"the name {os.path.basename(folder)!r} is in use ({folder} exists)",
-                      hint="unpin it first, or choose another") from None
+        raise _in_use(folder) from None
     finally:
         os.close(dfd)
 

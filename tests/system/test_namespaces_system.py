@@ -340,8 +340,8 @@ def test_enter_a_process_that_exits_meanwhile():
     held.close()
     try:
         with pytest.raises(LabError, match="exited before its namespaces could be joined"):
-            process.run_in_child(namespaces._enter_body, pidfd, namespaces.flags_of(["uts"]), ("uts",), _hostname,
-                                 (), {}, keep_fds=(pidfd,))
+            process.run_in_child(namespaces._enter_body, pidfd, ("uts",), _hostname, (), {},
+                                 keep_fds=(pidfd,))
     finally:
         os.close(pidfd)
 
