@@ -16,7 +16,7 @@ runs; the mark decides whether cleanup may touch it at all.
 
 :data:`KINDS` lists every kind of object, in the order cleanup removes them (an object goes
 only once what depends on it is gone: processes, then mounts, links, network namespaces,
-cgroups, folders). Each kind names the function of its own concept module that finds its
+the firewall tables that guarded the links, cgroups, folders). Each kind names the function of its own concept module that finds its
 objects for the census and the one that removes an object. Adding a kind of object is one row
 here, the two functions in the concept module, and one line in the test that every
 state-changing call refuses without the safety guard (tests/unit/test_guard.py).
@@ -293,6 +293,9 @@ KINDS: tuple[Kind, ...] = (
          "network.find_links", "network.remove_link", link_name),
     Kind("netns", "delete-netns", f"a named network namespace {NETNS_DIR}/{PREFIX}*",
          "network.find_netns", "network.remove_netns", netns_name),
+    # After the links it guards: a lab interface is never without its table (R16).
+    Kind("firewall", "delete-table", f"an nftables table inet {PREFIX}*, guarding a host interface of ours",
+         "network.find_firewalls", "network.remove_firewall", link_name),
     Kind("cgroup", "rmdir", f"a cgroup at or below {CGROUP_PARENT} in any hierarchy",
          "cgroups.find_cgroups", "cgroups.remove_cgroup", cgroup_path, within=_PATHS, deepest_first=True),
     Kind("dir", "remove-tree", "a recorded folder below a lab folder",
@@ -355,6 +358,12 @@ class Scan:
     mounts: list = field(default_factory=list)      # procfs.Mount, parsed once for every kind
     records: list = field(default_factory=list)     # registry.Record
     problems: list = field(default_factory=list)    # what a finder saw and must report (str)
+
+    @property
+    def live(self) -> bool:
+        """Is this a census of this machine itself? (Kinds the kernel lists in no file, such as
+        nftables tables, can only be asked of the live kernel.)"""
+        return str(self.proc) == "/proc" and str(self.sys) == "/sys" and str(self.fs_root) == "/"
 
     def host_path(self, path: str) -> Path:
         """Where the host path ``path`` is in the tree being read (``fs_root`` + path)."""
