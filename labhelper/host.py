@@ -92,6 +92,8 @@ class Facts:
     kvm: KvmInfo
     dot: str | None
     strace: str | None
+    nft: str | None = None        # nftables' program: the lab's firewall (chapter 04)
+    ping: str | None = None
     extras: dict = field(default_factory=dict, compare=False)
     # Ubuntu 23.10 and later (the lab VM): AppArmor lets an unprivileged process make a user
     # namespace, but takes every capability from it there (kernel.apparmor_restrict_unprivileged_userns)
@@ -269,6 +271,8 @@ def facts(proc: Path | str = "/proc", sys_: Path | str = "/sys", env: dict | Non
         kvm=kvm_info(proc=proc, sys_=sys_),
         dot=shutil.which("dot"),
         strace=shutil.which("strace"),
+        nft=shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p)), None),
+        ping=shutil.which("ping") or next((p for p in ("/usr/bin/ping", "/bin/ping") if os.path.exists(p)), None),
     )
 
 
@@ -302,6 +306,9 @@ NEEDS: dict[str, Need] = {n.name: n for n in (
          "enable nested virtualization for the lab VM (see README, troubleshooting)", False),
     Need("strace", "the strace program", "`apt-get install strace` (scripts/provision.sh does it)", False),
     Need("dot", "graphviz's dot program", "`apt-get install graphviz` (scripts/provision.sh does it)", False),
+    Need("nft", "nftables' nft program (the lab networks' firewall)",
+         "`apt-get install nftables` (scripts/provision.sh does it)", False),
+    Need("ping", "the ping program", "`apt-get install iputils-ping` (scripts/provision.sh does it)", False),
 )}
 
 
@@ -336,7 +343,7 @@ def _has(name: str, f: Facts) -> tuple[bool, str]:
         if k.machine != "x86_64":
             return False, f"{k.machine}: the course's guests are x86 code"
         return k.openable, f"{k.flavour}, {k.device} openable" if k.openable else (k.error or "absent")
-    if name in ("strace", "dot"):
+    if name in ("strace", "dot", "nft", "ping"):
         path = getattr(f, name)
         return path is not None, path or "not found"
     raise KeyError(f"unknown requirement {name!r}; known: {', '.join(NEEDS)}")

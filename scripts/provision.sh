@@ -37,6 +37,7 @@ PACKAGES=(
   ruby                               # chapter 01: the seed's own example, File.open traced to openat
   gcc libc6-dev binutils             # chapters 01-02: C references for benchmarks; GNU as for guests
   iproute2 iputils-ping              # chapter 04: ip netns, veth, ping between namespaces
+  nftables                           # chapter 04: the lab networks' firewall (nft), R16
   busybox-static                     # chapter 07: a root filesystem in one binary
   util-linux procps kmod psmisc      # nsenter, unshare, lsns, ps, lsmod: to look from the outside
 )

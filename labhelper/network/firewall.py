@@ -29,7 +29,7 @@ import subprocess
 
 from .. import marks
 from ..errors import LabError, Refused, RequirementError
-from ..registry import fault_point, ledger
+from ..registry import fault_point, guard, ledger
 
 __all__ = ["NFT", "ruleset", "create", "remove", "tables", "show", "open_port", "close_port", "nat",
            "NAT_ENV"]
@@ -100,6 +100,7 @@ def tables() -> list[str]:
 def create(link: str, owner: str | None = None) -> None:
     """Guard host interface ``link``: its table, recorded first, made in one transaction."""
     link = marks.link_name(link)
+    guard(f"create the firewall table {link}")
     _nft_path()                              # refuse before recording anything if nft is missing
     with ledger().creating("firewall", link, owner):
         _nft("-f", "-", stdin=ruleset(link))
@@ -134,12 +135,14 @@ def _proto(proto: str) -> str:
 def open_port(link: str, port: int, proto: str = "tcp") -> None:
     """Let the network behind ``link`` reach this host on ``port``: on purpose, one port."""
     link, port, proto = marks.link_name(link), _port(port), _proto(proto)
+    guard(f"open port {port}/{proto} to {link}")
     _require(link)
     _nft("add", "element", FAMILY, link, f"open_{proto}", f"{{ {port} }}")
 
 
 def close_port(link: str, port: int, proto: str = "tcp") -> None:
     link, port, proto = marks.link_name(link), _port(port), _proto(proto)
+    guard(f"close port {port}/{proto} to {link}")
     _require(link)
     _nft("delete", "element", FAMILY, link, f"open_{proto}", f"{{ {port} }}")
 
@@ -154,6 +157,7 @@ def nat(link: str, subnet: str) -> None:
     (masquerade), as Docker's default bridge does. Refused unless LABHELPER_ALLOW_NAT=1 and the
     host already forwards IPv4 (a host setting the learner changes, not the lab)."""
     link = marks.link_name(link)
+    guard(f"let {link} reach the outside world")
     if os.environ.get(NAT_ENV) != "1":
         raise Refused(f"reaching the outside world is off: set {NAT_ENV}=1 to opt in (never in tests)")
     with open("/proc/sys/net/ipv4/ip_forward") as fh:

@@ -132,7 +132,7 @@ def _kind(msg) -> str:
     return "loopback" if msg["flags"] & 0x8 else "device"     # IFF_LOOPBACK
 
 
-def _read_links(r: rtnl.Rtnl) -> list[Link]:
+def read_links(r: rtnl.Rtnl) -> list[Link]:
     addrs: dict[int, list[str]] = {}
     for a in r.request("RTM_GETADDR", rtnl.ifaddrmsg, rtnl.RTM_GETADDR, DUMP):
         ip = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
@@ -151,12 +151,12 @@ def _read_links(r: rtnl.Rtnl) -> list[Link]:
 def links(where=None) -> list[Link]:
     """The interfaces of a lab namespace (None: of this host), read from the kernel."""
     with netns.rtnl_in(_where(where)) as r:
-        return _read_links(r)
+        return read_links(r)
 
 
 def addresses(where=None) -> list[Address]:
     with netns.rtnl_in(_where(where)) as r:
-        names = {link.index: link.name for link in _read_links(r)}
+        names = {link.index: link.name for link in read_links(r)}
         out = []
         for a in r.request("RTM_GETADDR", rtnl.ifaddrmsg, rtnl.RTM_GETADDR, DUMP):
             ip = a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS")
@@ -168,7 +168,7 @@ def addresses(where=None) -> list[Address]:
 _SCOPES = {0: "global", 200: "site", 253: "link", 254: "host"}
 
 
-def _routes(r: rtnl.Rtnl, names: dict[int, str]) -> list[Route]:
+def read_routes(r: rtnl.Rtnl, names: dict[int, str]) -> list[Route]:
     out = []
     for m in r.request("RTM_GETROUTE", rtnl.rtmsg, rtnl.RTM_GETROUTE, DUMP, {"family": socket.AF_INET}):
         if m.get_attr("RTA_TABLE") != 254 or m["type"] != 1:     # the main table's unicast routes, as `ip route`
@@ -182,7 +182,7 @@ def _routes(r: rtnl.Rtnl, names: dict[int, str]) -> list[Route]:
 def routes(where=None) -> list[Route]:
     """The IPv4 routes of the main table (what `ip route` shows)."""
     with netns.rtnl_in(_where(where)) as r:
-        return _routes(r, {link.index: link.name for link in _read_links(r)})
+        return read_routes(r, {link.index: link.name for link in read_links(r)})
 
 
 def route_to(where, destination: str) -> Route:
@@ -190,7 +190,7 @@ def route_to(where, destination: str) -> Route:
     through which gateway. A packet's path, asked of the kernel itself."""
     ip = ipaddress.ip_address(destination)
     with netns.rtnl_in(_where(where)) as r:
-        names = {link.index: link.name for link in _read_links(r)}
+        names = {link.index: link.name for link in read_links(r)}
         got = r.request("RTM_GETROUTE", rtnl.rtmsg, rtnl.RTM_GETROUTE, GET,
                         {"family": socket.AF_INET, "dst_len": 32}, [("RTA_DST", str(ip))],
                         {"to": str(ip)})
@@ -231,6 +231,7 @@ def veth(a: tuple, b: tuple, owner: str | None = None) -> tuple[str, str]:
     (wa, na), (wb, nb) = _end(*a), _end(*b)
     if (wa, na) == (wb, nb):
         raise Refused(f"both ends are {na!r} in {_shown(wa)}: a pair needs two names")
+    guard(f"create a veth pair {na} ({_shown(wa)}) - {nb} ({_shown(wb)})")
     for where, name in ((wa, na), (wb, nb)):
         if where is not None:
             netns.require(where)
@@ -310,7 +311,7 @@ def address(where, name: str, cidr: str) -> None:
     guard(f"add address {iface} to {name} in {_shown(where)}")
     with netns.rtnl_in(where) as r:
         idx = _index(r, name)
-        for link in _read_links(r):
+        for link in read_links(r):
             if any(ipaddress.ip_interface(a).ip == iface.ip for a in link.addresses):
                 raise Refused(f"{iface.ip} is in use in {_shown(where)} already (on {link.name})",
                               hint="each address once per namespace: choose another")
@@ -388,9 +389,9 @@ def _allocating():
 def _host_networks() -> list:
     nets = []
     with rtnl.Rtnl.here() as r:
-        for link in _read_links(r):
+        for link in read_links(r):
             nets += [ipaddress.ip_interface(a).network for a in link.addresses if ":" not in a]
-        nets += [ipaddress.ip_network(x.destination) for x in _routes(r, {}) if x.destination != "default"]
+        nets += [ipaddress.ip_network(x.destination) for x in read_routes(r, {}) if x.destination != "default"]
     return nets
 
 
@@ -408,6 +409,7 @@ def bridge(name, subnet: str | None = "auto", owner: str | None = None) -> str:
     the containers attached to it (as docker0 is 172.17.0.1/16). ``subnet="auto"`` picks a free
     /24 of LAB_POOL; None gives it no address. Guarded by its firewall table. Returns its name."""
     link = host_name(name)
+    guard(f"create the bridge {link}")
     _require_free(None, link)
     with _allocating():
         if subnet == "auto":
@@ -446,7 +448,7 @@ def subnet_of(bridge_name) -> ipaddress.IPv4Interface | None:
     """The bridge's own address (the gateway), with its subnet, read from the kernel."""
     link = host_name(bridge_name)
     with rtnl.Rtnl.here() as r:
-        for item in _read_links(r):
+        for item in read_links(r):
             if item.name == link:
                 v4 = [a for a in item.addresses if ":" not in a]
                 return ipaddress.ip_interface(v4[0]) if v4 else None
@@ -464,6 +466,7 @@ def attach(container, bridge_name, name: str = "eth0", cidr: str | None = "auto"
     inner = inner_name(name)
     link = host_name(bridge_name)
     port = marks.ifname(f"{link[len(marks.PREFIX):]}-{ns[len(marks.PREFIX):]}")
+    guard(f"attach {ns} to {link}")
     gw = subnet_of(link)
     netns.require(ns)
     _require_free(ns, inner)
@@ -520,7 +523,7 @@ def delete(name, the_ledger=None) -> None:
         with rtnl.Rtnl.here() as r:
             # A bridge's ports first: freed by the bridge's deletion, a port would stay on the host
             # unguarded (its table is the bridge's). Ours carry the mark; no other is touched.
-            found = {item.name: item for item in _read_links(r)}
+            found = {item.name: item for item in read_links(r)}
             if link in found and found[link].kind == "bridge":
                 for item in found.values():
                     if item.master == found[link].index and item.name.startswith(marks.PREFIX):

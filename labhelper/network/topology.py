@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from .. import marks
 from . import netns, rtnl
-from .links import Link, Route, _read_links, _routes
+from .links import Link, Route, read_links, read_routes
 from .rtnl import ACK
 
 __all__ = ["Space", "Cable", "Topology", "topology", "HOST"]
@@ -87,13 +87,13 @@ def topology(names=None) -> Topology:
                 conns[name] = netns.rtnl_in(name)
             except (OSError, LookupError):
                 fds.pop(name, None)           # removed meanwhile
-        all_links = {s: _read_links(r) for s, r in conns.items()}
+        all_links = {s: read_links(r) for s, r in conns.items()}
         spaces = []
         for s, r in conns.items():
             found = all_links[s]
             if s == HOST:
                 found = [x for x in found if x.name.startswith(marks.PREFIX)]
-            spaces.append(Space(s, tuple(found), tuple(_routes(r, {x.index: x.name for x in all_links[s]}))))
+            spaces.append(Space(s, tuple(found), tuple(read_routes(r, {x.index: x.name for x in all_links[s]}))))
         # nsid tables: in space s, which number names space t
         nsids = {s: {} for s in conns}
         for s, r in conns.items():

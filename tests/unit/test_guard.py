@@ -7,10 +7,11 @@ A new state-changing function is one line in CALLS; a new kind of object needs n
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
-from labhelper import cleanup, host, marks, mounts, registry, syscalls
+from labhelper import cleanup, host, marks, mounts, network, registry, syscalls
 from labhelper.cleanup.inventory import function_of
 from labhelper.errors import NotDisposableError
 from labhelper.teach import lab
@@ -21,7 +22,7 @@ LAB = "/run/labhelper/guard-test"
 SAMPLE = {"process": marks.Obj("process", "4194303", ident=1), "mount": marks.Obj("mount", f"{LAB}/m"),
           "link": marks.Obj("link", "lh-guard"), "netns": marks.Obj("netns", "lh-guard"),
           "cgroup": marks.Obj("cgroup", "/sys/fs/cgroup/unified/labhelper/guard"),
-          "dir": marks.Obj("dir", f"{LAB}/d")}
+          "dir": marks.Obj("dir", f"{LAB}/d"), "firewall": marks.Obj("firewall", "lh-guard")}
 
 
 def _one_object_census(*args, **kwargs):
@@ -42,6 +43,20 @@ CALLS = {
     "cleanup.execute": lambda led: cleanup.execute([cleanup.Action("unmount", SAMPLE["mount"])], led),
     "cleanup.cleanup": lambda led: cleanup.cleanup(),
     "lab.reset": lambda led: lab.reset(),
+    "network.create": lambda led: network.create("guard"),
+    "network.remove_ns": lambda led: network.remove_ns("guard"),
+    "network.veth": lambda led: network.veth((None, "guard1"), (None, "guard2")),
+    "network.bridge": lambda led: network.bridge("guard"),
+    "network.attach": lambda led: network.attach("guard", "guard"),
+    "network.up": lambda led: network.up(None, "guard"),
+    "network.down": lambda led: network.down(None, "guard"),
+    "network.add_address": lambda led: network.add_address(None, "guard", "10.213.0.1/24"),
+    "network.route": lambda led: network.route(None, "10.213.0.0/24", dev="guard"),
+    "network.delete_link": lambda led: network.delete_link("guard"),
+    "network.firewall.create": lambda led: network.firewall.create("lh-guard"),
+    "network.open_port": lambda led: network.open_port("lh-guard", 8888),
+    "network.close_port": lambda led: network.close_port("lh-guard", 8888),
+    "network.nat": lambda led: network.nat("lh-guard", "10.213.0.0/24"),
 }
 
 
@@ -59,6 +74,18 @@ def not_disposable(monkeypatch, tmp_path):
         monkeypatch.setattr(syscalls, name, lambda *a, _n=name, **k: made.append(_n))
     for name in ("mkdir", "rmdir", "unlink", "makedirs", "kill", "replace"):
         monkeypatch.setattr(os, name, lambda *a, _n=name, **k: made.append(_n))
+    # The network's changes: netlink requests that make or delete (reads go through), the
+    # helper's requests (a new namespace), and programs run (nft).
+    real_request = network.rtnl.Rtnl.request
+
+    def request(self, what, *args, **kwargs):
+        if what.startswith(("RTM_NEW", "RTM_DEL")):
+            made.append(what)
+            return []
+        return real_request(self, what, *args, **kwargs)
+    monkeypatch.setattr(network.rtnl.Rtnl, "request", request)
+    monkeypatch.setattr(network.netns._helper, "call", lambda *a, **k: made.append("helper"))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: made.append("subprocess.run"))
     return registry.Ledger(ledger_dir), made, ledger_dir
 
 

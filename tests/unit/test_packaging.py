@@ -67,3 +67,22 @@ def test_channels():
 def test_console_script():
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert data["project"]["scripts"]["labhelper"] == "labhelper.cli:main"
+
+
+def _spec(text: str, name: str) -> str:
+    for line in text.splitlines():
+        m = re.match(rf'^\s*(?:- |")({name}[^"#]*)', line)
+        if m:
+            return m.group(1).replace(" ", "").rstrip('",')
+    raise AssertionError(f"{name} is not listed")
+
+
+def test_pyroute2_pinned_alike_and_installed_within_the_pin():
+    # Chapter 04 relies on pyroute2 0.9's message classes; Debian's packaged 0.7 has another API.
+    # Both files pin the same range, and the venv's pyroute2 is inside it.
+    from importlib.metadata import version
+    py = _spec((ROOT / "pyproject.toml").read_text(), "pyroute2")
+    conda = _spec((ROOT / "environment.yml").read_text(), "pyroute2")
+    assert py == conda == "pyroute2>=0.9.7,<0.10"
+    major, minor, *_ = (int(x) for x in version("pyroute2").split(".")[:3])
+    assert (major, minor) == (0, 9)
