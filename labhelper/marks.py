@@ -136,8 +136,12 @@ def ifname(name: str) -> str:
     give two interfaces, and the same name always gives the same interface."""
     if not isinstance(name, str) or not name:
         raise Refused(f"an interface needs a non-empty name, not {name!r}")
-    if not all(c.isascii() and (c.isalnum() or c in "-_.") for c in name):
-        raise Refused(f"interface name {printable(name)!r}: use letters, digits, '-', '_' and '.' only")
+    if not all(c.isascii() and (c.isalnum() or c in "-_.") for c in name) or not (name[0].isalnum() or name[0] == "_"):
+        raise Refused(f"interface name {printable(name)!r}: use letters, digits, '-', '_' and '.' only, "
+                      "starting with a letter, a digit or '_'")
+    if len(name.encode()) > NAME_MAX:
+        raise Refused(f"interface name of {len(name.encode())} bytes: at most {NAME_MAX} (longer than "
+                      f"{IFNAME_MAX - len(PREFIX)} is hashed to fit)")
     full = PREFIX + name
     if len(full.encode()) <= IFNAME_MAX:
         return full

@@ -4,11 +4,14 @@ Deliberately written without labhelper, so a bug in labhelper's own census canno
 mounts under the lab folders (and overlays whose upperdir is there), cgroup folders under a
 ``labhelper`` cgroup in every mounted hierarchy, /run/netns/lh-*, links named lh-*, processes
 in a lab cgroup or with their root in a lab folder, fds on /dev/kvm or kvm anon inodes held by
-processes other than the test runner, and ledger records.
+processes other than the test runner, nftables tables inet lh-* (the lab's firewall), and
+ledger records.
 """
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 
 LAB_DIRS = ("/var/lib/labhelper", "/run/labhelper")
 
@@ -23,6 +26,16 @@ def _read(path: str) -> str:
             return fh.read()
     except OSError:
         return ""
+
+
+def _nft_tables() -> list[str]:
+    """Tables of family inet named lh-*, as `nft list tables` prints them (no nft: none)."""
+    nft = shutil.which("nft") or ("/usr/sbin/nft" if os.path.exists("/usr/sbin/nft") else None)
+    if nft is None:
+        return []
+    out = subprocess.run([nft, "list", "tables", "inet"], capture_output=True, text=True).stdout
+    return [line.split()[2] for line in out.splitlines()
+            if line.startswith("table inet ") and line.split()[2].startswith("lh-")]
 
 
 def take() -> frozenset[tuple[str, str]]:
@@ -49,6 +62,8 @@ def take() -> frozenset[tuple[str, str]]:
     for name in os.listdir("/sys/class/net"):
         if name.startswith("lh-"):
             found.add(("link", name))
+    for name in _nft_tables():
+        found.add(("firewall", name))
     for pid in (p for p in os.listdir("/proc") if p.isdigit()):
         stat = _read(f"/proc/{pid}/stat")
         if stat[stat.rfind(")") + 2:][:1] == "Z":

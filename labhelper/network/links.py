@@ -57,9 +57,9 @@ def inner_name(name) -> str:
     """An interface name inside a lab namespace: 1 to 15 bytes of letters, digits, '-', '_', '.'
     (the kernel's dev_valid_name also refuses '/', ':' and spaces; '.' and '..' are folder names)."""
     if not isinstance(name, str) or name in _INVALID_IFNAMES or not 0 < len(name.encode()) <= marks.IFNAME_MAX \
-            or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in name):
+            or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in name) or name[0] in "-.":
         raise Refused(f"{marks.printable(str(name))!r} is not an interface name: 1 to {marks.IFNAME_MAX} bytes "
-                      "of letters, digits, '-', '_' and '.'")
+                      "of letters, digits, '-', '_' and '.', not starting with '-' or '.'")
     return name
 
 
@@ -140,10 +140,13 @@ def read_links(r: rtnl.Rtnl) -> list[Link]:
     found = []
     for m in r.request("RTM_GETLINK", rtnl.ifinfmsg, rtnl.RTM_GETLINK, DUMP):
         peer = m.get_attr("IFLA_LINK")
+        nsid = m.get_attr("IFLA_LINK_NETNSID")
+        if peer == m["index"] and nsid is None:
+            peer = None                       # some devices name themselves: no other end
         found.append(Link(m.get_attr("IFLA_IFNAME"), m["index"], _kind(m), bool(m["flags"] & rtnl.IFF_UP),
                           m.get_attr("IFLA_OPERSTATE") or "UNKNOWN", m.get_attr("IFLA_ADDRESS") or "",
                           m.get_attr("IFLA_MTU") or 0, m.get_attr("IFLA_MASTER"),
-                          peer if peer and peer != m["index"] else None, m.get_attr("IFLA_LINK_NETNSID"),
+                          peer or None, nsid,
                           tuple(addrs.get(m["index"], ()))))
     return sorted(found, key=lambda link: link.index)
 
@@ -445,8 +448,13 @@ def bridge(name, subnet: str | None = "auto", owner: str | None = None) -> str:
 
 
 def subnet_of(bridge_name) -> ipaddress.IPv4Interface | None:
-    """The bridge's own address (the gateway), with its subnet, read from the kernel."""
+    """The bridge's own address (the gateway), with its subnet, read from the kernel. Only a
+    bridge the lab made (its record says so) is one containers may be attached to."""
     link = host_name(bridge_name)
+    record = ledger().find("link", link)
+    if record is None or not record.data.get("bridge"):
+        raise Refused(f"{link!r} is not a bridge the lab made (the ledger has no record of it)",
+                      hint="make one with network.bridge(...)")
     with rtnl.Rtnl.here() as r:
         for item in read_links(r):
             if item.name == link:
