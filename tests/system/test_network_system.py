@@ -247,7 +247,7 @@ def test_r3_a_link_name_in_use_and_a_bridge_not_ours(uid):
             network.attach(c, f"f{uid}")
         network.remove_ns(c)
         assert os.path.exists(f"/sys/class/net/lh-f{uid}")                 # the foreign bridge is intact
-        assert census.diff(before, census.take()) == f"+ link lh-f{uid}"    # and nothing of ours was left
+        assert census.diff(before, census.take()).strip() == f"+ link lh-f{uid}"    # nothing of ours is left
     finally:
         sh(f"ip link del lh-f{uid}")
     assert census.diff(before, census.take()) == ""
