@@ -20,7 +20,7 @@ from ..errors import Refused, RequirementError
 from .chapters import CHAPTERS
 
 __all__ = ["Diagram", "digraph", "course_map", "layers_diagram", "LAYER_PATHS", "hypervisor_types",
-           "nesting", "exit_round_trip", "emulated_vs_paravirtual", "namespaces_diagram"]
+           "nesting", "exit_round_trip", "emulated_vs_paravirtual", "namespaces_diagram", "network_diagram"]
 
 
 @dataclass
@@ -307,3 +307,36 @@ def namespaces_diagram(processes: dict[str, dict[str, int]]) -> Diagram:
             edges.append((f"p:{label}", node, {"color": colours[label]}))
         clusters[t] = (t, members)
     return digraph("processes and their namespaces", nodes, edges, rankdir="TB", clusters=clusters)
+
+
+def network_diagram(topology, show_loopback: bool = False) -> Diagram:
+    """The lab's network as the kernel has it (``network.topology()``): one dashed box per
+    namespace with its interfaces (name, addresses, up or down), a thick line per veth pair (a
+    cable), and a dotted line from each bridge port to its bridge (a switch's socket)."""
+    nodes, edges, clusters = {}, [], {}
+    for space in topology.spaces:
+        members = []
+        for link in space.links:
+            if link.kind == "loopback" and not show_loopback:
+                continue
+            node = f"{space.name}/{link.name}"
+            addresses = [a for a in link.addresses if ":" not in a]            # IPv4: what the chapter uses
+            label = "\n".join([f"{link.name} ({link.kind})", *addresses, "up" if link.up else "down"])
+            nodes[node] = {"label": label, "fillcolor": ("#dafbe1" if link.up else "#eaeef2"),
+                           "shape": "box" if link.kind != "bridge" else "component", "fontsize": "10"}
+            members.append(node)
+        if not members:
+            node = f"{space.name}/(empty)"
+            nodes[node] = {"label": "lo only" if not show_loopback else "no interface", "shape": "plaintext"}
+            members.append(node)
+        label = "this host" if space.name == "host" else f"netns {space.name}"
+        clusters[space.name] = (label, members)
+        by_index = {link.index: link.name for link in space.links}
+        for link in space.links:
+            if link.master and link.master in by_index:
+                edges.append((f"{space.name}/{link.name}", f"{space.name}/{by_index[link.master]}",
+                              {"dir": "none", "style": "dotted", "label": "port"}))
+    for cable in topology.cables:
+        edges.append((f"{cable.a[0]}/{cable.a[1]}", f"{cable.b[0]}/{cable.b[1]}",
+                      {"dir": "none", "penwidth": "3", "color": "#0969da", "label": "veth"}))
+    return digraph("the lab's network", nodes, edges, rankdir="LR", clusters=clusters)
