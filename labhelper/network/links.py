@@ -198,8 +198,10 @@ def route_to(where, destination: str) -> Route:
                         {"family": socket.AF_INET, "dst_len": 32}, [("RTA_DST", str(ip))],
                         {"to": str(ip)})
     m = got[0]
-    scope = "host" if m["type"] == 2 else _SCOPES.get(m["scope"], str(m["scope"]))
-    return Route(str(ip), m.get_attr("RTA_GATEWAY"), names.get(m.get_attr("RTA_OIF")), scope)
+    via = m.get_attr("RTA_GATEWAY")
+    # where the packet goes: to this host itself (a local address), straight on the link, or to a gateway
+    scope = "host" if m["type"] == 2 else ("global" if via else "link")
+    return Route(str(ip), via, names.get(m.get_attr("RTA_OIF")), scope)
 
 
 def _index(r: rtnl.Rtnl, name: str) -> int:

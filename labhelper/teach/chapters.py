@@ -45,7 +45,7 @@ CHAPTERS: tuple[Chapter, ...] = (
     Chapter("03", "namespaces", "The eight namespaces made and observed; PID 1; propagation; docker exec",
             "Docker's kernel features", (*_LIVE, "namespaces", "userns")),
     Chapter("04", "network-namespaces", "An empty network stack; veth, a bridge, two containers talking",
-            "Docker's kernel features", (*_LIVE, "namespaces")),
+            "Docker's kernel features", (*_LIVE, "namespaces", "nft", "ping")),
     Chapter("05", "cgroups", "Memory (OOM), CPU quota, pids (fork bomb), I/O; v1 and v2",
             "Docker's kernel features", (*_LIVE, "cgroups")),
     Chapter("06", "union-filesystems", "overlayfs, copy-up, whiteouts; image layers; docker diff",
