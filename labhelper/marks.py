@@ -213,20 +213,29 @@ def open_lab_dir(path: str, allowed: tuple[str, ...] | None = None, create: bool
     if root is None:
         raise Refused(f"refusing to open {path!r}: labhelper works only below {' or '.join(allowed)}")
     parts = [p for p in os.path.relpath(os.path.normpath(path), root).split("/") if p not in ("", ".")]
-    if create:
+    try:
+        fd = open_step(None, root, root)
+    except FileNotFoundError:
+        if not create:
+            raise
         os.makedirs(root, mode=0o755, exist_ok=True)
-    fd = open_step(None, root, root)
+        fd = open_step(None, root, root)
     where = root
     try:
         for part in parts:
-            if create:
+            # Open first, make only what is missing: a folder that exists costs one call.
+            try:
+                sub = open_step(fd, part, os.path.join(where, part))
+            except FileNotFoundError:
+                if not create:
+                    raise
                 try:
                     os.mkdir(part, mode, dir_fd=fd)
                     if made is not None:
                         made.append(os.path.join(where, part))
                 except FileExistsError:
-                    pass
-            sub = open_step(fd, part, os.path.join(where, part))
+                    pass                       # made meanwhile by another process
+                sub = open_step(fd, part, os.path.join(where, part))
             os.close(fd)
             fd, where = sub, os.path.join(where, part)
     except BaseException:

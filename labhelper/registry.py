@@ -23,6 +23,7 @@ tests kill the creator at exactly that point (R1 in docs/reliability.md).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -39,6 +40,7 @@ from .process import is_same_process, lifetime_pid
 
 __all__ = ["Record", "Ledger", "ledger", "guard", "default_owner", "fault_point", "LEDGER_DIR"]
 
+_DURABLE_KINDS = ("dir",)      # objects that survive a reboot: their records are fsync'ed
 LEDGER_DIR = Path(os.environ.get("LABHELPER_LEDGER", "/run/labhelper/ledger"))
 _KIND_NAMES = tuple(k.name for k in marks.KINDS)   # what a record may be (marks.KINDS)
 
@@ -49,6 +51,20 @@ def guard(action: str) -> None:
     primitives that change kernel state without a record of their own (e.g. mounts.remove_tree).
     """
     host.guard(action)
+
+
+_own_start: dict[int, int | None] = {}
+
+
+def _start_time(pid: int) -> int | None:
+    # A process's start time never changes, and this process's pid names it as long as it runs:
+    # read /proc/self/stat once, not at every record (a notebook writes many).
+    if pid != os.getpid():
+        return start_time(pid)
+    if pid not in _own_start:
+        _own_start.clear()                      # a forked child has another pid: drop the parent's
+        _own_start[pid] = start_time(pid)
+    return _own_start[pid]
 
 
 def default_owner() -> str:
@@ -149,35 +165,63 @@ class Ledger:
         name = marks.kind(kind).valid(name)
         self.guard(f"create {kind} {name!r}")
         pid = lifetime_pid() if pid is None else pid
-        record = Record(kind, name, owner or default_owner(), pid, start_time(pid), time.time(), dict(data or {}))
-        tmp = f".{record.key}.{os.getpid()}.tmp"
+        record = Record(kind, name, owner or default_owner(), pid, _start_time(pid), time.time(), dict(data or {}))
+        text = json.dumps(asdict(record), sort_keys=True).encode()
         try:
             with self._folder(create=True) as folder:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                             dir_fd=folder)
-                try:
-                    with os.fdopen(fd, "w") as fh:
-                        json.dump(asdict(record), fh, sort_keys=True)
-                        fh.flush()
-                        os.fsync(fh.fileno())
-                    # Atomic, and only if no record has this name: link(2) refuses an existing
-                    # name. A reader sees the whole record or none, even after SIGKILL mid-write;
-                    # a second create of an object in use leaves the first one's record intact.
-                    try:
-                        os.link(tmp, record.key, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
-                    except FileExistsError:
-                        raise Refused(f"{kind} {name!r} is in use: the ledger has a record of it already",
-                                      hint="remove the existing one first (`labhelper cleanup` removes what "
-                                           "is left of an earlier run), or choose another name") from None
-                finally:
-                    try:
-                        os.unlink(tmp, dir_fd=folder)
-                    except FileNotFoundError:
-                        pass
-        except OSError as exc:
+                self._write_new(folder, record.key, text, durable=kind in _DURABLE_KINDS)
+        except _RecordExists:
+            raise Refused(f"{kind} {name!r} is in use: the ledger has a record of it already",
+                          hint="remove the existing one first (`labhelper cleanup` removes what "
+                               "is left of an earlier run), or choose another name") from None
+        except (OSError, LabError) as exc:
+            if isinstance(exc, (Refused, LedgerError)):
+                raise
             raise LedgerError(f"cannot write the ledger at {self.root}: {exc}",
                               hint="labhelper needs root to write /run/labhelper") from exc
         return record
+
+    def _write_new(self, folder: int, key: str, text: bytes, durable: bool) -> None:
+        """Write the file ``key`` in ``folder`` whole, or not at all, and only if it is new.
+
+        The bytes go into a file with no name first (O_TMPFILE), which is then given its name
+        with link(2): a reader sees the whole record or none, even after a SIGKILL mid-write, and
+        a writer killed before the link leaves nothing behind. link(2) refuses an existing name,
+        so a second create of an object in use leaves the first one's record intact. (Where the
+        filesystem has no O_TMPFILE, a named temporary file does the same, in three steps.)"""
+        try:
+            fd = os.open(".", os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o600, dir_fd=folder)
+            tmp = None
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+            tmp = f".{key}.{os.getpid()}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=folder)
+        try:
+            view = memoryview(text)
+            while view:
+                view = view[os.write(fd, view):]
+            # A record must outlive its writer (a SIGKILL): the page cache does that. It must
+            # outlive the machine only where the object does: kernel objects (mounts, links,
+            # namespaces, cgroups, processes) die with the kernel, files on disk do not. So only
+            # those records wait for the disk.
+            if durable:
+                os.fsync(fd)
+            try:
+                if tmp is None:
+                    os.link(f"/proc/self/fd/{fd}", key, dst_dir_fd=folder, follow_symlinks=True)
+                else:
+                    os.link(tmp, key, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
+            except FileExistsError:
+                raise _RecordExists(key) from None
+        finally:
+            os.close(fd)
+            if tmp is not None:
+                try:
+                    os.unlink(tmp, dir_fd=folder)
+                except FileNotFoundError:
+                    pass
 
     def remove(self, kind: str, name: str) -> None:
         """Forget ``kind``/``name`` (idempotent). Call it right after the object is gone."""
@@ -358,6 +402,10 @@ class Ledger:
 
     def find(self, kind: str, name: str) -> Record | None:
         return next((r for r in self.records() if r.kind == kind and r.name == name), None)
+
+
+class _RecordExists(Exception):
+    """A record of that name is in the ledger already (link(2) said EEXIST)."""
 
 
 class _NotARecord(Exception):

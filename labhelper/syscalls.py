@@ -164,6 +164,26 @@ def umount2(target: str | os.PathLike, flags: UmountFlags | int = 0) -> None:
           {"target": os.fspath(target), "flags": flags})
 
 
+_AT_EMPTY_PATH = 0x1000          # include/uapi/linux/fcntl.h
+_STATX_MNT_ID = 0x1000           # include/uapi/linux/stat.h (Linux 5.8)
+_STX_MNT_ID_OFFSET = 0x90        # struct statx: __u64 stx_mnt_id, after the timestamps and devices
+
+
+def statx_mount_id(fd: int) -> int | None:
+    """The id of the mount ``fd`` lies on, from statx(2) (one call, no /proc read), or None where
+    the kernel or libc cannot say (before Linux 5.8 or glibc 2.28)."""
+    statx = getattr(_libc, "statx", None)
+    if statx is None:
+        return None
+    buf = ctypes.create_string_buffer(256)               # sizeof(struct statx)
+    if statx(ctypes.c_int(fd), b"", ctypes.c_int(_AT_EMPTY_PATH), ctypes.c_uint(_STATX_MNT_ID), buf) != 0:
+        return None
+    mask = int.from_bytes(buf.raw[0:4], sys.byteorder)   # stx_mask: what the kernel filled in
+    if not mask & _STATX_MNT_ID:
+        return None
+    return int.from_bytes(buf.raw[_STX_MNT_ID_OFFSET:_STX_MNT_ID_OFFSET + 8], sys.byteorder)
+
+
 def pivot_root(new_root: str | os.PathLike, put_old: str | os.PathLike) -> None:
     """pivot_root(2) has no glibc wrapper: it is called by number."""
     nr = syscall_number("pivot_root")

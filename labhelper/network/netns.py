@@ -99,7 +99,7 @@ def _serve(fd: int) -> None:
         out: list[int] = []
         try:
             if op == "create":
-                out = [_make(args[0], home)]
+                _make(args[0], home)
                 value = None
             elif op == "socket":
                 out = [_socket_in(fds[0], home, *args)]
@@ -133,11 +133,17 @@ def _shared_netns_dir() -> None:
         syscalls.mount("none", marks.NETNS_DIR, None, MountFlags.MS_SHARED | MountFlags.MS_REC)
 
 
-def _make(name: str, home: int) -> int:
-    """In the helper: a new network namespace kept at /run/netns/NAME; returns an rtnetlink
-    socket made inside it. The helper is back in its own namespace afterwards, success or not."""
+_prepared = False
+
+
+def _make(name: str, home: int) -> None:
+    """In the helper: a new network namespace kept at /run/netns/NAME. The helper is back in its
+    own namespace afterwards, success or not."""
+    global _prepared
     path = os.path.join(marks.NETNS_DIR, name)
-    _shared_netns_dir()
+    if not _prepared:                         # once per helper: a recursive propagation change
+        _shared_netns_dir()                   # walks every mount below /run/netns
+        _prepared = True
     # O_EXCL: the name is claimed atomically; a namespace of that name (ours or anyone's) is left alone.
     try:
         os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
@@ -151,7 +157,6 @@ def _make(name: str, home: int) -> int:
         # thread-self, not self: the nsfs file of *this thread's* namespace (the helper has one thread).
         syscalls.mount("/proc/thread-self/ns/net", path, None, MountFlags.MS_BIND)
         mounted = True
-        return rtnl.new_socket().detach()
     except BaseException:
         if mounted:
             syscalls.umount2(path, UmountFlags.MNT_DETACH)
@@ -245,21 +250,19 @@ def create(name, owner: str | None = None) -> str:
     the helper (unshare + bind mount, as `ip netns add`). Returns its full name."""
     full = full_name(name)
     with ledger().creating("netns", full, owner):
-        sock = _create(full)
-        os.close(sock)
+        _create(full)
     fault_point("netns")
     return full
 
 
-def _create(full: str) -> int:
-    """Make it; return an rtnetlink socket fd inside it. Interrupted after the helper made it,
-    the namespace is removed again before the interrupt goes on."""
+def _create(full: str) -> None:
+    """Make it. Interrupted after the helper made it, the namespace is removed again before the
+    interrupt goes on."""
     try:
-        _, fds = _helper.call("create", full)
+        _helper.call("create", full)
     except KeyboardInterrupt:
         _unmake(full)
         raise
-    return fds[0]
 
 
 def _unmake(full: str) -> None:

@@ -61,3 +61,14 @@ def test_foundation_prints_its_ratio():
     assert r.returncode == 0, r.stderr
     assert re.search(r"process\.run_in_child\(int\) +\d+us +\d+\.\d+ <= 2\.0", r.stdout), r.stdout
     assert "heavy modules imported by `import labhelper.cli`: [] " in r.stdout, r.stdout
+
+
+def test_network_benchmark_compares_with_ip_in_the_same_run():
+    capabilities.need("ip", "the benchmark's peer is iproute2's ip")
+    r = bench("network.py", "--rounds", "2", "--per-round", "4")
+    assert r.returncode in (0, 1), r.stderr                      # 1: a goal missed, not a broken script
+    rows = r.stdout.splitlines()[1:]
+    judged = [row for row in rows if row.endswith((" ok", " OVER"))]
+    assert len(judged) == 2 and all(re.search(rf" {RATIO} <= 1\.[25]x (ok|OVER)$", row) for row in judged), r.stdout
+    assert sum(" ip -batch: " in row for row in rows) == 2 and any("(shown)" in row for row in rows), r.stdout
+    assert any(row.endswith("OVER") for row in judged) == (r.returncode == 1), r.stdout

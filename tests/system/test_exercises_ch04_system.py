@@ -1,6 +1,7 @@
 """Chapter 04's exercise checks, each with a right and a wrong answer, on the real kernel."""
 from __future__ import annotations
 
+import capabilities
 import pytest
 
 from labhelper import cleanup, network
@@ -9,6 +10,8 @@ from labhelper.exercises import ch04
 
 @pytest.fixture
 def owner(uid, monkeypatch):
+    for program in ("ip", "nft", "ping"):
+        capabilities.need(program)
     name = f"ch04test-{uid}"
     monkeypatch.setenv("LABHELPER_OWNER", name)
     yield name

@@ -16,6 +16,7 @@ import sys
 import time
 
 import census
+import capabilities
 import pytest
 from systest import labhelper_cli, sh
 
@@ -28,6 +29,8 @@ pytestmark = pytest.mark.usefixtures("owner")
 @pytest.fixture
 def owner(uid, monkeypatch):
     """This test's owner; what it made is removed at the end (and must be all it made)."""
+    for program in ("ip", "nft", "ping"):
+        capabilities.need(program)
     name = f"nettest-{uid}"
     monkeypatch.setenv("LABHELPER_OWNER", name)
     yield name

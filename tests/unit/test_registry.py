@@ -79,18 +79,20 @@ _KILLED_MID_WRITE = """
 import json, os, signal, sys
 from labhelper import registry
 led = registry.Ledger(sys.argv[1])
-def half_then_die(obj, fh, **kw):
-    fh.write(json.dumps(obj)[:25]); fh.flush()          # half a record on disk...
+real_write = os.write
+def half_then_die(fd, data):
+    real_write(fd, bytes(data)[:25])                    # half a record on disk...
     os.kill(os.getpid(), signal.SIGKILL)                # ...and the writer dies (a kernel restart)
-json.dump = half_then_die
+os.write = half_then_die
 led.add("netns", "lh-a", owner=sys.argv[2])
 """
 
 
 @pytest.mark.parametrize("earlier", [False, True])
 def test_a_writer_killed_mid_write_leaves_a_whole_record_or_none(led, earlier):
-    # The record goes to a temporary file that is renamed into place: a reader sees the old
-    # record or the new one, never half of one. (Written in place, this leaves half a record.)
+    # The record goes to a file with no name (O_TMPFILE) that is linked into place once whole: a
+    # reader sees the old record or the new one, never half of one, and no temporary file is
+    # left. (Written in place, this leaves half a record.)
     if earlier:
         led.add("netns", "lh-a", owner="first")
     p = subprocess.run([sys.executable, "-c", _KILLED_MID_WRITE, str(led.root), "second"],
@@ -99,6 +101,7 @@ def test_a_writer_killed_mid_write_leaves_a_whole_record_or_none(led, earlier):
     records = led.records()
     assert led.problems == [], led.problems          # no half record anywhere
     assert [r.owner for r in records] == (["first"] if earlier else [])
+    assert sorted(os.listdir(led.root)) == sorted(r.key for r in records)   # no temporary file left
 
 
 def test_unwritable_ledger_gives_clear_error(tmp_path):
