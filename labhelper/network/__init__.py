@@ -10,7 +10,7 @@ The parts, from the floor up (each file says more):
                 enters a namespace), and sockets made inside one;
 * ``firewall``  an nftables table per host interface of ours (R16);
 * ``links``     veth pairs (each end born in its namespace), bridges, addresses, routes;
-* ``topology``  all of it read back from the kernel, for the diagram.
+* ``readback``  all of it read back from the kernel (``topology()``), for the diagram.
 
 Lab objects (marks.KINDS): "link" (host interfaces lh-*), "netns" (/run/netns/lh-*) and
 "firewall" (nftables tables inet lh-*), with their census finders and removers here. Links go
@@ -22,25 +22,39 @@ inside it; code that must *run* inside one (ping, a server) runs in a forked chi
 """
 from __future__ import annotations
 
+import importlib
 import os
-import socket as _socket
 import subprocess
 
-from .. import marks
+from .. import marks, syscalls
 from ..errors import Refused
 from ..flags import CloneFlags
 from ..process import run_in_child
-from .. import syscalls
-from . import firewall, links, netns, rtnl, topology as _topology
-from .firewall import close_port, nat, open_port
-from .links import (LAB_POOL, Address, Link, Route, addresses, attach, bridge, down, free_subnet, host_name,
-                    route, route_to, routes, up, veth)
-from .links import address as add_address
-from .links import delete as delete_link
-from .links import links as list_links
-from .netns import create, full_name, names, require, socket_in
-from .netns import remove as remove_ns
-from .topology import Cable, Space, Topology, topology
+
+# pyroute2 takes 0.1 s to import, and `labhelper census` and `cleanup` must start fast: the parts
+# that use it (rtnl, links, topology) are imported on first use of one of their names (PEP 562).
+_LAZY = {
+    "firewall": None, "links": None, "netns": None, "rtnl": None, "readback": None, "topology": "readback",
+    "open_port": "firewall", "close_port": "firewall", "nat": "firewall",
+    "create": "netns", "names": "netns", "full_name": "netns", "require": "netns", "socket_in": "netns",
+    "remove_ns": ("netns", "remove"),
+    "LAB_POOL": "links", "Address": "links", "Link": "links", "Route": "links", "addresses": "links",
+    "attach": "links", "bridge": "links", "down": "links", "free_subnet": "links", "host_name": "links",
+    "route": "links", "route_to": "links", "routes": "links", "up": "links", "veth": "links",
+    "add_address": ("links", "address"), "delete_link": ("links", "delete"), "list_links": ("links", "links"),
+    "Cable": "readback", "Space": "readback", "Topology": "readback",
+}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'labhelper.network' has no attribute {name!r}")
+    where = _LAZY[name]
+    if where is None:
+        return importlib.import_module(f"{__name__}.{name}")
+    module, attr = (where, name) if isinstance(where, str) else where
+    return getattr(importlib.import_module(f"{__name__}.{module}"), attr)
+
 
 __all__ = [
     # namespaces
@@ -54,7 +68,7 @@ __all__ = [
     "topology", "Topology", "Space", "Cable",
     # census and cleanup
     "find_links", "remove_link", "find_netns", "remove_netns", "find_firewalls", "remove_firewall",
-    "firewall", "links", "netns", "rtnl",
+    "firewall", "links", "netns", "rtnl", "readback",
 ]
 
 
@@ -69,6 +83,7 @@ def _enter_and_run(fd: int, fn, args, kwargs):
 def run_in(name, fn, *args, timeout: float | None = 30.0, **kwargs):
     """Run ``fn(*args, **kwargs)`` inside the namespace ``name``, in a forked child (it joins with
     setns; this process stays where it is). Returns fn's value (it must pickle)."""
+    from . import netns
     fd = netns.open_ns(name)
     try:
         return run_in_child(_enter_and_run, fd, fn, args, kwargs, keep_fds=(fd,), timeout=timeout)
@@ -109,6 +124,7 @@ def find_links(scan: marks.Scan) -> list[marks.Obj]:
 def remove_link(obj: marks.Obj, ledger) -> None:
     """Delete one host interface of ours (idempotent: gone already is fine)."""
     _require_mark(obj.name)
+    from . import links
     links.delete(obj.name, ledger)
 
 
@@ -125,6 +141,7 @@ def remove_netns(obj: marks.Obj, ledger) -> None:
     """Remove one named network namespace of ours: unmount its nsfs bind mount, then the file.
     The namespace itself is freed by the kernel once no process, socket or mount holds it."""
     _require_mark(obj.name)
+    from . import netns
     netns.remove(obj.name, ledger)
 
 
@@ -133,11 +150,13 @@ def find_firewalls(scan: marks.Scan) -> list[marks.Obj]:
     of this machine itself lists them (not one of a fake tree)."""
     if not scan.live:
         return []
+    from . import firewall
     return [marks.Obj("firewall", t, "nftables table inet") for t in firewall.tables()]
 
 
 def remove_firewall(obj: marks.Obj, ledger) -> None:
     _require_mark(obj.name)
+    from . import firewall
     firewall.remove(obj.name, ledger)
 
 
@@ -146,4 +165,3 @@ def _require_mark(name: str) -> None:
         raise Refused(f"refusing to remove {name!r}: labhelper removes only its own ({marks.PREFIX}*)")
 
 
-del _socket, _topology

@@ -34,7 +34,6 @@ from ..flags import CloneFlags, MountFlags, UmountFlags
 from ..mounts import detach
 from ..process import Child, spawn
 from ..registry import fault_point, ledger
-from . import rtnl
 
 __all__ = ["full_name", "create", "remove", "exists", "names", "require", "open_ns", "socket_in", "rtnl_in"]
 
@@ -293,8 +292,9 @@ def socket_in(name, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM
     return socket.socket(fileno=fds[0])
 
 
-def rtnl_in(name) -> rtnl.Rtnl:
-    """An rtnetlink conversation with the namespace ``name`` (None: this process's own)."""
+def rtnl_in(name):
+    """An rtnetlink conversation (rtnl.Rtnl) with the namespace ``name`` (None: this process's own)."""
+    from . import rtnl          # pyroute2: only when a conversation is needed (census never does)
     if name is None:
         return rtnl.Rtnl.here("host")
     sock = socket_in(name, socket.AF_NETLINK, socket.SOCK_RAW, rtnl.NETLINK_ROUTE)
