@@ -420,3 +420,19 @@ def test_the_helper_ends_with_its_parent_and_survives_an_interrupt(uid):
             break
         time.sleep(0.05)
     assert not os.path.exists(f"/proc/{helper}")
+
+
+def test_r16_a_host_end_of_a_veth_is_guarded_too(uid, listener):
+    # Without a bridge: one end on the host (lh-...), with an address; the other in the container.
+    c = network.create(f"c{uid}")
+    host_end, _ = network.veth((None, f"h{uid}"), (c, "eth0"))
+    assert host_end == f"lh-h{uid}" and host_end in network.firewall.tables()      # made with it
+    network.add_address(None, host_end, "10.214.9.1/30")
+    network.up(None, host_end)
+    network.add_address(c, "eth0", "10.214.9.2/30")
+    network.up(c, "eth0")
+    assert network.ping(c, "10.214.9.1")[0]                                        # the container reaches its host end
+    assert network.run_in(c, _connect, "10.214.9.1", listener) == "timeout"        # but not the host's services
+    network.delete_link(host_end)                                                  # the table goes after the link
+    assert host_end not in network.firewall.tables()
+    assert [x.name for x in network.list_links(c)] == ["lo"]                       # the other end went too
