@@ -6,6 +6,7 @@ looks right.
 """
 from __future__ import annotations
 
+import ipaddress
 import socket
 import uuid
 
@@ -37,7 +38,7 @@ def _check_new_namespace(answer) -> object:
     if off:
         return wrong(f"the interfaces are right, but {', '.join(off)} is not {answer[off[0]]!r}: "
                      "is anything ever up before someone brings it up?")
-    return right(f"a new namespace has {seen}: an empty stack. Even 127.0.0.1 does not answer until lo is up.")
+    return right(f"a new namespace has {seen}: an empty stack. Not even 127.0.0.1 exists until lo is up.")
 
 
 q1 = Exercise(
@@ -59,6 +60,8 @@ Q2_ADDRESSES = ("10.77.0.1/24", "10.77.0.2/24")
 def _echo_across(a: str, b: str, address: str, port: int = 7777) -> bytes | str:
     try:
         with network.socket_in(b) as srv, network.socket_in(a) as cli:
+            # SO_REUSEADDR: the previous check's connection may still be in TIME_WAIT on this port.
+            srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             srv.bind((address, port))
             srv.listen()
             cli.settimeout(2)
@@ -122,6 +125,11 @@ def _check_route(container, destination, answer) -> object:
     if not isinstance(answer, (tuple, list)) or len(answer) != 2:
         return wrong("answer with a pair: (interface, gateway), the gateway None if there is none.")
     dev, via = answer
+    if via is not None:
+        try:
+            via = str(ipaddress.ip_interface(str(via)).ip)   # "10.213.0.1", an IPv4Address, "10.213.0.1/24"
+        except ValueError:
+            return wrong(f"{via!r} is not an address: give the gateway's address, or None.")
     route = network.route_to(container, destination)
     if dev != route.device:
         return wrong(f"the packet does not leave through {dev!r}. Which interfaces does the container have? "
@@ -143,8 +151,8 @@ q3 = Exercise(
     _check_route,
     "Read `network.routes(c1)`: the most specific route that contains the destination wins; `default` "
     "contains everything.",
-    "`('eth0', gateway)` where gateway is the bridge's address (`network.links.subnet_of(bridge).ip`): the "
-    "default route sends it to the host, which (here) drops it.",
+    "`('eth0', gateway)` where gateway is the bridge's address (`network.gateway_of(bridge).ip`): the "
+    "default route sends it to the host (which, here, forwards nothing from the lab).",
 )
 
 
@@ -170,12 +178,16 @@ def _connect_from(container: str, host: str, port: int) -> str:
 def _check_door(container, bridge) -> object:
     try:
         br = network.host_name(bridge)
-        gw = network.links.subnet_of(br)
+        gw = network.gateway_of(br)
     except Exception as exc:  # noqa: BLE001 - any wrong bridge gives a message
         return wrong(f"{bridge!r} is not a lab bridge: {exc}")
     if br not in network.firewall.tables():
         return wrong(f"{br} has no firewall table any more: every port of this host is open to the lab. "
                      "Open one port, do not remove the guard.")
+    opened = network.firewall.opened(br)
+    extra = sorted(opened["tcp"] - {Q4_PORT}) + sorted(opened["udp"])
+    if extra:
+        return wrong(f"more than port {Q4_PORT} is open: also {', '.join(map(str, extra))}. Open exactly one.")
     with socket.socket() as wanted, socket.socket() as other:
         wanted.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -189,17 +201,18 @@ def _check_door(container, bridge) -> object:
         if _connect_from(container, ip, Q4_PORT) != "connected":
             return wrong(f"the container still cannot reach port {Q4_PORT} on {ip}: the door is closed.")
         if _connect_from(container, ip, other.getsockname()[1]) == "connected":
-            return wrong("port 8765 is open, and so is another port: open exactly one.")
+            return wrong(f"port {Q4_PORT} is open, and so is another port: open exactly one.")
     return right(f"port {Q4_PORT} is reachable from {network.full_name(container)}, and the other ports are still not.")
 
 
 q4 = Exercise(
     "04.4",
-    f"The lab's firewall keeps containers away from this host's services. Let the container c1 reach port "
-    f"{Q4_PORT} on its gateway, and nothing else; then `ch04.q4.check(c1, bridge)`. The check listens on "
-    f"{Q4_PORT} and on another port, and connects to both from c1.",
+    f"The lab's firewall keeps containers away from this host's services. Let the containers on `bridge` "
+    f"reach TCP port {Q4_PORT} of this host, and no other port; then `ch04.q4.check(c1, bridge)`. The check "
+    f"reads the bridge's table, listens on {Q4_PORT} and on another port, and connects to both from c1.",
     _check_door,
     "Each host interface of the lab has an nftables table named after it (`network.firewall.show(bridge)`); "
-    "its sets `open_tcp` and `open_udp` list the ports let through.",
+    "its sets `open_tcp` and `open_udp` list the ports let through. (If the check still cannot connect, "
+    "another firewall of this host may drop the port: an accept in one table does not override a drop in another.)",
     f"`network.open_port(bridge, {Q4_PORT})` (and `network.close_port(bridge, {Q4_PORT})` to shut it again).",
 )

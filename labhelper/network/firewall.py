@@ -11,7 +11,16 @@ gets an nftables table of its own, named like the interface, made *before* the i
   (:func:`open_port`);
 * forward: nothing is routed from that interface to another, or to it from another (no path out
   of the lab, nor into another learner's network). A bridge's own ports still talk to each
-  other: bridged frames are not routed.
+  other: bridged frames are not routed. (Where br_netfilter is loaded, as on a host running
+  Docker, bridged frames do pass the forward hook; these rules let them through, their in and
+  out interface both being the bridge, but another table's drop policy, such as Docker's, may
+  not.)
+* a bridge with a subnet also drops what claims to come from outside that subnet: a container
+  cannot pass itself off as a peer of a connection the host opened.
+
+The lab's networks are IPv4: ICMPv6, and so IPv6 neighbour discovery, is dropped like the rest.
+A drop in any table is final, but an accept is not: a port opened here can still be dropped by
+another firewall of the host (ufw, firewalld) that drops by default.
 
 A table is a lab object of kind "firewall": recorded in the ledger, listed by the census,
 removed by cleanup after its interface. The rules are nftables' own language, applied by the
@@ -31,8 +40,8 @@ from .. import marks
 from ..errors import LabError, Refused, RequirementError
 from ..registry import fault_point, guard, ledger
 
-__all__ = ["NFT", "ruleset", "create", "remove", "tables", "show", "open_port", "close_port", "nat",
-           "NAT_ENV"]
+__all__ = ["NFT", "ruleset", "create", "remove", "tables", "show", "open_port", "close_port", "opened", "nat",
+           "nat_rules", "uplink", "NAT_ENV"]
 
 NFT = "nft"
 NAT_ENV = "LABHELPER_ALLOW_NAT"
@@ -57,15 +66,20 @@ def _nft(*args: str, stdin: str | None = None) -> str:
     return result.stdout
 
 
-def ruleset(link: str) -> str:
-    """The table that guards host interface ``link`` (nftables' language)."""
+def ruleset(link: str, subnet: str | None = None) -> str:
+    """The table that guards host interface ``link`` (nftables' language). With ``subnet`` (a
+    bridge's), packets from ``link`` whose source is outside it are dropped first."""
     link = marks.link_name(link)
+    spoof = ""
+    if subnet is not None:
+        net = _subnet(subnet)
+        spoof = f'        iifname "{link}" ip saddr != {net} counter drop\n'
     return f"""table {FAMILY} {link} {{
     set open_tcp {{ type inet_service; }}
     set open_udp {{ type inet_service; }}
     chain input {{
         type filter hook input priority filter - 10; policy accept;
-        iifname "{link}" ct state established,related accept
+{spoof}        iifname "{link}" ct state established,related accept
         iifname "{link}" icmp type echo-request accept
         iifname "{link}" tcp dport @open_tcp accept
         iifname "{link}" udp dport @open_udp accept
@@ -83,27 +97,28 @@ def ruleset(link: str) -> str:
 def tables() -> list[str]:
     """The lab's tables that exist now (family inet, named lh-*)."""
     try:
-        path = _nft_path()
+        _nft_path()
     except RequirementError:
         return []                           # no nft: none of ours can have been made
-    result = subprocess.run([path, "-j", "list", "tables", FAMILY], capture_output=True, text=True)
-    if result.returncode != 0:
-        return []
+    # nft failing (not root, no nf_tables) is an error, not "no table": a caller would forget a
+    # table that exists, or tell a learner the guard is gone.
+    out = _nft("-j", "list", "tables", FAMILY)
     found = []
-    for item in json.loads(result.stdout or "{}").get("nftables", []):
+    for item in json.loads(out or "{}").get("nftables", []):
         table = item.get("table")
         if table and table.get("family") == FAMILY and str(table.get("name", "")).startswith(marks.PREFIX):
             found.append(table["name"])
     return sorted(found)
 
 
-def create(link: str, owner: str | None = None) -> None:
+def create(link: str, owner: str | None = None, subnet: str | None = None) -> None:
     """Guard host interface ``link``: its table, recorded first, made in one transaction."""
     link = marks.link_name(link)
+    rules = ruleset(link, subnet)            # checks the subnet before anything is recorded
     guard(f"create the firewall table {link}")
     _nft_path()                              # refuse before recording anything if nft is missing
     with ledger().creating("firewall", link, owner):
-        _nft("-f", "-", stdin=ruleset(link))
+        _nft("-f", "-", stdin=rules)
     fault_point("firewall")
 
 
@@ -140,7 +155,22 @@ def open_port(link: str, port: int, proto: str = "tcp") -> None:
     _nft("add", "element", FAMILY, link, f"open_{proto}", f"{{ {port} }}")
 
 
+def opened(link: str) -> dict[str, set[int]]:
+    """The ports opened on purpose in the table of ``link``: {"tcp": {...}, "udp": {...}}."""
+    link = marks.link_name(link)
+    found: dict[str, set[int]] = {"tcp": set(), "udp": set()}
+    for proto in found:
+        out = _nft("-j", "list", "set", FAMILY, link, f"open_{proto}")
+        for item in json.loads(out or "{}").get("nftables", []):
+            for element in (item.get("set") or {}).get("elem", []):
+                if isinstance(element, int):
+                    found[proto].add(element)
+    return found
+
+
 def close_port(link: str, port: int, proto: str = "tcp") -> None:
+    """Shut a port again: new connections are dropped (one already made goes on: its packets
+    are replies to it, "established")."""
     link, port, proto = marks.link_name(link), _port(port), _proto(proto)
     guard(f"close port {port}/{proto} to {link}")
     _require(link)
@@ -165,16 +195,39 @@ def nat(link: str, subnet: str) -> None:
             raise Refused("this host does not forward IPv4 packets",
                           hint="sysctl -w net.ipv4.ip_forward=1 (a host setting: set it back when done)")
     _require(link)
-    _nft("-f", "-", stdin=nat_rules(link, subnet))
+    _nft("-f", "-", stdin=nat_rules(link, subnet, uplink()))
 
 
-def nat_rules(link: str, subnet: str) -> str:
-    """What :func:`nat` adds to the table of ``link``: forwarding out (never into another lab
-    interface) and back, and masquerade of ``subnet`` behind this host's address."""
-    import ipaddress
-    net = ipaddress.ip_network(subnet, strict=False)
+def uplink() -> str:
+    """The interface of this host's default route: the only way out NAT opens."""
+    with open("/proc/net/route") as fh:
+        for line in fh.read().splitlines()[1:]:
+            fields = line.split()
+            if len(fields) > 2 and fields[1] == "00000000":      # destination 0.0.0.0: the default
+                return fields[0]
+    raise Refused("this host has no default route: there is no outside world to reach")
+
+
+def nat_rules(link: str, subnet: str, uplink: str) -> str:
+    """What :func:`nat` adds to the table of ``link``: forwarding out through ``uplink`` only
+    (never into another lab network, docker0 or a VPN) and the replies back, and masquerade of
+    ``subnet`` behind this host's address on ``uplink``."""
+    link, net = marks.link_name(link), _subnet(subnet)
+    if not uplink or not all(c.isascii() and (c.isalnum() or c in "-_.@") for c in uplink):
+        raise Refused(f"{uplink!r} is not an interface name")
     # insert: before the table's drop rules (nftables runs a chain's rules in order).
-    return (f'insert rule {FAMILY} {link} forward oifname "{link}" ct state established,related accept\n'
-            f'insert rule {FAMILY} {link} forward iifname "{link}" oifname != "{marks.PREFIX}*" accept\n'
+    return (f'insert rule {FAMILY} {link} forward oifname "{link}" iifname "{uplink}" ct state established,related accept\n'
+            f'insert rule {FAMILY} {link} forward iifname "{link}" oifname "{uplink}" accept\n'
             f"add chain {FAMILY} {link} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}\n"
-            f'add rule {FAMILY} {link} postrouting ip saddr {net} oifname != "{marks.PREFIX}*" masquerade\n')
+            f'add rule {FAMILY} {link} postrouting ip saddr {net} oifname "{uplink}" masquerade\n')
+
+
+def _subnet(subnet) -> str:
+    import ipaddress
+    try:
+        net = ipaddress.ip_network(subnet, strict=False)
+    except (ValueError, TypeError):
+        raise Refused(f"{subnet!r} is not a subnet such as '10.213.0.0/24'") from None
+    if net.version != 4:
+        raise Refused(f"{subnet!r}: the lab's networks are IPv4")
+    return str(net)

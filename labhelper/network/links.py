@@ -34,7 +34,8 @@ from . import firewall, netns, rtnl
 from .rtnl import ACK, DUMP, GET, NEW
 
 __all__ = ["Link", "Address", "Route", "host_name", "inner_name", "veth", "bridge", "attach", "up", "down",
-           "address", "route", "links", "addresses", "routes", "route_to", "delete", "LAB_POOL"]
+           "address", "route", "links", "addresses", "routes", "route_to", "delete", "LAB_POOL", "gateway_of",
+           "free_subnet", "read_links", "read_routes"]
 
 #: Where automatic subnets come from: a /24 each, never one that overlaps this host's addresses
 #: or routes (so never a real network the host reaches).
@@ -116,7 +117,8 @@ class Route:
     destination: str          # "default" or "10.0.0.0/24"
     via: str | None           # the gateway, if any
     device: str | None
-    scope: str                # "link": reachable directly on that link; "global": through a gateway
+    scope: str                # the kernel's scope: "link" for a subnet reachable on that link, "host" for
+                              # this machine's own addresses, "global" for the rest (a gateway's routes)
 
     def __repr__(self) -> str:
         via = f" via {self.via}" if self.via else ""
@@ -432,7 +434,7 @@ def bridge(name, subnet: str | None = "auto", owner: str | None = None) -> str:
                 raise Refused(f"{subnet} overlaps {clash[0]}, which this host uses already",
                               hint='pass subnet="auto" for a free one')
             gateway = f"{next(net.hosts())}/{net.prefixlen}"
-        firewall.create(link, owner)
+        firewall.create(link, owner, subnet=subnet)
         try:
             with ledger().creating("link", link, owner, data={"bridge": True, "subnet": subnet}):
                 with rtnl.Rtnl.here() as r:
@@ -449,7 +451,7 @@ def bridge(name, subnet: str | None = "auto", owner: str | None = None) -> str:
     return link
 
 
-def subnet_of(bridge_name) -> ipaddress.IPv4Interface | None:
+def gateway_of(bridge_name) -> ipaddress.IPv4Interface | None:
     """The bridge's own address (the gateway), with its subnet, read from the kernel. Only a
     bridge the lab made (its record says so) is one containers may be attached to."""
     link = host_name(bridge_name)
@@ -477,7 +479,7 @@ def attach(container, bridge_name, name: str = "eth0", cidr: str | None = "auto"
     link = host_name(bridge_name)
     port = marks.ifname(f"{link[len(marks.PREFIX):]}-{ns[len(marks.PREFIX):]}")
     guard(f"attach {ns} to {link}")
-    gw = subnet_of(link)
+    gw = gateway_of(link)
     netns.require(ns)
     _require_free(ns, inner)
     _require_free(None, port)
@@ -518,8 +520,8 @@ def _used_in_lab(subnet) -> set:
             for link in links(name):
                 used |= {ipaddress.ip_interface(a).ip for a in link.addresses
                          if ":" not in a and ipaddress.ip_interface(a).ip in subnet}
-        except OSError:
-            continue                          # removed meanwhile
+        except (OSError, ValueError):
+            continue                          # removed meanwhile (Refused is a ValueError)
     return used
 
 
@@ -527,7 +529,8 @@ def _used_in_lab(subnet) -> set:
 
 def delete(name, the_ledger=None) -> None:
     """Delete a host interface of ours, then its firewall table (idempotent). A veth's other end
-    goes too, wherever it is; a bridge's ports are set free (not deleted)."""
+    goes too, wherever it is. A bridge's ports of ours are deleted first: the kernel would only
+    unplug them, and an unplugged port would sit on the host without a table of its own."""
     link = host_name(name)
     with (the_ledger or ledger()).removing("link", link):
         with rtnl.Rtnl.here() as r:

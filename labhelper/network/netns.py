@@ -15,18 +15,20 @@ socket back (SCM_RIGHTS). A socket stays in the namespace it was created in, so 
 then talks to that namespace's stack through it (rtnl.py). One fork, then a message per step:
 forking per step would cost about 2 ms each, four times `ip netns add`.
 
-The helper dies with its parent (PR_SET_PDEATHSIG) and when its socket closes; it holds no
-namespace between requests, so it is never what keeps one alive.
+The helper dies with its parent (PR_SET_PDEATHSIG, tied to the thread that forked it: the
+notebook's main thread) and when its socket closes; it holds no namespace between requests, so
+it is never what keeps one alive. A notebook interrupt never separates a request from its
+answer: it is held back for the millisecond a step takes, then raised.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pickle
 import signal
 import socket
 import threading
-import time
 
 from .. import marks, syscalls
 from ..errors import LabError, Refused
@@ -174,8 +176,32 @@ def _socket_in(nsfd: int, home: int, family: int, kind: int, proto: int) -> int:
         syscalls.setns(home, CloneFlags.CLONE_NEWNET)
 
 
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Hold a notebook interrupt (SIGINT) back while the block runs, then raise it.
+
+    A request to the helper and its answer must never be separated: an interrupt landing just
+    after sendmsg(2) or recvmsg(2) returned would lose the answer (and the socket it carries,
+    which keeps a namespace alive) or leave a namespace the caller does not know it has. Only
+    the main thread receives signals, so only there is there anything to defer."""
+    pending: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pending
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield pending
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class _Helper:
-    """The parent's side: one helper per process (a forked child gets its own)."""
+    """The parent's side: one helper per process (a forked child gets its own).
+
+    The helper dies with the thread that started it (PR_SET_PDEATHSIG follows the forking
+    thread): in a notebook that is the kernel's main thread, which lives as long as the kernel."""
+
+    ANSWER_TIMEOUT = 30.0          # a step takes a millisecond; a helper this late is stuck
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -190,53 +216,52 @@ class _Helper:
             self.child = spawn(_serve, theirs.fileno(), keep_fds=(theirs.fileno(),))
         finally:
             theirs.close()
+        ours.settimeout(self.ANSWER_TIMEOUT)
         self.conn, self.pid = ours, os.getpid()
 
-    def call(self, op: str, *args, fds: tuple[int, ...] = ()) -> tuple[object, list[int]]:
-        with self.lock:
+    def _gone(self, why: str) -> LabError:
+        # Close our end and reap the helper: the next call starts a new one.
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        if self.child is not None:
+            self.child.kill()
+        return LabError(f"the network helper {why}", hint="run the cell again: a new helper starts")
+
+    def call(self, op: str, *args, fds: tuple[int, ...] = (), undo=None) -> tuple[object, list[int]]:
+        """Send one request and wait for its answer: (value, fds received). ``undo(value)`` is
+        called if the request succeeded but an interrupt arrived meanwhile; then the interrupt
+        is raised."""
+        with self.lock, _interrupts_deferred() as pending:
             if self.pid != os.getpid() or self.conn is None:
                 self._start()
             self.seq += 1
             seq = self.seq
             try:
                 socket.send_fds(self.conn, [pickle.dumps((seq, op, args))], list(fds))
-            except OSError as exc:        # the helper died (killed?): start another next time
-                self.conn = None
-                self.child.kill()          # reap it (idempotent)
-                raise LabError(f"the network helper (pid {self.child.pid}) is gone: {exc}",
-                               hint="run the cell again: a new helper starts") from None
-            return self._answer(seq)
-
-    def _answer(self, seq: int):
-        # An interrupt (Ctrl-C) must not separate a request from its answer: the helper finishes
-        # a step in well under a second, and the caller must know whether the object exists to
-        # undo it. So the answer is awaited, then the interrupt is raised.
-        interrupted = None
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                data, got, _, _ = socket.recv_fds(self.conn, 1 << 16, 4)
-                if not data:
-                    self.conn = None
-                    raise LabError("the network helper ended before it answered",
-                                   hint="run the cell again: a new helper starts")
-                their_seq, ok, value = pickle.loads(data)
-                if their_seq != seq:      # the answer to a request abandoned earlier
-                    for f in got:
-                        os.close(f)
-                    continue
-                break
-            except KeyboardInterrupt as exc:
-                interrupted = exc
-                if time.monotonic() > deadline:
-                    raise
-        if interrupted is not None:
+                ok, value, got = self._answer(seq)
+            except (OSError, EOFError) as exc:       # dead, stuck (timeout) or garbled
+                raise self._gone(f"(pid {self.child.pid}) failed: {exc}") from None
+        if pending:
             for f in got:
                 os.close(f)
-            raise interrupted
+            if ok and undo is not None:
+                undo(value)
+            raise KeyboardInterrupt
         if not ok:
             raise value
         return value, got
+
+    def _answer(self, seq: int):
+        while True:
+            data, got, _, _ = socket.recv_fds(self.conn, 1 << 16, 4)
+            if not data:
+                raise EOFError("it ended before it answered")
+            their_seq, ok, value = pickle.loads(data)
+            if their_seq == seq:
+                return ok, value, got
+            for f in got:                  # the answer to a request abandoned earlier
+                os.close(f)
 
 
 _helper = _Helper()
@@ -255,13 +280,9 @@ def create(name, owner: str | None = None) -> str:
 
 
 def _create(full: str) -> None:
-    """Make it. Interrupted after the helper made it, the namespace is removed again before the
-    interrupt goes on."""
-    try:
-        _helper.call("create", full)
-    except KeyboardInterrupt:
-        _unmake(full)
-        raise
+    """Make it. Interrupted while the helper made it, the namespace is removed again before the
+    interrupt goes on (and never one the helper did not make: a name in use is left alone)."""
+    _helper.call("create", full, undo=lambda _: _unmake(full))
 
 
 def _unmake(full: str) -> None:
@@ -298,5 +319,9 @@ def rtnl_in(name):
     if name is None:
         return rtnl.Rtnl.here("host")
     sock = socket_in(name, socket.AF_NETLINK, socket.SOCK_RAW, rtnl.NETLINK_ROUTE)
-    rtnl.prepare(sock)
+    try:
+        rtnl.prepare(sock)
+    except BaseException:
+        sock.close()               # an open socket would keep the namespace alive
+        raise
     return rtnl.Rtnl(sock, full_name(name))

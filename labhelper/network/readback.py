@@ -85,8 +85,10 @@ def topology(names=None) -> Topology:
             try:
                 fds[name] = netns.open_ns(name)
                 conns[name] = netns.rtnl_in(name)
-            except (OSError, LookupError):
-                fds.pop(name, None)           # removed meanwhile
+            except (OSError, ValueError):     # removed meanwhile (Refused is a ValueError)
+                fd = fds.pop(name, None)
+                if fd is not None:
+                    os.close(fd)              # an open fd would keep it alive
         all_links = {s: read_links(r) for s, r in conns.items()}
         spaces = []
         for s, r in conns.items():

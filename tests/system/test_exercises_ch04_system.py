@@ -46,6 +46,7 @@ def test_q2_right_when_a_packet_crosses(pair):
     _connect(a, b)
     result = ch04.q2.check(pair)
     assert result.ok is True, result.message
+    assert ch04.q2.check(pair).ok is True                  # again at once: the port is free to reuse
 
 
 def test_q2_wrong_when_down(pair):
@@ -83,8 +84,11 @@ def bridged(owner, uid):
 
 def test_q3_the_way_out(bridged):
     br, c1 = bridged
-    gw = str(network.links.subnet_of(br).ip)
+    gw = str(network.gateway_of(br).ip)
     assert ch04.q3.check(c1, "10.99.0.1", ("eth0", gw)).ok is True
+    assert ch04.q3.check(c1, "10.99.0.1", ("eth0", network.gateway_of(br).ip)).ok is True   # an IPv4Address
+    assert ch04.q3.check(c1, "10.99.0.1", ("eth0", str(network.gateway_of(br)))).ok is True  # with its /24
+    assert ch04.q3.check(c1, "10.99.0.1", ("eth0", "gateway")).ok is False
     assert ch04.q3.check(c1, "10.99.0.1", ("lo", gw)).ok is False
     assert ch04.q3.check(c1, "10.99.0.1", ("eth0", None)).ok is False
     assert ch04.q3.check(c1, "10.99.0.1", "eth0").ok is False
@@ -100,6 +104,9 @@ def test_q4_one_door_opened(bridged):
     result = ch04.q4.check(c1, br)
     assert result.ok is True, result.message
     assert ch04.q4.check(c1, "eth0").ok is False                  # not a lab bridge
+    network.open_port(br, 22)                                      # one door too many
+    result = ch04.q4.check(c1, br)
+    assert result.ok is False and "also 22" in result.message
 
 
 def test_q4_wrong_when_the_guard_is_removed(bridged):

@@ -6,6 +6,7 @@ nothing is left. Traffic goes only to loopback and to addresses of namespaces ma
 """
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
 import os
@@ -25,6 +26,8 @@ from labhelper.errors import Refused
 
 pytestmark = pytest.mark.usefixtures("owner")
 
+SIOCGSKNS = 0x894C          # include/uapi/linux/sockios.h: the network namespace of a socket
+
 
 @pytest.fixture
 def owner(uid, monkeypatch):
@@ -41,6 +44,7 @@ def owner(uid, monkeypatch):
 def _echo(server_ns, client_ns, address: str, port: int = 7007, payload: bytes = b"hello") -> bytes:
     """A TCP echo across namespaces, with plain sockets made inside them (network.socket_in)."""
     with network.socket_in(server_ns) as srv, network.socket_in(client_ns) as cli:
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         srv.bind((address, port))
         srv.listen()
         cli.settimeout(5)
@@ -116,7 +120,7 @@ def test_the_topology_comes_from_the_kernel_not_from_labhelper(uid):
 
 def test_a_bridge_joins_three_containers_and_the_gateway(uid):
     br = network.bridge(f"br{uid}")
-    gw = network.links.subnet_of(br)
+    gw = network.gateway_of(br)
     assert gw.network.subnet_of(network.LAB_POOL) and gw.ip == next(gw.network.hosts())
     names = [network.create(f"c{i}{uid}") for i in range(3)]
     addrs = [network.attach(n, br) for n in names]
@@ -160,7 +164,7 @@ def test_r16_a_container_cannot_reach_the_hosts_listeners_unless_a_port_is_opene
     br = network.bridge(f"br{uid}")
     c = network.create(f"c{uid}")
     mine = network.attach(c, br).split("/")[0]
-    gw = str(network.links.subnet_of(br).ip)
+    gw = str(network.gateway_of(br).ip)
     assert network.run_in(c, _connect, "127.0.0.1", listener) != "connected"   # its own loopback: no one
     assert network.run_in(c, _connect, gw, listener) == "timeout"              # dropped, not refused
     other = _host_address()
@@ -258,7 +262,7 @@ def test_r3_a_link_name_in_use_and_a_bridge_not_ours(uid):
 
 def test_r3_addresses_in_use_or_outside_the_subnet_are_refused(uid):
     br = network.bridge(f"br{uid}")
-    gw = network.links.subnet_of(br)
+    gw = network.gateway_of(br)
     a, b = network.create(f"a{uid}"), network.create(f"b{uid}")
     first = network.attach(a, br)
     state = census.take()
@@ -356,7 +360,7 @@ import json, sys
 from labhelper import network
 me = sys.argv[1]
 br = network.bridge(me)
-out = {"bridge": br, "subnet": str(network.links.subnet_of(br).network), "ns": [], "ips": []}
+out = {"bridge": br, "subnet": str(network.gateway_of(br).network), "ns": [], "ips": []}
 for i in range(2):
     c = network.create(f"{me}-{i}")
     out["ns"].append(c)
@@ -436,3 +440,49 @@ def test_r16_a_host_end_of_a_veth_is_guarded_too(uid, listener):
     network.delete_link(host_end)                                                  # the table goes after the link
     assert host_end not in network.firewall.tables()
     assert [x.name for x in network.list_links(c)] == ["lo"]                       # the other end went too
+
+
+@pytest.mark.parametrize("op", ["create", "socket"])
+def test_an_interrupt_right_after_the_helper_answered_loses_nothing(uid, monkeypatch, op):
+    # Ctrl-C landing just after recvmsg(2) returned the helper's answer: the answer is not lost
+    # (its socket would keep a namespace alive), a namespace just made is removed again, and
+    # then the interrupt is raised.
+    from labhelper.network import netns
+    if op == "socket":
+        ns = network.create(f"i{uid}")
+    before = census.take()
+    real = socket.recv_fds
+
+    def recv_then_interrupt(*args, **kwargs):
+        got = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)
+        return got
+    monkeypatch.setattr(netns.socket, "recv_fds", recv_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        if op == "create":
+            network.create(f"j{uid}")
+        else:
+            network.socket_in(ns)
+    monkeypatch.setattr(netns.socket, "recv_fds", real)
+    assert census.diff(before, census.take()) == ""
+    if op == "socket":
+        assert _held_sockets(ns) == 0                     # the socket it carried was closed
+    assert network.create(f"k{uid}") == f"lh-k{uid}"      # and the helper still answers in order
+
+
+def _held_sockets(ns: str) -> int:
+    """How many fds of this process are sockets in the namespace ``ns`` (0: none kept)."""
+    ino = os.stat(f"/run/netns/{ns}").st_ino
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                continue
+            nsfd = fcntl.ioctl(int(fd), SIOCGSKNS)     # a socket's network namespace, as an fd
+        except OSError:
+            continue
+        try:
+            count += os.fstat(nsfd).st_ino == ino
+        finally:
+            os.close(nsfd)
+    return count

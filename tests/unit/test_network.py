@@ -85,9 +85,22 @@ def test_nat_is_opt_in_and_never_reaches_another_lab_network(monkeypatch):
     monkeypatch.delenv(firewall.NAT_ENV, raising=False)
     with pytest.raises(Refused, match="LABHELPER_ALLOW_NAT=1"):
         firewall.nat("lh-br0", "10.213.0.0/24")
-    rules = firewall.nat_rules("lh-br0", "10.213.0.7/24")
+    rules = firewall.nat_rules("lh-br0", "10.213.0.7/24", "eth0")
     assert "insert rule inet lh-br0 forward" in rules        # before the drops
-    assert 'oifname != "lh-*" masquerade' in rules and "ip saddr 10.213.0.0/24" in rules
+    assert 'ip saddr 10.213.0.0/24 oifname "eth0" masquerade' in rules
+    # out through the uplink only: never to another interface (docker0, a VPN, another lab net)
+    accepts = [line for line in rules.splitlines() if line.endswith("accept")]
+    assert accepts and all('"eth0"' in line for line in accepts)
+    with pytest.raises(Refused):
+        firewall.nat_rules("lh-br0", "10.213.0.0/24", 'eth0" accept')
+
+
+def test_a_bridge_table_drops_sources_outside_its_subnet_first():
+    rules = [line.strip() for line in firewall.ruleset("lh-br0", "10.213.4.0/24").splitlines()]
+    first = rules[rules.index("type filter hook input priority filter - 10; policy accept;") + 1]
+    assert first == 'iifname "lh-br0" ip saddr != 10.213.4.0/24 counter drop'
+    with pytest.raises(Refused):
+        firewall.ruleset("lh-br0", "fe80::/64")
 
 
 @pytest.mark.parametrize("port", [0, 65536, -1, "80", True, 1.5])
@@ -128,3 +141,12 @@ def test_removers_refuse_what_is_not_ours(monkeypatch):
 def test_firewall_is_removed_after_the_links_it_guards():
     order = [k.name for k in marks.KINDS]
     assert order.index("link") < order.index("firewall") and order.index("netns") < order.index("firewall")
+
+
+def test_an_interrupt_is_held_back_while_the_helper_answers_then_raised():
+    import os
+    import signal
+    with netns._interrupts_deferred() as pending:
+        os.kill(os.getpid(), signal.SIGINT)          # arrives now, and is only noted
+        assert pending == [signal.SIGINT]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler    # restored
