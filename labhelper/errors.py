@@ -75,6 +75,21 @@ _HINTS: dict[tuple[str, int], str] = {
     ("ioctl", _errno.ENOTTY): "this file does not understand that ioctl request",
     ("rmdir", _errno.EBUSY): "the cgroup still has processes, or the directory is a mount point",
     ("rmdir", _errno.ENOTEMPTY): "the directory is not empty (a cgroup still has children)",
+    # rtnetlink requests (chapter 04): the errno alone is ambiguous, EEXIST from RTM_NEWLINK is a
+    # name in use, from RTM_NEWADDR an address in use.
+    ("netlink RTM_NEWLINK", _errno.EEXIST): "an interface of that name exists in that namespace already: choose "
+                                            "another name, or remove the old one (`labhelper cleanup` removes the lab's)",
+    ("netlink RTM_NEWLINK", _errno.EOPNOTSUPP): "this kernel lacks that kind of link (its module is not loaded)",
+    ("netlink RTM_NEWLINK", _errno.ENODEV): "no such interface in that namespace",
+    ("netlink RTM_DELLINK", _errno.ENODEV): "no such interface in that namespace (deleted already?)",
+    ("netlink RTM_GETLINK", _errno.ENODEV): "no such interface in that namespace",
+    ("netlink RTM_NEWADDR", _errno.EEXIST): "that address is on this interface already",
+    ("netlink RTM_NEWADDR", _errno.ENODEV): "no such interface in that namespace",
+    ("netlink RTM_NEWROUTE", _errno.EEXIST): "that route exists already (a default route too?)",
+    ("netlink RTM_NEWROUTE", _errno.ENETUNREACH): "the gateway is not on any subnet this namespace has: give an "
+                                                  "interface an address in the gateway's subnet first, and bring it up",
+    ("netlink RTM_NEWROUTE", _errno.ENODEV): "no such interface in that namespace",
+    ("netlink RTM_GETROUTE", _errno.ENETUNREACH): "this namespace has no route to that address",
 }
 
 

@@ -14,11 +14,10 @@ afterwards. labhelper.network relies on this: its helper process makes sockets i
 namespaces and hands them to the notebook, which never enters a namespace itself.
 
 Every failed request is translated here, at one boundary, into a SyscallError that names the
-request, what it asked for, the errno and the fix.
+request, what it asked for, the errno and the fix (errors.py keeps the fixes, by request and errno).
 """
 from __future__ import annotations
 
-import errno
 import socket
 import threading
 
@@ -46,24 +45,6 @@ ACK = NLM_F_REQUEST | NLM_F_ACK           # do it, and answer with an error code
 NEW = ACK | NLM_F_CREATE | NLM_F_EXCL     # create; EEXIST if it exists (never change an existing one)
 GET = ACK                                 # one object, by its key
 DUMP = NLM_F_REQUEST | NLM_F_DUMP         # all of them, in parts, then NLMSG_DONE
-
-# What to do when the kernel says no, by (request, errno). The errno alone is often ambiguous:
-# EEXIST from RTM_NEWLINK is a name in use, from RTM_NEWADDR an address in use.
-_HINTS = {
-    ("RTM_NEWLINK", errno.EEXIST): "an interface of that name exists in that namespace already: choose another "
-                                   "name, or remove the old one (`labhelper cleanup` removes the lab's)",
-    ("RTM_NEWLINK", errno.EOPNOTSUPP): "this kernel lacks that kind of link (its module is not loaded)",
-    ("RTM_NEWLINK", errno.ENODEV): "no such interface in that namespace",
-    ("RTM_DELLINK", errno.ENODEV): "no such interface in that namespace (deleted already?)",
-    ("RTM_GETLINK", errno.ENODEV): "no such interface in that namespace",
-    ("RTM_NEWADDR", errno.EEXIST): "that address is on this interface already",
-    ("RTM_NEWADDR", errno.ENODEV): "no such interface in that namespace",
-    ("RTM_NEWROUTE", errno.EEXIST): "that route exists already (a default route too?)",
-    ("RTM_NEWROUTE", errno.ENETUNREACH): "the gateway is not on any subnet this namespace has: give an interface "
-                                         "an address in the gateway's subnet first, and bring it up",
-    ("RTM_NEWROUTE", errno.ENODEV): "no such interface in that namespace",
-    ("RTM_GETROUTE", errno.ENETUNREACH): "this namespace has no route to that address",
-}
 
 
 class Rtnl:
@@ -112,8 +93,8 @@ class Rtnl:
                 self.sock.send(msg.data)
                 return self._answers(seq)
             except NetlinkError as exc:
-                raise syscalls.error(f"netlink {what}", {"in": self.where, **(shown or {})}, exc.code,
-                                     _HINTS.get((what, exc.code))) from None
+                # The hint, by (request, errno), is in errors.py with every other one.
+                raise syscalls.error(f"netlink {what}", {"in": self.where, **(shown or {})}, exc.code) from None
 
     def _answers(self, seq: int) -> list:
         found = []

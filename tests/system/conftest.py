@@ -33,3 +33,17 @@ def host_folder(tmp_path):
     (folder / "precious.txt").write_text("the learner's work")
     (folder / "sub" / "more.txt").write_text("more")
     return folder
+
+
+@pytest.fixture
+def network_owner(uid, monkeypatch):
+    """Chapter 04's tests: ip, nft and ping are needed; the test's objects get an owner of their
+    own, and whatever it made is removed at the end (the census then checks it was all)."""
+    for program in ("ip", "nft", "ping"):
+        capabilities.need(program)
+    name = f"nettest-{uid}"
+    monkeypatch.setenv("LABHELPER_OWNER", name)
+    yield name
+    from labhelper import cleanup
+    result = cleanup.cleanup(owner=name)
+    assert result.ok, result.failures

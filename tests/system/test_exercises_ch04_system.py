@@ -1,24 +1,13 @@
 """Chapter 04's exercise checks, each with a right and a wrong answer, on the real kernel."""
 from __future__ import annotations
 
-import capabilities
 import pytest
 
-from labhelper import cleanup, network
+from labhelper import network
 from labhelper.exercises import ch04
 
 
-@pytest.fixture
-def owner(uid, monkeypatch):
-    for program in ("ip", "nft", "ping"):
-        capabilities.need(program)
-    name = f"ch04test-{uid}"
-    monkeypatch.setenv("LABHELPER_OWNER", name)
-    yield name
-    assert cleanup.cleanup(owner=name).ok
-
-
-def test_q1_a_new_namespace(owner):
+def test_q1_a_new_namespace(network_owner):
     assert ch04.q1.check({"lo": "down"}).ok is True
     assert ch04.q1.check({"lo": "up"}).ok is False
     assert ch04.q1.check({"lo": "down", "eth0": "down"}).ok is False
@@ -28,7 +17,7 @@ def test_q1_a_new_namespace(owner):
 
 
 @pytest.fixture
-def pair(owner, uid):
+def pair(network_owner, uid):
     return network.create(f"qa{uid}"), network.create(f"qb{uid}")
 
 
@@ -75,7 +64,7 @@ def test_q2_wrong_when_the_cable_goes_elsewhere(pair, uid):
 
 
 @pytest.fixture
-def bridged(owner, uid):
+def bridged(network_owner, uid):
     br = network.bridge(f"qbr{uid}")
     c1 = network.create(f"qc1{uid}")
     network.attach(c1, br)

@@ -17,28 +17,15 @@ import sys
 import time
 
 import census
-import capabilities
 import pytest
 from systest import labhelper_cli, sh
 
 from labhelper import cleanup, network, registry
 from labhelper.errors import Refused
 
-pytestmark = pytest.mark.usefixtures("owner")
+pytestmark = pytest.mark.usefixtures("network_owner")
 
 SIOCGSKNS = 0x894C          # include/uapi/linux/sockios.h: the network namespace of a socket
-
-
-@pytest.fixture
-def owner(uid, monkeypatch):
-    """This test's owner; what it made is removed at the end (and must be all it made)."""
-    for program in ("ip", "nft", "ping"):
-        capabilities.need(program)
-    name = f"nettest-{uid}"
-    monkeypatch.setenv("LABHELPER_OWNER", name)
-    yield name
-    result = cleanup.cleanup(owner=name)
-    assert result.ok, result.failures
 
 
 def _echo(server_ns, client_ns, address: str, port: int = 7007, payload: bytes = b"hello") -> bytes:
