@@ -82,7 +82,7 @@ def _close_fds(keep: set[int]) -> None:
 
 
 def _child_main(write_fd: int, parent_pid: int, fn, args, kwargs, unshare: CloneFlags,
-                keep_fds: set[int], gate_fd: int | None, cgroup: str | None) -> None:
+                keep_fds: set[int], gate_fd: int | None, cgroup: str | tuple[str, ...] | None) -> None:
     """Runs in the child and never returns (os._exit)."""
     # Move every inherited object out of the garbage collector's sight: a collection would
     # touch (and so copy, page by page) the whole parent heap that fork shares copy-on-write.
@@ -104,9 +104,11 @@ def _child_main(write_fd: int, parent_pid: int, fn, args, kwargs, unshare: Clone
         syscalls.prctl(Prctl.PR_SET_CHILD_SUBREAPER, 1)
         if cgroup is not None:
             # Join the lab cgroup before anything else runs: every process this child starts is
-            # born inside, where cleanup finds it even if PDEATHSIG does not reach it.
-            with open(os.path.join(marks.cgroup_path(cgroup), "cgroup.procs"), "w") as fh:
-                fh.write(f"{os.getpid()}\n")
+            # born inside, where cleanup finds it even if PDEATHSIG does not reach it. (On cgroup
+            # v1 a group is a folder in each controller's hierarchy: it joins them all.)
+            for folder in (cgroup,) if isinstance(cgroup, str) else cgroup:
+                with open(os.path.join(marks.cgroup_path(folder), "cgroup.procs"), "w") as fh:
+                    fh.write(f"{os.getpid()}\n")
         if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
             # A notebook interrupt (SIGINT to the process group) becomes KeyboardInterrupt here too.
             signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -320,10 +322,11 @@ class Child:
 
 
 def spawn(fn, *args, unshare: CloneFlags | int = 0, keep_fds: tuple[int, ...] = (),
-          gate: bool = False, cgroup: str | None = None, **kwargs) -> Child:
+          gate: bool = False, cgroup: str | tuple[str, ...] | None = None, **kwargs) -> Child:
     """Fork a child that runs ``fn(*args, **kwargs)`` (after ``unshare(flags)`` if given).
 
-    ``cgroup``: a lab cgroup's folder that the child joins before it runs anything.
+    ``cgroup``: a lab cgroup's folder (or several: one per v1 hierarchy) that the child joins
+    before it runs anything.
 
     PR_SET_PDEATHSIG fires when the *thread* that forked the child ends, not the process: call
     spawn() from a thread that outlives the child. A notebook's cells run on the kernel's main

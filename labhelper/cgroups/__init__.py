@@ -5,174 +5,23 @@ Every cgroup of the course lives at or below a cgroup named ``labhelper`` (marks
 in a mounted hierarchy: under cgroup v1 there is one hierarchy per controller (memory, pids,
 cpu...), under cgroup v2 a single one for all. A process in a lab cgroup is a lab process: that
 membership is the mark by which cleanup knows it may kill it (a ledger record alone is never
-enough), and it survives the crash of whoever started the process. (Chapter 05 adds the limits,
-stats and events, for v1 and v2 alike.)
+enough), and it survives the crash of whoever started the process.
 
-Here: the verbs every chapter needs to keep track of processes (:func:`create`, :func:`add`,
-:func:`procs`, :func:`kill`, :func:`remove`) in the hierarchy :func:`hierarchy` chooses, and the
-census and removal of lab cgroups as objects of kind "cgroup" (marks.KINDS). A cgroup is
-removed with rmdir(2), children first; the kernel refuses (EBUSY) while a process is inside,
-which is why cleanup kills processes first.
+The parts:
+
+* ``tree``    the verbs every chapter needs to keep track of processes (create, add, procs,
+              kill, remove), and lab cgroups as objects of kind "cgroup" (census and removal);
+* ``limits``  limits checked before anything is written (R20), and the stats' shape;
+* ``files``   reading and writing cgroup files, errors that name the file and the value;
+* ``v1``, ``v2``  the same verbs (apply limits, stats, freeze) for each version;
+* ``group``   chapter 05's groups: ``group(name)`` on whichever version limits here.
 """
 from __future__ import annotations
 
-import errno
-import os
-import signal
-import time
+from .group import Group, group, limits_of, tree_of, version
+from .limits import Limits, Stats, check, format_size, parse_size
+from .tree import add, create, find_cgroups, hierarchy, kill, procs, remove, remove_cgroup
 
-from .. import marks, procfs
-from ..errors import Refused, RequirementError
-from ..registry import ledger
-
-__all__ = ["hierarchy", "create", "add", "procs", "kill", "remove", "find_cgroups", "remove_cgroup"]
-
-
-def hierarchy(table: list[procfs.Mount] | None = None) -> str:
-    """The mounted hierarchy where the lab keeps track of its processes.
-
-    cgroup2 when it is mounted: there, membership works without any controller (it is the
-    hybrid layout's empty /sys/fs/cgroup/unified, or the whole of a pure v2 machine), and a
-    whole group can be killed with one write (cgroup.kill, Linux 5.14). Else a v1 hierarchy
-    whose root has cgroup.procs (systemd's named hierarchy, or pids).
-    """
-    table = procfs.mountinfo() if table is None else table
-    for m in table:
-        if m.fstype == "cgroup2" and os.path.exists(os.path.join(m.mountpoint, "cgroup.procs")):
-            return m.mountpoint
-    v1 = [m for m in table if m.fstype == "cgroup" and os.path.exists(os.path.join(m.mountpoint, "cgroup.procs"))]
-    for want in ("name=systemd", "pids"):
-        for m in v1:
-            if want in m.super_options.split(","):
-                return m.mountpoint
-    if v1:
-        return v1[0].mountpoint
-    raise RequirementError("no cgroup hierarchy is mounted here, so lab processes cannot be kept track of",
-                           hint="boot with cgroups mounted (every systemd distribution does)",
-                           missing=("cgroups",))
-
-
-def create(name: str, owner: str | None = None, root: str | None = None) -> str:
-    """Make the lab cgroup ``name`` (``labhelper/NAME`` in :func:`hierarchy`, or in ``root``),
-    recorded in the ledger, and return its folder. A name in use is an error (the cgroup that
-    has it is left as it is)."""
-    if not isinstance(name, str) or "/" in name:
-        raise Refused(f"a lab cgroup's name is one plain name, not {name!r}")
-    top = os.path.join(root or hierarchy(), marks.CGROUP_PARENT)
-    path = marks.cgroup_path(os.path.join(top, name))
-    with ledger().creating("cgroup", path, owner):
-        for attempt in range(3):
-            try:
-                os.mkdir(top, 0o755)            # the lab's parent cgroup, shared by every lab cgroup
-            except FileExistsError:
-                pass
-            try:
-                os.mkdir(path, 0o755)
-                return path
-            except FileExistsError:
-                raise Refused(f"the cgroup {path} exists already: choose another name (or remove it: "
-                              "labhelper cleanup)") from None
-            except FileNotFoundError:
-                if attempt == 2:
-                    raise
-                # the last lab cgroup was removed with its parent just now: make the parent again
-
-
-def add(path: str, pid: int) -> None:
-    """Move process ``pid`` into the cgroup at ``path`` (its children made from then on are born
-    in it too)."""
-    path = marks.cgroup_path(path)
-    with open(os.path.join(path, "cgroup.procs"), "w") as fh:
-        fh.write(f"{int(pid)}\n")
-
-
-def procs(path: str) -> list[int]:
-    """The processes in the cgroup at ``path`` (not those of its children)."""
-    text = procfs.read_text(os.path.join(marks.cgroup_path(path), "cgroup.procs"), limit=None)
-    return [int(line) for line in text.split()]
-
-
-def kill(path: str, timeout: float = 5.0) -> None:
-    """SIGKILL every process in the cgroup at ``path``, and wait until none is left.
-
-    cgroup v2 has cgroup.kill: one write, and the kernel kills every process in the subtree,
-    those being forked at that very moment included. Elsewhere, read cgroup.procs and kill what
-    it lists, again, until it is empty: a process cannot leave its cgroup by itself, and every
-    child it forks is born inside, so the list shrinks to nothing.
-    """
-    path = marks.cgroup_path(path)
-    deadline = time.monotonic() + timeout
-    killer = os.path.join(path, "cgroup.kill")
-    if os.path.exists(killer):
-        try:
-            with open(killer, "w") as fh:
-                fh.write("1\n")
-        except FileNotFoundError:
-            return
-    while True:
-        try:
-            left = [p for p in procs(path) if not procfs.is_zombie(p)]
-        except FileNotFoundError:
-            return
-        if not left:
-            return
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{len(left)} process(es) still in {path} after {timeout:g} s: {left[:10]}")
-        for pid in left:
-            try:
-                os.kill(pid, signal.SIGKILL)    # in our cgroup, so ours: a pid in cgroup.procs is alive
-            except ProcessLookupError:
-                pass
-        time.sleep(0.01)
-
-
-def remove(path: str, timeout: float = 5.0) -> None:
-    """Kill what is inside the cgroup at ``path``, then remove it and its record (idempotent)."""
-    path = marks.cgroup_path(path)
-    for sub in sorted((d for d, _, _ in os.walk(path)), key=lambda d: d.count("/"), reverse=True):
-        kill(sub, timeout)
-        remove_cgroup(marks.Obj("cgroup", sub), ledger())
-    # The lab's parent cgroup goes with its last child (the kernel refuses while one is left).
-    top = os.path.dirname(path)
-    if os.path.basename(top) == marks.CGROUP_PARENT:
-        try:
-            os.rmdir(top)
-        except OSError:
-            pass
-
-
-# --- lab cgroups as objects (marks.KINDS) -------------------------------------------------------------
-
-def find_cgroups(scan: marks.Scan) -> list[marks.Obj]:
-    """Every folder at or below <hierarchy>/labhelper, in every mounted cgroup hierarchy."""
-    found = []
-    for m in scan.mounts:
-        if m.fstype not in ("cgroup", "cgroup2"):
-            continue
-        top = scan.host_path(m.mountpoint) / marks.CGROUP_PARENT
-        if not top.is_dir() or top.is_symlink():
-            continue
-        for dirpath, dirnames, _ in os.walk(top, followlinks=False):
-            path = "/" + os.path.relpath(dirpath, scan.fs_root)
-            found.append(marks.Obj("cgroup", path, m.fstype, where=(path,)))
-            dirnames.sort()
-    return found
-
-
-def remove_cgroup(obj: marks.Obj, ledger) -> None:
-    """rmdir one lab cgroup (idempotent). Its children go first: cleanup orders them so."""
-    path = marks.cgroup_path(obj.name)
-    with ledger.removing("cgroup", path):
-        for _ in range(50):
-            try:
-                os.rmdir(path)
-                return
-            except FileNotFoundError:
-                return
-            except OSError as exc:
-                # EBUSY for a moment after the last process died: the kernel frees a cgroup of
-                # its exited (zombie) members a little later.
-                if exc.errno != errno.EBUSY:
-                    raise
-            time.sleep(0.02)
-        os.rmdir(path)
+__all__ = ["hierarchy", "create", "add", "procs", "kill", "remove", "find_cgroups", "remove_cgroup",
+           "Group", "group", "version", "tree_of", "limits_of", "Limits", "Stats", "check", "parse_size",
+           "format_size"]
