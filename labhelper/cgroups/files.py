@@ -25,7 +25,7 @@ def write(folder: str, name: str, value) -> None:
     path = os.path.join(folder, name)
     text = f"{value}\n"
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW)   # O_TRUNC: as `echo >` does
     except OSError as exc:
         raise syscalls.error("open", {"file": path}, exc.errno, _HINTS.get(exc.errno)) from None
     try:
