@@ -109,7 +109,7 @@ class Group:
     def kill(self, timeout: float = 10.0) -> None:
         """SIGKILL every process of the group. v2: one write to cgroup.kill. v1: freeze first (no
         process can fork while frozen, so the list cannot grow), kill each, thaw, wait."""
-        if self.version == 1 and "freezer" in self.folders:
+        if self.version == 1 and "freezer" in self.folders and os.path.isdir(self.folders["freezer"]):
             v1.freeze(self.folders, True)
             try:
                 for pid in tree.procs(self.folders["freezer"]):

@@ -44,6 +44,14 @@ def _folder(folders: dict[str, str], controller: str, what: str) -> str:
 
 def apply(folders: dict[str, str], limits: Limits) -> dict[str, str]:
     """Write the limits that are set, each in its controller's folder; return {file: value}."""
+    # Every controller needed is checked first: nothing is written if one is missing.
+    needs = [("memory", "a memory limit", limits.memory is not None or limits.swap is not None),
+             ("cpu", "a CPU limit", limits.cpu is not None or limits.cpu_weight is not None),
+             ("pids", "a pids limit", limits.pids is not None),
+             ("blkio", "an I/O limit", limits.io_device is not None)]
+    for controller, what, wanted in needs:
+        if wanted:
+            _folder(folders, controller, what)
     written = {}
 
     def put(controller, name, value, what):

@@ -44,33 +44,34 @@ def _need(folder: str, controller: str, what: str) -> None:
 
 
 def apply(folder: str, limits: Limits) -> dict[str, str]:
-    """Write the limits that are set; return {file: value written}."""
-    written = {}
-
-    def put(controller, name, value, what):
-        _need(folder, controller, what)
-        files.write(folder, name, value)
-        written[name] = str(value)
-
+    """Write the limits that are set; return {file: value written}. Every controller needed is
+    checked first: a limit that cannot be applied stops the others before any is written."""
+    todo = []
     if limits.memory is not None:
-        put("memory", "memory.max", limits.memory, "a memory limit")
+        todo.append(("memory", "memory.max", limits.memory, "a memory limit"))
     if limits.memory_high is not None:
-        put("memory", "memory.high", limits.memory_high, "memory.high")
+        todo.append(("memory", "memory.high", limits.memory_high, "memory.high"))
     if limits.swap is not None:
-        put("memory", "memory.swap.max", limits.swap, "a swap limit")
+        todo.append(("memory", "memory.swap.max", limits.swap, "a swap limit"))
     if limits.cpu is not None:
-        put("cpu", "cpu.max", f"{round(limits.cpu * CPU_PERIOD_US)} {CPU_PERIOD_US}", "a CPU limit")
+        todo.append(("cpu", "cpu.max", f"{round(limits.cpu * CPU_PERIOD_US)} {CPU_PERIOD_US}", "a CPU limit"))
     if limits.cpu_weight is not None:
-        put("cpu", "cpu.weight", limits.cpu_weight, "a CPU weight")
+        todo.append(("cpu", "cpu.weight", limits.cpu_weight, "a CPU weight"))
     if limits.pids is not None:
-        put("pids", "pids.max", limits.pids, "a pids limit")
+        todo.append(("pids", "pids.max", limits.pids, "a pids limit"))
     if limits.io_device is not None and (limits.io_read or limits.io_write):
         parts = [limits.io_device]
         if limits.io_read:
             parts.append(f"rbps={limits.io_read}")
         if limits.io_write:
             parts.append(f"wbps={limits.io_write}")
-        put("io", "io.max", " ".join(parts), "an I/O limit")
+        todo.append(("io", "io.max", " ".join(parts), "an I/O limit"))
+    for controller, _, _, what in todo:
+        _need(folder, controller, what)
+    written = {}
+    for _, name, value, _ in todo:
+        files.write(folder, name, value)
+        written[name] = str(value)
     return written
 
 
