@@ -13,6 +13,7 @@ hierarchy has no controllers, such as this course's CI).
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 from .. import host, marks, procfs
@@ -126,6 +127,24 @@ class Group:
         self.kill()
         for folder in self._all():
             tree.remove(folder)
+
+    def watch(self, child: Child, every: float = 0.02, limit: float = 60.0) -> list[tuple[float, int, int]]:
+        """Sample the group while ``child`` runs: [(seconds since start, memory charged now, OOM
+        kills so far)], until the child ends (it is then waited for: its value is not needed)."""
+        samples, start = [], time.monotonic()
+        while time.monotonic() - start < limit:
+            s = self.stats()
+            samples.append((time.monotonic() - start, s.memory_current or 0, s.oom_kills or 0))
+            if not os.path.exists(f"/proc/{child.pid}") or procfs.is_zombie(child.pid):
+                break
+            time.sleep(every)
+        try:
+            child.wait(5)
+        except Exception:        # noqa: BLE001 - an OOM-killed child is what is being watched
+            pass
+        s = self.stats()
+        samples.append((time.monotonic() - start, s.memory_current or 0, s.oom_kills or 0))
+        return samples
 
     def __enter__(self) -> "Group":
         return self

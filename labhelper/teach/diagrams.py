@@ -20,7 +20,7 @@ from ..errors import Refused, RequirementError
 from .chapters import CHAPTERS
 
 __all__ = ["Diagram", "digraph", "course_map", "layers_diagram", "LAYER_PATHS", "hypervisor_types",
-           "nesting", "exit_round_trip", "emulated_vs_paravirtual", "namespaces_diagram", "network_diagram"]
+           "nesting", "exit_round_trip", "emulated_vs_paravirtual", "namespaces_diagram", "network_diagram", "cgroup_tree"]
 
 
 @dataclass
@@ -340,3 +340,20 @@ def network_diagram(topology, show_loopback: bool = False) -> Diagram:
         edges.append((f"{cable.a[0]}/{cable.a[1]}", f"{cable.b[0]}/{cable.b[1]}",
                       {"dir": "none", "penwidth": "3", "color": "#0969da", "label": "veth"}))
     return digraph("the lab's network", nodes, edges, rankdir="LR", clusters=clusters)
+
+
+def cgroup_tree(tree: dict[str, list[int]], limits: dict[str, str] | None = None) -> Diagram:
+    """The lab's cgroups as a tree (``cgroups.tree_of()``): one box per cgroup, with how many
+    processes it holds and, where given, its limits (``{folder: "memory 64M, pids 32"}``)."""
+    nodes, edges = {}, []
+    limits = limits or {}
+    for folder, pids in tree.items():
+        name = folder.rstrip("/").rsplit("/", 1)[-1]
+        lines = [name, f"{len(pids)} process{'es' if len(pids) != 1 else ''}"]
+        if folder in limits:
+            lines.append(limits[folder])
+        nodes[folder] = {"label": "\n".join(lines), "fillcolor": "#dafbe1" if pids else "#f6f8fa"}
+        parent = folder.rsplit("/", 1)[0]
+        if parent in tree:
+            edges.append((parent, folder, {}))
+    return digraph("the lab's cgroups", nodes, edges, rankdir="TB")

@@ -5,13 +5,15 @@ Each function returns a Figure (Jupyter displays it) and leaves nothing open in 
 
 * :func:`syscalls`: a ``strace -c`` summary as bars, coloured by category (chapter 01)
 * :func:`costs`: what calls cost, as distributions on a log scale (chapters 01 and 02)
+* :func:`memory`: a group's memory over time against its limit, and the OOM kill (chapter 05)
+* :func:`cpu_shares`: CPU used at several quotas, against the quota (chapter 05)
 """
 from __future__ import annotations
 
 from ..syscost import Costs
 from ..trace import CATEGORY_NAMES, Summary
 
-__all__ = ["CATEGORY_COLORS", "syscalls", "costs"]
+__all__ = ["CATEGORY_COLORS", "syscalls", "costs", "memory", "cpu_shares"]
 
 #: one colour per system call category, for every chart and widget
 CATEGORY_COLORS = {"file": "#4c72b0", "process": "#dd8452", "memory": "#55a868",
@@ -73,6 +75,53 @@ def costs(measured: Costs, title: str | None = None):
         ax.annotate(f"{c.median:.0f} ns", (c.median, i), xytext=(0, 11), textcoords="offset points",
                     ha="center", fontsize=8)
     ax.grid(axis="x", which="both", alpha=0.3)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def memory(samples, limit: int | None, title: str | None = None):
+    """Memory charged to a group over time (``Group.watch``'s samples), the limit as a dashed
+    line, and a red mark where the OOM killer struck."""
+    import matplotlib.pyplot as plt  # lazy: importing labhelper must stay fast
+
+    mib = 1024 * 1024
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    ts = [t for t, _, _ in samples]
+    ax.plot(ts, [m / mib for _, m, _ in samples], color="#4c72b0", label="memory charged to the group")
+    if limit:
+        ax.axhline(limit / mib, color="#c44e52", linestyle="--", label=f"limit {limit // mib} MiB")
+    kills = [t for (t, _, k), (_, _, k0) in zip(samples[1:], samples) if k > k0]
+    for t in kills:
+        ax.axvline(t, color="#c44e52", alpha=0.6)
+        ax.annotate("OOM kill", (t, (limit or 1) / mib), xytext=(4, -14), textcoords="offset points",
+                    color="#c44e52", fontsize=9)
+    ax.set_xlabel("seconds")
+    ax.set_ylabel("MiB")
+    ax.set_ylim(bottom=0)
+    ax.set_title(title or "The kernel charges every page to the group, and stops it at the limit", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def cpu_shares(measured: dict[float, float], title: str | None = None):
+    """CPU used by a busy loop at several quotas: bars for what was measured, a line for the quota."""
+    import matplotlib.pyplot as plt  # lazy: importing labhelper must stay fast
+
+    quotas = sorted(measured)
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar([str(q) for q in quotas], [measured[q] for q in quotas], color="#55a868", label="measured")
+    ax.plot([str(q) for q in quotas], quotas, color="black", marker="_", markersize=30, linestyle="none",
+            label="quota")
+    ax.set_xlabel("quota (CPUs)")
+    ax.set_ylabel("CPU used (CPUs)")
+    ax.set_ylim(0, max(1.05, max(measured.values()) * 1.1))
+    ax.set_title(title or "A busy loop gets its quota, not more", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     plt.close(fig)
     return fig

@@ -8,6 +8,8 @@ ipywidgets and matplotlib are imported inside the functions that use them, so th
   lets each of them do;
 * chapter 03: :class:`NamespaceExplorer`: a checkbox per namespace type, and what a child in
   the chosen new namespaces sees, next to the host;
+* chapter 05: :class:`MemoryPlayground`: sliders for a memory limit and an allocation, a run
+  button, and the usage plotted against the limit;
 * chapter 01: :class:`SyscallExplorer`: pick a command, see its system calls as a table and a
   bar chart, filtered by category::
 
@@ -28,7 +30,7 @@ from . import plots
 from .chapters import CHAPTERS
 
 __all__ = ["Playground", "SyscallExplorer", "explorer_commands", "chapter_explorer", "NamespaceExplorer", "look",
-           "Seen"]
+           "Seen", "MemoryPlayground", "Outcome", "grow"]
 
 
 class Playground:
@@ -256,3 +258,90 @@ class NamespaceExplorer(Playground):
 
     def __repr__(self) -> str:
         return "NamespaceExplorer(8 namespace types)"
+
+
+# --- chapter 05: a memory limit, and what happens at it ---------------------------------------------------
+
+def grow(total_mib: int, step_mib: int = 4, pause: float = 0.01) -> int:
+    """Allocate ``total_mib`` MiB, ``step_mib`` at a time, touching every page (so each is
+    charged), with a pause between steps so that the growth can be watched. Returns the MiB held."""
+    import time
+    held = []
+    for _ in range(0, total_mib, step_mib):
+        block = bytearray(step_mib * 1024 * 1024)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        held.append(block)
+        time.sleep(pause)
+    return len(held) * step_mib
+
+
+class Outcome(tuple):
+    """What one run of the memory playground gave: (limit, asked, survived, oom kills, samples)."""
+    __slots__ = ()
+
+    def __new__(cls, limit: int, asked: int, survived: bool, oom_kills: int, samples: list):
+        return super().__new__(cls, (limit, asked, survived, oom_kills, samples))
+
+    limit = property(lambda self: self[0])
+    asked = property(lambda self: self[1])
+    survived = property(lambda self: self[2])
+    oom_kills = property(lambda self: self[3])
+    samples = property(lambda self: self[4])
+
+    def __repr__(self) -> str:
+        verdict = "finished" if self.survived else f"was OOM-killed ({self.oom_kills} kill(s) in the group)"
+        peak = max((m for _, m, _ in self.samples), default=0) // (1024 * 1024)
+        return (f"limit {self.limit // (1024 * 1024)} MiB, asked for {self.asked} MiB: the process {verdict}; "
+                f"the most charged: {peak} MiB")
+
+
+class MemoryPlayground(Playground):
+    """A slider for a group's memory limit, another for how much a process asks for, and a button:
+    the process grows in the group while the group is sampled, and the plot shows usage against
+    the limit. ``run(limit_mib, ask_mib)`` does it without widgets."""
+
+    def __init__(self, name: str = "memory-playground"):
+        self.name = name
+        self.last: Outcome | None = None
+
+    def run(self, limit_mib: int, ask_mib: int) -> Outcome:
+        from .. import cgroups
+        with cgroups.group(f"{self.name}-{os.getpid()}") as g:
+            g.limit(memory=f"{limit_mib}M", **({"swap": 0} if g.version == 2 else {}))
+            child = g.spawn(grow, ask_mib)
+            samples = g.watch(child)
+            stats = g.stats()
+        survived = not stats.oom_kills
+        self.last = Outcome(limit_mib * 1024 * 1024, ask_mib, survived, stats.oom_kills or 0, samples)
+        return self.last
+
+    def figure(self):
+        if self.last is None:
+            return None
+        return plots.memory(self.last.samples, self.last.limit)
+
+    def _build(self):
+        import ipywidgets as w
+        self._limit = w.IntSlider(value=64, min=16, max=256, step=16, description="limit MiB")
+        self._ask = w.IntSlider(value=96, min=16, max=256, step=16, description="asks MiB")
+        self._button = w.Button(description="run", tooltip="grow a process in a group with this limit")
+        self._out = w.Output()
+        self._text = w.HTML()
+        self._button.on_click(lambda _: self._refresh())
+        return w.VBox([w.HBox([self._limit, self._ask, self._button]), self._text, self._out])
+
+    def _refresh(self) -> None:
+        from IPython.display import display
+        try:
+            outcome = self.run(self._limit.value, self._ask.value)
+        except Exception as exc:  # noqa: BLE001 - show the kernel's answer in the playground
+            self._text.value = f"<p style='color:#cf222e'>{html.escape(f'{type(exc).__name__}: {exc}')}</p>"
+            return
+        self._text.value = f"<p>{html.escape(repr(outcome))}</p>"
+        self._out.clear_output(wait=True)
+        with self._out:
+            display(self.figure())
+
+    def __repr__(self) -> str:
+        return "MemoryPlayground(limit and allocation sliders, a run button)"
