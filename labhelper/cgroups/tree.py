@@ -124,13 +124,6 @@ def remove(path: str, timeout: float = 5.0) -> None:
     for sub in sorted((d for d, _, _ in os.walk(path)), key=lambda d: d.count("/"), reverse=True):
         kill(sub, timeout)
         remove_cgroup(marks.Obj("cgroup", sub), ledger())
-    # The lab's parent cgroup goes with its last child (the kernel refuses while one is left).
-    top = os.path.dirname(path)
-    if os.path.basename(top) == marks.CGROUP_PARENT:
-        try:
-            os.rmdir(top)
-        except OSError:
-            pass
 
 
 # --- lab cgroups as objects (marks.KINDS) -------------------------------------------------------------
@@ -158,6 +151,7 @@ def remove_cgroup(obj: marks.Obj, ledger) -> None:
         for _ in range(50):
             try:
                 os.rmdir(path)
+                _remove_empty_parent(path)
                 return
             except FileNotFoundError:
                 return
@@ -168,3 +162,16 @@ def remove_cgroup(obj: marks.Obj, ledger) -> None:
                     raise
             time.sleep(0.02)
         os.rmdir(path)
+        _remove_empty_parent(path)
+
+
+def _remove_empty_parent(path: str) -> None:
+    # The lab's parent cgroup has no record of its own (every lab cgroup shares it): it goes with
+    # its last child, whoever removes that child (a chapter's reset included). The kernel
+    # refuses while another child is left, and that is fine.
+    top = os.path.dirname(path)
+    if os.path.basename(top) == marks.CGROUP_PARENT:
+        try:
+            os.rmdir(top)
+        except OSError:
+            pass
