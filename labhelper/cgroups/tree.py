@@ -55,10 +55,6 @@ def create(name: str, owner: str | None = None, root: str | None = None) -> str:
     with ledger().creating("cgroup", path, owner):
         for attempt in range(3):
             try:
-                os.mkdir(top, 0o755)            # the lab's parent cgroup, shared by every lab cgroup
-            except FileExistsError:
-                pass
-            try:
                 os.mkdir(path, 0o755)
                 return path
             except FileExistsError:
@@ -67,7 +63,12 @@ def create(name: str, owner: str | None = None, root: str | None = None) -> str:
             except FileNotFoundError:
                 if attempt == 2:
                     raise
-                # the last lab cgroup was removed with its parent just now: make the parent again
+            # No lab parent cgroup (the first lab cgroup, or the last one was removed with its
+            # parent just now): make it, shared by every lab cgroup, then try again.
+            try:
+                os.mkdir(top, 0o755)
+            except FileExistsError:
+                pass
 
 
 def add(path: str, pid: int) -> None:

@@ -72,3 +72,14 @@ def test_network_benchmark_compares_with_ip_in_the_same_run():
     assert len(judged) == 2 and all(re.search(rf" {RATIO} <= 1\.[25]x (ok|OVER)$", row) for row in judged), r.stdout
     assert sum(" ip -batch: " in row for row in rows) == 2 and any("(shown)" in row for row in rows), r.stdout
     assert any(row.endswith("OVER") for row in judged) == (r.returncode == 1), r.stdout
+
+
+@pytest.mark.cgroups
+def test_cgroup_benchmark_compares_with_its_c_reference():
+    capabilities.need("gcc")
+    r = bench("cgroups.py", "--rounds", "2", "--per-round", "5")
+    assert r.returncode in (0, 1), r.stderr                      # 1: the goal missed, not a broken script
+    rows = r.stdout.splitlines()
+    assert rows[1].startswith("C: ") and re.search(rf" {RATIO}$", rows[1]), r.stdout
+    assert re.search(rf" {RATIO} <= 1\.5x (ok|OVER)$", rows[2]), r.stdout
+    assert rows[2].endswith("OVER") == (r.returncode == 1), r.stdout
