@@ -15,8 +15,8 @@ The ledger (:mod:`labhelper.registry`) says who made an object and whether its m
 runs; the mark decides whether cleanup may touch it at all.
 
 :data:`KINDS` lists every kind of object, in the order cleanup removes them (an object goes
-only once what depends on it is gone: processes, then mounts, links, network namespaces,
-the firewall tables that guarded the links, cgroups, folders). Each kind names the function of its own concept module that finds its
+only once what depends on it is gone: processes, then mounts, loop devices, links, network
+namespaces, the firewall tables that guarded the links, cgroups, folders). Each kind names the function of its own concept module that finds its
 objects for the census and the one that removes an object. Adding a kind of object is one row
 here, the two functions in the concept module, and one line in the test that every
 state-changing call refuses without the safety guard (tests/unit/test_guard.py).
@@ -39,7 +39,7 @@ from .errors import LabError, Refused
 
 __all__ = ["LAB_DIRS", "PREFIX", "CGROUP_PARENT", "NETNS_DIR", "IFNAME_MAX", "is_under", "lab_dir_of",
            "lab_path", "host_path", "is_lab_cgroup", "cgroup_path", "ifname", "link_name", "netns_name",
-           "pid_name", "open_lab_dir", "open_step", "DIR_FLAGS", "Kind", "KINDS", "ORDER", "kind", "Obj", "Scan", "printable"]
+           "pid_name", "loop_name", "open_lab_dir", "open_step", "DIR_FLAGS", "Kind", "KINDS", "ORDER", "kind", "Obj", "Scan", "printable"]
 
 LAB_DIRS = ("/var/lib/labhelper", "/run/labhelper")
 PREFIX = "lh-"
@@ -175,6 +175,13 @@ def plain_name(name, what: str) -> str:
     return name
 
 
+def loop_name(name) -> str:
+    """A loop device is named by its device file, /dev/loopN."""
+    if not isinstance(name, str) or not re.fullmatch(r"/dev/loop[0-9]+", name):
+        raise Refused(f"{printable(str(name))!r} is not a loop device: /dev/loopN")
+    return name
+
+
 def pid_name(name) -> str:
     """A process is named by its pid, in decimal."""
     if not isinstance(name, str) or not name.isascii() or not name.isdigit() or name.startswith("0"):
@@ -302,6 +309,8 @@ KINDS: tuple[Kind, ...] = (
          pid_name, within=("cgroup",)),
     Kind("mount", "unmount", "its mount point below a lab folder, or an overlay writing there",
          "mounts.find_mounts", "mounts.remove_mount", _mount_point, within=_PATHS, deepest_first=True),
+    Kind("loop", "detach-loop", "a loop device whose backing file is below a lab folder",
+         "loop.find_loops", "loop.remove_loop", loop_name, within=("dir",)),
     Kind("link", "delete-link", f"a network interface named {PREFIX}*",
          "network.find_links", "network.remove_link", link_name),
     Kind("netns", "delete-netns", f"a named network namespace {NETNS_DIR}/{PREFIX}*",

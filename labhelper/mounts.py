@@ -31,7 +31,7 @@ from .flags import MountFlags, UmountFlags
 from .procfs import Mount
 from .registry import fault_point, ledger
 
-__all__ = ["mounts_under", "tmpfs_size", "mount_tmpfs", "unmount", "detach", "is_ours", "remove_tree",
+__all__ = ["mounts_under", "tmpfs_size", "mount_tmpfs", "make_dir", "unmount", "detach", "is_ours", "remove_tree",
            "find_mounts", "remove_mount", "find_dirs", "remove_dir"]
 
 
@@ -119,6 +119,21 @@ def mount_tmpfs(target: str, size: str = "1m", owner: str | None = None) -> Moun
             _rmdir_empty(made)                  # ...and none of the folders it made
             raise
     return found
+
+
+def make_dir(path: str, owner: str | None = None) -> str:
+    """Make the lab folder ``path`` (and what is missing above it), recorded in the ledger as a
+    "dir": cleanup removes it, and everything in it, never through a symlink or a mount."""
+    path = marks.lab_path(path, "make a folder")
+    above = [p for p in _missing_folders(path) if p != path]     # recorded first: removed with it, when empty
+    with registry.ledger().creating("dir", path, owner, data={"made": above}):
+        made: list[str] = []
+        try:
+            os.close(marks.open_lab_dir(path, create=True, made=made))
+        except BaseException:
+            _rmdir_empty(made)
+            raise
+    return path
 
 
 def _missing_folders(path: str) -> list[str]:
@@ -368,6 +383,9 @@ def _exists_here(scan: marks.Scan, path: str) -> bool:
 
 
 def remove_dir(obj: marks.Obj, ledger: registry.Ledger) -> None:
-    """Remove a recorded folder and everything in it (:func:`remove_tree`)."""
+    """Remove a recorded folder and everything in it (:func:`remove_tree`), then the folders its
+    creation made above it (its record lists them), when they are empty."""
+    record = ledger.find("dir", obj.name)
     with ledger.removing("dir", obj.name):
         remove_tree(obj.name)
+        _rmdir_empty(record.data.get("made", []) if record else [])

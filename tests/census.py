@@ -4,8 +4,8 @@ Deliberately written without labhelper, so a bug in labhelper's own census canno
 mounts under the lab folders (and overlays whose upperdir is there), cgroup folders under a
 ``labhelper`` cgroup in every mounted hierarchy, /run/netns/lh-*, links named lh-*, processes
 in a lab cgroup or with their root in a lab folder, fds on /dev/kvm or kvm anon inodes held by
-processes other than the test runner, nftables tables inet lh-* (the lab's firewall), and
-ledger records.
+processes other than the test runner, nftables tables inet lh-* (the lab's firewall), loop
+devices backed by a file in a lab folder, and ledger records.
 """
 from __future__ import annotations
 
@@ -64,6 +64,10 @@ def take() -> frozenset[tuple[str, str]]:
             found.add(("link", name))
     for name in _nft_tables():
         found.add(("firewall", name))
+    for name in os.listdir("/sys/block") if os.path.isdir("/sys/block") else []:
+        backing = _read(f"/sys/block/{name}/loop/backing_file").strip()
+        if name.startswith("loop") and backing and _under(backing):
+            found.add(("loop", f"/dev/{name}"))
     for pid in (p for p in os.listdir("/proc") if p.isdigit()):
         stat = _read(f"/proc/{pid}/stat")
         if stat[stat.rfind(")") + 2:][:1] == "Z":

@@ -40,7 +40,7 @@ __all__ = ["Link", "Address", "Route", "host_name", "inner_name", "veth", "bridg
 #: Where automatic subnets come from: a /24 each, never one that overlaps this host's addresses
 #: or routes (so never a real network the host reaches).
 LAB_POOL = ipaddress.ip_network("10.213.0.0/16")
-_LOCK = "/run/labhelper/network.lock"
+_LOCK_DIR = "/run/labhelper"
 
 _INVALID_IFNAMES = (".", "..")
 
@@ -383,9 +383,9 @@ def route(where, destination: str = "default", via: str | None = None, dev: str 
 @contextlib.contextmanager
 def _allocating():
     """Choosing a subnet or an address and taking it must be one step for every process of the
-    lab at once (R27): an exclusive lock on one file serializes them."""
-    os.makedirs(os.path.dirname(_LOCK), mode=0o755, exist_ok=True)
-    fd = os.open(_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    lab at once (R27): an exclusive lock (flock) on the lab's own folder serializes them, with no
+    lock file to leave behind."""
+    fd = marks.open_lab_dir(_LOCK_DIR, create=True)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

@@ -153,3 +153,27 @@ def test_freeze_waits_for_the_kernel_to_say_frozen(tmp_path):
     assert (tmp_path / "cgroup.freeze").read_text() == "1\n"
     (tmp_path / "cgroup.events").write_text("populated 1\nfrozen 1\n")
     v2.freeze(f, True, timeout=0.05)
+
+
+# --- loop devices (chapter 05's disks) ---------------------------------------------------------------
+
+def test_loop_structures_have_the_kernels_sizes_and_names_are_checked():
+    from labhelper import loop, marks
+    import ctypes
+    assert ctypes.sizeof(loop._LoopConfig) == 304 and ctypes.sizeof(loop._LoopInfo64) == 232
+    assert marks.loop_name("/dev/loop12") == "/dev/loop12"
+    for bad in ("/dev/sda", "/dev/loop", "/dev/loop1/../sda", "loop1", None):
+        with pytest.raises(Refused):
+            marks.loop_name(bad)
+
+
+def test_the_census_finds_loop_devices_by_their_backing_file(tmp_path):
+    from labhelper import loop, marks
+    for name, backing in (("loop0", "/run/labhelper/loop/a/disk.img\n"), ("loop1", "/home/me/disk.img\n"),
+                          ("loop2", None), ("sda", None)):
+        (tmp_path / "block" / name / "loop").mkdir(parents=True)
+        if backing:
+            (tmp_path / "block" / name / "loop" / "backing_file").write_text(backing)
+    scan = marks.Scan(tmp_path, tmp_path, tmp_path, tmp_path)
+    found = loop.find_loops(scan)
+    assert [(o.name, o.where) for o in found] == [("/dev/loop0", ("/run/labhelper/loop/a",))]

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from labhelper import cleanup, host, marks, mounts, network, registry, syscalls
+from labhelper import cgroups, cleanup, host, loop, marks, mounts, network, registry, syscalls
 from labhelper.cleanup.inventory import function_of
 from labhelper.errors import NotDisposableError
 from labhelper.teach import lab
@@ -22,7 +22,8 @@ LAB = "/run/labhelper/guard-test"
 SAMPLE = {"process": marks.Obj("process", "4194303", ident=1), "mount": marks.Obj("mount", f"{LAB}/m"),
           "link": marks.Obj("link", "lh-guard"), "netns": marks.Obj("netns", "lh-guard"),
           "cgroup": marks.Obj("cgroup", "/sys/fs/cgroup/unified/labhelper/guard"),
-          "dir": marks.Obj("dir", f"{LAB}/d"), "firewall": marks.Obj("firewall", "lh-guard")}
+          "dir": marks.Obj("dir", f"{LAB}/d"), "firewall": marks.Obj("firewall", "lh-guard"),
+          "loop": marks.Obj("loop", "/dev/loop7")}
 
 
 def _one_object_census(*args, **kwargs):
@@ -57,6 +58,9 @@ CALLS = {
     "network.open_port": lambda led: network.open_port("lh-guard", 8888),
     "network.close_port": lambda led: network.close_port("lh-guard", 8888),
     "network.nat": lambda led: network.nat("lh-guard", "10.213.0.0/24"),
+    "mounts.make_dir": lambda led: mounts.make_dir(f"{LAB}/d"),
+    "loop.attach": lambda led: loop.attach(),
+    "cgroups.group": lambda led: cgroups.group("guard"),
 }
 
 

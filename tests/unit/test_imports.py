@@ -26,6 +26,7 @@ ORDER = [
     "process",      # the fork boundary; processes as lab objects
     "registry",     # the ledger, where the guard is enforced
     "mounts",       # concept modules, from here up: each makes and removes its own kinds
+    "loop",         # loop devices (a file as a disk), for chapter 05's I/O limits
     "cgroups",
     "network",
     "namespaces",   # makes, looks at, joins and pins namespaces (in forked children)
