@@ -20,6 +20,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import shutil
+import subprocess
 import uuid
 
 from . import marks, registry, syscalls
@@ -107,11 +109,7 @@ def _bind(backing: str) -> tuple[int, int]:
     """Bind ``backing`` to a free loop device with autoclear; return (its number, its open fd)."""
     file_fd = os.open(backing, os.O_RDWR | os.O_CLOEXEC)
     try:
-        try:
-            ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
-        except FileNotFoundError:
-            raise LabError("this machine has no /dev/loop-control: no loop devices",
-                           hint="modprobe loop (the lab VM has it)") from None
+        ctl = _control()
         try:
             for _ in range(20):
                 number = syscalls.ioctl(ctl, LOOP_CTL_GET_FREE, 0, name="LOOP_CTL_GET_FREE")
@@ -132,6 +130,23 @@ def _bind(backing: str) -> tuple[int, int]:
             os.close(ctl)
     finally:
         os.close(file_fd)
+
+
+def _control() -> int:
+    """/dev/loop-control, open. Where loop is a module not loaded yet and no init made its device
+    node (a minimal system without systemd), load it: opening the node would, had it existed."""
+    try:
+        return os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        pass
+    modprobe = shutil.which("modprobe") or "/sbin/modprobe"
+    if os.path.exists(modprobe):
+        subprocess.run([modprobe, "loop"], capture_output=True)
+    try:
+        return os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise LabError("this machine has no /dev/loop-control: no loop devices",
+                       hint="modprobe loop (the lab VM's kernel has it built in)") from None
 
 
 # --- lab loop devices as objects (marks.KINDS) -------------------------------------------------------
