@@ -53,9 +53,12 @@ def take() -> frozenset[tuple[str, str]]:
         if _under(point) or (upper and _under(upper[0])):
             found.add(("mount", point))
     for point in cgroup_mounts:
-        top = os.path.join(point, "labhelper")
-        for dirpath, _, _ in os.walk(top):
-            found.add(("cgroup", dirpath))
+        # a "labhelper" cgroup anywhere: at the root, or below a delegated cgroup
+        for dirpath, dirnames, _ in os.walk(point):
+            if os.path.basename(dirpath) == "labhelper":
+                dirnames[:] = []
+                for inner, _, _ in os.walk(dirpath):
+                    found.add(("cgroup", inner))
     for name in os.listdir("/run/netns") if os.path.isdir("/run/netns") else []:
         if name.startswith("lh-"):
             found.add(("netns", name))

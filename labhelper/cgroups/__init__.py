@@ -14,14 +14,16 @@ The parts:
 * ``limits``  limits checked before anything is written (R20), and the stats' shape;
 * ``files``   reading and writing cgroup files, errors that name the file and the value;
 * ``v1``, ``v2``  the same verbs (apply limits, stats, freeze) for each version;
-* ``group``   chapter 05's groups: ``group(name)`` on whichever version limits here.
+* ``group``   chapter 05's groups: ``group(name)`` on whichever version limits here;
+* ``delegation``  where the lab's cgroups may go under systemd (a delegated subtree), and the
+              step that prepares one (``python -m labhelper.cgroups.delegation -- COMMAND``).
 """
 from __future__ import annotations
 
-from .group import Group, group, limits_of, tree_of, version
+from .group import Group, group, limits_of, place, tree_of, version
 from .limits import Limits, Stats, check, format_size, parse_size
 from .tree import add, create, find_cgroups, hierarchy, kill, procs, remove, remove_cgroup
 
 __all__ = ["hierarchy", "create", "add", "procs", "kill", "remove", "find_cgroups", "remove_cgroup",
-           "Group", "group", "version", "tree_of", "limits_of", "Limits", "Stats", "check", "parse_size",
+           "Group", "group", "version", "place", "tree_of", "limits_of", "Limits", "Stats", "check", "parse_size",
            "format_size"]

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from .. import host, marks, procfs
 from ..errors import Refused, RequirementError
 from ..process import Child, spawn
-from . import files, tree, v1, v2
+from . import delegation, files, tree, v1, v2
 from .limits import Limits, Stats, check
 
-__all__ = ["Group", "group", "version", "lab_root"]
+__all__ = ["Group", "group", "version", "lab_root", "place"]
 
 
 def _v2_mount(table) -> str | None:
@@ -34,13 +34,21 @@ def version(table: list[procfs.Mount] | None = None) -> int:
     table = procfs.mountinfo() if table is None else table
     mount = _v2_mount(table)
     if mount is not None:
-        given = set((files.read(mount, "cgroup.controllers") or "").split())
+        given = set((files.read(delegation.base(mount), "cgroup.controllers") or "").split())
         if {"memory", "cpu", "pids"} <= given:
             return 2
     if any(m.fstype == "cgroup" and "memory" in m.super_options.split(",") for m in table):
         return 1
     raise RequirementError("no cgroup hierarchy here gives the memory, cpu and pids controllers",
                            hint="boot with cgroups mounted (every systemd distribution does)", missing=("cgroups",))
+
+
+def place() -> str:
+    """The folder the lab's parent cgroup ``labhelper`` is made in, where limits go: on v2 the
+    hierarchy's root or the subtree delegated to the lab (the lab VM's service), on v1 the
+    tracking hierarchy's root."""
+    table = procfs.mountinfo()
+    return delegation.base(_v2_mount(table)) if version(table) == 2 else tree.hierarchy(table)
 
 
 def lab_root(mount: str) -> str:
@@ -165,10 +173,10 @@ def group(name: str, owner: str | None = None) -> Group:
     made: list[str] = []
     try:
         if ver == 2:
-            mount = _v2_mount(table)
-            path = tree.create(name, owner, root=mount)
+            place = delegation.base(_v2_mount(table))      # the hierarchy's root, or a delegated subtree
+            path = tree.create(name, owner, root=place)
             made.append(path)
-            v2.enable(lab_root(mount))
+            v2.enable(lab_root(place))
             folders = {"track": path}
             folders.update({c: path for c in v2.WANTED})
         else:
@@ -199,7 +207,7 @@ def group(name: str, owner: str | None = None) -> Group:
 
 def tree_of(mount: str | None = None) -> dict[str, list[int]]:
     """The lab's cgroups in one hierarchy (the tracking one by default): {folder: its pids}."""
-    mount = mount or (_v2_mount(procfs.mountinfo()) if version() == 2 else tree.hierarchy())
+    mount = mount or (delegation.base(_v2_mount(procfs.mountinfo())) if version() == 2 else tree.hierarchy())
     top = lab_root(mount)
     found = {}
     for dirpath, dirnames, _ in os.walk(top):

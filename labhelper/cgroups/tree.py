@@ -14,6 +14,7 @@ import signal
 import time
 
 from .. import marks, procfs
+from . import delegation
 from ..errors import Refused, RequirementError
 from ..registry import ledger
 
@@ -50,7 +51,11 @@ def create(name: str, owner: str | None = None, root: str | None = None) -> str:
     has it is left as it is)."""
     if not isinstance(name, str) or "/" in name:
         raise Refused(f"a lab cgroup's name is one plain name, not {name!r}")
-    top = os.path.join(root or hierarchy(), marks.CGROUP_PARENT)
+    if root is None:
+        root = hierarchy()
+        if os.path.exists(os.path.join(root, "cgroup.controllers")):    # cgroup v2
+            root = delegation.base(root)        # a delegated subtree, where one was given
+    top = os.path.join(root, marks.CGROUP_PARENT)
     path = marks.cgroup_path(os.path.join(top, name))
     with ledger().creating("cgroup", path, owner):
         for attempt in range(3):
@@ -130,18 +135,26 @@ def remove(path: str, timeout: float = 5.0) -> None:
 # --- lab cgroups as objects (marks.KINDS) -------------------------------------------------------------
 
 def find_cgroups(scan: marks.Scan) -> list[marks.Obj]:
-    """Every folder at or below <hierarchy>/labhelper, in every mounted cgroup hierarchy."""
+    """Every folder at or below a cgroup named ``labhelper``, in every mounted cgroup hierarchy:
+    at the root of a hierarchy, or below a delegated cgroup (the lab VM's service, for one)."""
     found = []
+    seen = set()
     for m in scan.mounts:
-        if m.fstype not in ("cgroup", "cgroup2"):
+        if m.fstype not in ("cgroup", "cgroup2") or m.mountpoint in seen:
             continue
-        top = scan.host_path(m.mountpoint) / marks.CGROUP_PARENT
-        if not top.is_dir() or top.is_symlink():
+        seen.add(m.mountpoint)
+        root = scan.host_path(m.mountpoint)
+        if not root.is_dir():
             continue
-        for dirpath, dirnames, _ in os.walk(top, followlinks=False):
-            path = "/" + os.path.relpath(dirpath, scan.fs_root)
-            found.append(marks.Obj("cgroup", path, m.fstype, where=(path,)))
+        for dirpath, dirnames, _ in os.walk(root, followlinks=False):
             dirnames.sort()
+            if os.path.basename(dirpath) != marks.CGROUP_PARENT:
+                continue
+            dirnames[:] = []                    # everything below is ours: listed by the walk below
+            for inner, innernames, _ in os.walk(dirpath, followlinks=False):
+                innernames.sort()
+                path = "/" + os.path.relpath(inner, scan.fs_root)
+                found.append(marks.Obj("cgroup", path, m.fstype, where=(path,)))
     return found
 
 

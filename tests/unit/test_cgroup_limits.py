@@ -177,3 +177,17 @@ def test_the_census_finds_loop_devices_by_their_backing_file(tmp_path):
     scan = marks.Scan(tmp_path, tmp_path, tmp_path, tmp_path)
     found = loop.find_loops(scan)
     assert [(o.name, o.where) for o in found] == [("/dev/loop0", ("/run/labhelper/loop/a",))]
+
+
+def test_the_lab_goes_below_a_delegated_cgroup_only_inside_the_hierarchy(tmp_path, monkeypatch):
+    from labhelper.cgroups import delegation
+    mount = tmp_path / "cg"
+    (mount / "system.slice" / "lab.service").mkdir(parents=True)
+    monkeypatch.delenv(delegation.ROOT_ENV, raising=False)
+    assert delegation.base(str(mount)) == str(mount)
+    monkeypatch.setenv(delegation.ROOT_ENV, str(mount / "system.slice" / "lab.service"))
+    assert delegation.base(str(mount)) == str(mount / "system.slice" / "lab.service")
+    monkeypatch.setenv(delegation.ROOT_ENV, str(tmp_path))                   # outside the hierarchy
+    assert delegation.base(str(mount)) == str(mount)
+    monkeypatch.setenv(delegation.ROOT_ENV, str(mount / "nothere"))
+    assert delegation.base(str(mount)) == str(mount)

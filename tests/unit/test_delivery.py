@@ -68,9 +68,10 @@ def _verify(unit_text: str, tmp_path: Path) -> subprocess.CompletedProcess:
     analyze = need("systemd-analyze")
     venv = tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
-    jupyter = venv / "bin" / "jupyter"
-    jupyter.write_text("#!/bin/sh\n")
-    jupyter.chmod(0o755)
+    for program in ("jupyter", "python"):
+        stub = venv / "bin" / program
+        stub.write_text("#!/bin/sh\n")
+        stub.chmod(0o755)
     unit = tmp_path / UNIT.name
     unit.write_text(unit_text.replace("/opt/labhelper/venv", str(venv)))
     return run([analyze, "verify", str(unit)])
@@ -106,7 +107,10 @@ def test_unit_contract():
     assert unit["Restart"] == ["on-failure"]  # the service comes back after a crash
     assert unit["User"] == ["root"]  # the kernels do root things (and the VM is disposable)
     exec_start = unit["ExecStart"][0]
-    assert exec_start.startswith("/opt/labhelper/venv/bin/jupyter lab")
+    # JupyterLab in a leaf of the service's delegated cgroup, the lab's cgroups beside it (chapter 05)
+    assert unit["Delegate"] == ["yes"]
+    assert exec_start.startswith("/opt/labhelper/venv/bin/python -m labhelper.cgroups.delegation -- "
+                                 "/opt/labhelper/venv/bin/jupyter lab")
     assert "--ServerApp.ip=0.0.0.0" in exec_start and "--ServerApp.port=8888" in exec_start
     assert "--ServerApp.port_retries=0" in exec_start  # never drift to a port nobody forwards
     # The token comes from the root-only file the provisioning script writes, not argv.
