@@ -27,7 +27,7 @@ import os
 import subprocess
 
 from .. import marks, syscalls
-from ..errors import Refused
+from ..errors import LabError, Refused
 from ..flags import CloneFlags
 from ..process import run_in_child
 
@@ -151,7 +151,12 @@ def find_firewalls(scan: marks.Scan) -> list[marks.Obj]:
     if not scan.live:
         return []
     from . import firewall
-    return [marks.Obj("firewall", t, "nftables table inet") for t in firewall.tables()]
+    try:
+        found = firewall.tables()
+    except LabError as exc:                  # not root, say: the census goes on, and says so
+        scan.problems.append(f"the lab's nftables tables cannot be listed: {str(exc).splitlines()[-1]}")
+        return []
+    return [marks.Obj("firewall", t, "nftables table inet") for t in found]
 
 
 def remove_firewall(obj: marks.Obj, ledger) -> None:
