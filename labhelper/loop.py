@@ -30,7 +30,9 @@ from .mounts import make_dir, remove_dir
 
 __all__ = ["Loop", "attach", "find_loops", "remove_loop", "LOOP_DIR"]
 
-LOOP_DIR = "/run/labhelper/loop"
+# On disk, not in /run (a tmpfs in the lab VM): a backing file in RAM would charge every page
+# written through the device to the writer's memory cgroup, and limit I/O by memory instead.
+LOOP_DIR = "/var/lib/labhelper/loop"
 LOOP_CTL_GET_FREE = 0x4C82          # include/uapi/linux/loop.h
 LOOP_CONFIGURE = 0x4C0A
 LOOP_CLR_FD = 0x4C01
@@ -98,7 +100,11 @@ def attach(size: int = 64 << 20, owner: str | None = None) -> Loop:
         with open(backing, "wb") as fh:
             fh.truncate(size)                                  # sparse: no block is written
         number, fd = _bind(backing)
-        registry.fault_point("loop")
+        try:
+            registry.fault_point("loop")
+        except BaseException:
+            os.close(fd)                       # autoclear: the device goes with our fd
+            raise
     except BaseException:
         remove_dir(marks.Obj("dir", folder), registry.ledger())
         raise

@@ -117,8 +117,9 @@ def lab_path(path: str | os.PathLike, action: str, within: tuple[str, ...] | Non
 
 def is_lab_cgroup(path: str) -> bool:
     """Is the cgroup ``path`` (as /proc/PID/cgroup shows it, relative to its hierarchy's root)
-    the lab's parent cgroup or below it?"""
-    return path == f"/{CGROUP_PARENT}" or path.startswith(f"/{CGROUP_PARENT}/")
+    a lab parent cgroup or below one? At the hierarchy's root (``/labhelper/...``) or below a
+    subtree delegated to the lab (``/system.slice/labhelper-jupyter.service/labhelper/...``)."""
+    return CGROUP_PARENT in path.split("/")
 
 
 def cgroup_path(path) -> str:

@@ -34,7 +34,11 @@ def version(table: list[procfs.Mount] | None = None) -> int:
     table = procfs.mountinfo() if table is None else table
     mount = _v2_mount(table)
     if mount is not None:
-        given = set((files.read(delegation.base(mount), "cgroup.controllers") or "").split())
+        base = delegation.base(mount)
+        # What the lab's parent below ``base`` can have: what ``base`` enables for its children
+        # (its own subtree_control), or, at the hierarchy's root, what the root has.
+        given = set((files.read(base, "cgroup.subtree_control" if base != mount else "cgroup.controllers")
+                     or "").split())
         if {"memory", "cpu", "pids"} <= given:
             return 2
     if any(m.fstype == "cgroup" and "memory" in m.super_options.split(",") for m in table):
@@ -44,9 +48,9 @@ def version(table: list[procfs.Mount] | None = None) -> int:
 
 
 def place() -> str:
-    """The folder the lab's parent cgroup ``labhelper`` is made in, where limits go: on v2 the
-    hierarchy's root or the subtree delegated to the lab (the lab VM's service), on v1 the
-    tracking hierarchy's root."""
+    """The folder the lab's parent cgroup ``labhelper`` is made in: on v2 the hierarchy's root
+    or the subtree delegated to the lab (the lab VM's service); on v1 the root of the hierarchy
+    where the lab keeps track of its processes (limits then go in each controller's own)."""
     table = procfs.mountinfo()
     return delegation.base(_v2_mount(table)) if version(table) == 2 else tree.hierarchy(table)
 
@@ -103,6 +107,11 @@ class Group:
     def procs(self) -> list[int]:
         return tree.procs(self.path)
 
+    def count(self) -> int:
+        """How many processes the group holds now, from cgroup.procs (pids.current counts
+        threads, and shows the limit + 1 for an instant while the kernel refuses a fork)."""
+        return len(tree.procs(self.folders.get("pids", self.path)))
+
     def stats(self) -> Stats:
         return v2.stats(self.path) if self.version == 2 else v1.stats(self.folders)
 
@@ -119,14 +128,16 @@ class Group:
         """SIGKILL every process of the group. v2: one write to cgroup.kill. v1: freeze first (no
         process can fork while frozen, so the list cannot grow), kill each, thaw, wait."""
         if self.version == 1 and "freezer" in self.folders and os.path.isdir(self.folders["freezer"]):
-            v1.freeze(self.folders, True)
             try:
+                v1.freeze(self.folders, True)
                 for pid in tree.procs(self.folders["freezer"]):
                     try:
                         os.kill(pid, 9)
                     except ProcessLookupError:
                         pass
             finally:
+                # Thawed whatever happened (a freeze that timed out included): on v1 a frozen
+                # task acts on SIGKILL only once thawed, and a frozen group could never go.
                 v1.freeze(self.folders, False)
         tree.kill(self.path, timeout)
 
@@ -234,5 +245,5 @@ def limits_of(g: Group) -> Limits:
     quota, period = num(cpu_f, "cpu.cfs_quota_us"), num(cpu_f, "cpu.cfs_period_us")
     return Limits(memory=None if limit is None or limit >= 1 << 62 else limit,
                   cpu=None if quota is None or quota < 0 or not period else quota / period,
-                  cpu_weight=None if num(cpu_f, "cpu.shares") is None else num(cpu_f, "cpu.shares") * 100 // 1024,
+                  cpu_weight=None if num(cpu_f, "cpu.shares") is None else max(1, num(cpu_f, "cpu.shares") * 100 // 1024),
                   pids=num(pids, "pids.max"))

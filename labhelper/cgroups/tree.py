@@ -95,8 +95,9 @@ def kill(path: str, timeout: float = 5.0) -> None:
 
     cgroup v2 has cgroup.kill: one write, and the kernel kills every process in the subtree,
     those being forked at that very moment included. Elsewhere, read cgroup.procs and kill what
-    it lists, again, until it is empty: a process cannot leave its cgroup by itself, and every
-    child it forks is born inside, so the list shrinks to nothing.
+    it lists, again, until it is empty: every child a process forks is born inside, so the list
+    shrinks to nothing (unless a process moves itself out, which only root may: the lab's
+    programs do not).
     """
     path = marks.cgroup_path(path)
     deadline = time.monotonic() + timeout

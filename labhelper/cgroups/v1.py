@@ -11,17 +11,19 @@ added to each. The same verbs as v2.py, under the older names and units:
 | CPU quota | cpu.cfs_quota_us, cpu.cfs_period_us | cpu.max ("quota period") |
 | CPU share | cpu.shares (1024 is the default) | cpu.weight (100) |
 | pids | pids.max | pids.max |
-| I/O | blkio.throttle.{read,write}_bps_device | io.max |
+| I/O | blkio.throttle.{read,write}_bps_device (writeback escapes) | io.max |
 | freeze | freezer.state (FROZEN, THAWED) | cgroup.freeze |
 | kill all | freeze, kill each, thaw | cgroup.kill |
 
-v1 has no memory.high. It never throttles buffered writes (only direct I/O), where v2 does
-through writeback.
+v1 has no memory.high. It throttles the I/O a group's own tasks submit (direct I/O, reads,
+fsync), but not the kernel's background writeback of their dirty pages, where v2 charges that
+writeback to the group that dirtied the pages (cgroup writeback).
 """
 from __future__ import annotations
 
 import errno
 import time
+from dataclasses import replace
 
 from ..errors import Refused, RequirementError
 from . import files
@@ -63,9 +65,12 @@ def apply(folders: dict[str, str], limits: Limits) -> dict[str, str]:
                       "machine's memory pressure); use memory= here, or a v2 machine such as the lab VM")
     if limits.memory is not None:
         mem = _folder(folders, "memory", "a memory limit")
-        if limits.swap is not None:
-            if not files.exists(mem, "memory.memsw.limit_in_bytes"):
+        if limits.swap is not None and not files.exists(mem, "memory.memsw.limit_in_bytes"):
+            if limits.swap == 0 and _no_swap():
+                limits = replace(limits, swap=None)      # nothing can swap here: swap=0 holds already
+            else:
                 raise Refused("this kernel does not account swap in v1 (boot with swapaccount=1)")
+        if limits.swap is not None:
             total = limits.memory + limits.swap
             # memsw (memory + swap) may never be below the memory limit: raise it first when
             # growing, lower it last when shrinking.
@@ -78,14 +83,20 @@ def apply(folders: dict[str, str], limits: Limits) -> dict[str, str]:
                 put("memory", "memory.memsw.limit_in_bytes", total, "a swap limit")
                 put("memory", "memory.limit_in_bytes", limits.memory, "a memory limit")
         else:
-            put("memory", "memory.limit_in_bytes", limits.memory, "a memory limit")
+            try:
+                put("memory", "memory.limit_in_bytes", limits.memory, "a memory limit")
+            except OSError as exc:
+                if exc.errno == errno.EINVAL and files.exists(mem, "memory.memsw.limit_in_bytes"):
+                    raise Refused("on v1 memory and swap together (memory.memsw.limit_in_bytes) are capped below "
+                                  "this memory limit: give swap= too, such as swap=0") from None
+                raise
     elif limits.swap is not None:
         raise Refused("on v1 swap is limited together with memory (memory.memsw): give memory= too")
     if limits.cpu is not None:
         put("cpu", "cpu.cfs_period_us", CPU_PERIOD_US, "a CPU limit")
         put("cpu", "cpu.cfs_quota_us", round(limits.cpu * CPU_PERIOD_US), "a CPU limit")
     if limits.cpu_weight is not None:
-        # v2's weight 1..10000 (100 the default) as v1's shares 2..262144 (1024 the default)
+        # v2's weight 1..10000 (100 the default) as v1's shares (1024 the default): 10..102400
         put("cpu", "cpu.shares", max(2, limits.cpu_weight * 1024 // 100), "a CPU weight")
     if limits.pids is not None:
         put("pids", "pids.max", limits.pids, "a pids limit")
@@ -95,6 +106,11 @@ def apply(folders: dict[str, str], limits: Limits) -> dict[str, str]:
         if limits.io_write:
             put("blkio", "blkio.throttle.write_bps_device", f"{limits.io_device} {limits.io_write}", "an I/O limit")
     return written
+
+
+def _no_swap() -> bool:
+    with open("/proc/meminfo") as fh:
+        return any(line.split()[:2] == ["SwapTotal:", "0"] for line in fh)
 
 
 def stats(folders: dict[str, str]) -> Stats:
@@ -119,7 +135,9 @@ def stats(folders: dict[str, str]) -> Stats:
         memory_current=files.read_int(mem, "memory.usage_in_bytes") if mem else None,
         memory_peak=files.read_int(mem, "memory.max_usage_in_bytes") if mem else None,
         oom_kills=oom.get("oom_kill"),                      # Linux 4.13
-        memory_max_hits=files.read_int(mem, "memory.failcnt") if mem else None,
+        # hits of either limit: memory alone, or memory and swap together (memsw) when set
+        memory_max_hits=(None if not mem else (files.read_int(mem, "memory.failcnt") or 0)
+                         + (files.read_int(mem, "memory.memsw.failcnt") or 0)),
         cpu_usage_us=None if usage_ns is None else usage_ns // 1000,
         cpu_periods=cpu_stat.get("nr_periods"),
         cpu_throttled_periods=cpu_stat.get("nr_throttled"),

@@ -10,7 +10,7 @@ import os
 import time
 
 from .. import cgroups
-from ..errors import LabError
+from ..errors import ChildTimeout, LabError
 from . import Exercise, right, wrong
 
 __all__ = ["q1", "q2", "q3", "q4"]
@@ -77,13 +77,15 @@ def _check_memory(g) -> object:
         return wrong("the group has no memory limit.")
     before = g.stats().oom_kills or 0
     try:
-        g.run(_allocate, 32)
+        g.run(_allocate, 32, timeout=120)
+    except ChildTimeout:
+        return wrong("a process asking for 32 MiB did not finish in 2 minutes: is it swapping? (add swap=0)")
     except LabError:
         return wrong("a process asking for 32 MiB was killed: the limit is too low.")
     try:
-        g.run(_allocate, 128)
-        return wrong("a process asking for 128 MiB finished: the limit is too high (or swap absorbs it: on v2 "
-                     "add swap=0).")
+        g.run(_allocate, 128, timeout=120)
+        return wrong("a process asking for 128 MiB finished: the limit is too high (or swap absorbs it: add "
+                     "swap=0).")
     except LabError:
         pass
     if (g.stats().oom_kills or 0) <= before:
@@ -96,8 +98,9 @@ q2 = Exercise(
     "Give a group a memory limit such that a process allocating 32 MiB finishes and one allocating 128 MiB is "
     "OOM-killed; then `ch05.q2.check(g)`. The check runs both in the group and reads its OOM counter.",
     _check_memory,
-    "The limit must sit between the two, with room for the Python interpreter itself (about 10 MiB).",
-    "`g.limit(memory='64M')` (on v2 also `swap=0`, so that pages cannot escape to swap instead).",
+    "The limit must sit between the two, with some room above 32 MiB: what the process copies or allocates besides "
+    "its 32 MiB is charged too.",
+    "`g.limit(memory='64M', swap=0)` (swap=0: pages cannot escape to swap instead).",
 )
 
 

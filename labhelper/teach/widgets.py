@@ -308,7 +308,7 @@ class MemoryPlayground(Playground):
     def run(self, limit_mib: int, ask_mib: int) -> Outcome:
         from .. import cgroups
         with cgroups.group(f"{self.name}-{os.getpid()}") as g:
-            g.limit(memory=f"{limit_mib}M", **({"swap": 0} if g.version == 2 else {}))
+            g.limit(memory=f"{limit_mib}M", swap=0)
             child = g.spawn(grow, ask_mib)
             samples = g.watch(child)
             stats = g.stats()

@@ -50,11 +50,13 @@ def _allocate(mib: int) -> str:
 
 
 def test_r22_an_allocation_over_the_limit_is_oom_killed_and_reported(g):
-    g.limit(memory="64M", **({"swap": 0} if g.version == 2 else {}))
+    g.limit(memory="64M", swap=0)
     with pytest.raises(ChildError, match="SIGKILL"):
         g.run(_allocate, 1024)
     s = g.stats()
-    assert s.oom_kills >= 1 and s.memory_peak <= 64 << 20 and s.memory_max_hits >= 1
+    assert s.oom_kills >= 1 and s.memory_peak <= 64 << 20
+    if g.version == 2:                  # (v1's failcnt counts differently from kernel to kernel)
+        assert s.memory_max_hits >= 1
     assert process.run_in_child(int) == 0         # this process (the "notebook") lives on
     assert g.run(_allocate, 16) == "survived"      # and the group still works below its limit
 
@@ -96,7 +98,9 @@ def test_r21_a_fork_bomb_is_held_at_pids_max_and_removed_in_time(g):
     bomb = g.spawn(_bomb)
     peak, deadline = 0, time.monotonic() + scaled(3)
     while time.monotonic() < deadline:
-        peak = max(peak, g.stats().pids_current)
+        # processes counted in cgroup.procs: pids.current itself shows 65 for an instant while
+        # the kernel charges, then refuses, a 65th fork (pids_try_charge adds, then reverts)
+        peak = max(peak, g.count())
         assert peak <= 64
     assert peak >= 32 and g.stats().pids_refused > 0
     t0 = time.monotonic()

@@ -28,17 +28,13 @@ def test_q1_thirty_percent(g):
     assert ch05.q1.check("g").ok is False
 
 
-def _v2_swap(g):
-    return {"swap": 0} if g.version == 2 else {}
-
-
 def test_q2_between_two_allocations(g):
     assert ch05.q2.check(g).ok is False                   # no limit
-    g.limit(memory="512M", **_v2_swap(g))
+    g.limit(memory="512M", swap=0)
     assert "too high" in ch05.q2.check(g).message
-    g.limit(memory="24M", **_v2_swap(g))
+    g.limit(memory="24M", swap=0)
     assert "too low" in ch05.q2.check(g).message
-    g.limit(memory="64M", **_v2_swap(g))
+    g.limit(memory="64M", swap=0)
     result = ch05.q2.check(g)
     assert result.ok is True, result.message
 

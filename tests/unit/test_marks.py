@@ -52,7 +52,10 @@ def test_plain_names():
 
 def test_lab_cgroups():
     assert marks.is_lab_cgroup("/labhelper") and marks.is_lab_cgroup("/labhelper/c1/sub")
-    assert not marks.is_lab_cgroup("/labhelperish") and not marks.is_lab_cgroup("/user.slice/labhelper")
+    assert not marks.is_lab_cgroup("/labhelperish") and not marks.is_lab_cgroup("/user.slice/labhelper-x")
+    assert not marks.is_lab_cgroup("/system.slice/labhelper-jupyter.service/server")   # the server, not ours
+    # below a subtree delegated to the lab (the lab VM's JupyterLab service), as at the root
+    assert marks.is_lab_cgroup("/system.slice/labhelper-jupyter.service/labhelper/demo")
 
 
 def test_interface_names_fit_and_are_never_cut():
