@@ -54,22 +54,32 @@ def apply(folders: dict[str, str], limits: Limits) -> dict[str, str]:
     for controller, what, wanted in needs:
         if wanted:
             _folder(folders, controller, what)
+    # And every refusal of v1's own, before anything is written.
+    if limits.memory_high is not None:
+        raise Refused("cgroup v1 has no memory.high (its memory.soft_limit_in_bytes only acts under the whole "
+                      "machine's memory pressure); use memory= here, or a v2 machine such as the lab VM")
+    if limits.swap is not None and limits.memory is None:
+        raise Refused("on v1 swap is limited together with memory (memory.memsw): give memory= too")
+    if limits.swap is not None and not files.exists(folders["memory"], "memory.memsw.limit_in_bytes"):
+        if limits.swap == 0 and _no_swap():
+            limits = replace(limits, swap=None)          # nothing can swap here: swap=0 holds already
+        else:
+            raise Refused("this kernel does not account swap in v1 (boot with swapaccount=1)")
     written = {}
 
     def put(controller, name, value, what):
         files.write(_folder(folders, controller, what), name, value)
         written[name] = str(value)
 
-    if limits.memory_high is not None:
-        raise Refused("cgroup v1 has no memory.high (its memory.soft_limit_in_bytes only acts under the whole "
-                      "machine's memory pressure); use memory= here, or a v2 machine such as the lab VM")
+    # The I/O limits first: the only ones the kernel may still refuse after the checks (a device
+    # that is gone), and then nothing else has been written either.
+    if limits.io_device is not None:
+        if limits.io_read:
+            put("blkio", "blkio.throttle.read_bps_device", f"{limits.io_device} {limits.io_read}", "an I/O limit")
+        if limits.io_write:
+            put("blkio", "blkio.throttle.write_bps_device", f"{limits.io_device} {limits.io_write}", "an I/O limit")
     if limits.memory is not None:
         mem = _folder(folders, "memory", "a memory limit")
-        if limits.swap is not None and not files.exists(mem, "memory.memsw.limit_in_bytes"):
-            if limits.swap == 0 and _no_swap():
-                limits = replace(limits, swap=None)      # nothing can swap here: swap=0 holds already
-            else:
-                raise Refused("this kernel does not account swap in v1 (boot with swapaccount=1)")
         if limits.swap is not None:
             total = limits.memory + limits.swap
             # memsw (memory + swap) may never be below the memory limit: raise it first when
@@ -90,8 +100,6 @@ def apply(folders: dict[str, str], limits: Limits) -> dict[str, str]:
                     raise Refused("on v1 memory and swap together (memory.memsw.limit_in_bytes) are capped below "
                                   "this memory limit: give swap= too, such as swap=0") from None
                 raise
-    elif limits.swap is not None:
-        raise Refused("on v1 swap is limited together with memory (memory.memsw): give memory= too")
     if limits.cpu is not None:
         put("cpu", "cpu.cfs_period_us", CPU_PERIOD_US, "a CPU limit")
         put("cpu", "cpu.cfs_quota_us", round(limits.cpu * CPU_PERIOD_US), "a CPU limit")
@@ -100,11 +108,6 @@ def apply(folders: dict[str, str], limits: Limits) -> dict[str, str]:
         put("cpu", "cpu.shares", max(2, limits.cpu_weight * 1024 // 100), "a CPU weight")
     if limits.pids is not None:
         put("pids", "pids.max", limits.pids, "a pids limit")
-    if limits.io_device is not None:
-        if limits.io_read:
-            put("blkio", "blkio.throttle.read_bps_device", f"{limits.io_device} {limits.io_read}", "an I/O limit")
-        if limits.io_write:
-            put("blkio", "blkio.throttle.write_bps_device", f"{limits.io_device} {limits.io_write}", "an I/O limit")
     return written
 
 

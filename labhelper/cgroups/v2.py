@@ -68,6 +68,9 @@ def apply(folder: str, limits: Limits) -> dict[str, str]:
         todo.append(("io", "io.max", " ".join(parts), "an I/O limit"))
     for controller, _, _, what in todo:
         _need(folder, controller, what)
+    # The I/O limit first: the only one the kernel may still refuse after the checks (a device
+    # that is gone, a partition), and then nothing else has been written either.
+    todo.sort(key=lambda item: item[0] != "io")
     written = {}
     for _, name, value, _ in todo:
         files.write(folder, name, value)

@@ -191,3 +191,20 @@ def test_the_lab_goes_below_a_delegated_cgroup_only_inside_the_hierarchy(tmp_pat
     assert delegation.base(str(mount)) == str(mount)
     monkeypatch.setenv(delegation.ROOT_ENV, str(mount / "nothere"))
     assert delegation.base(str(mount)) == str(mount)
+
+
+def test_a_refused_limit_leaves_the_others_unwritten(tmp_path):
+    # v1: a refusal of v1's own comes before any write, the I/O limit included
+    folders = v1_tree(tmp_path / "v1" if (tmp_path / "v1").mkdir() is None else tmp_path)
+    with pytest.raises(Refused, match="memory.high"):
+        v1.apply(folders, ok(memory="64M", memory_high="48M", io_write="1M", io_device="7:0"))
+    assert (tmp_path / "v1" / "blkio" / "blkio.throttle.write_bps_device").read_text() == ""
+    assert (tmp_path / "v1" / "memory" / "memory.limit_in_bytes").read_text().startswith("92233")
+    # v2: the I/O limit, the only one the kernel may still refuse, is written first
+    f = tmp_path / "v2"
+    f.mkdir()
+    tree(f, {k: v for k, v in V2_FILES.items() if k != "io.max"})
+    (f / "io.max").mkdir()                                # a write that fails
+    with pytest.raises(OSError):
+        v2.apply(str(f), ok(memory="64M", pids=8, io_write="1M", io_device="7:0"))
+    assert (f / "memory.max").read_text() == "max\n" and (f / "pids.max").read_text() == "max\n"
