@@ -24,7 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from labhelper import cgroups, procfs  # noqa: E402
-from labhelper.cgroups import files, tree  # noqa: E402
+from labhelper.cgroups import files, tree, v2  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LIMIT = str(64 << 20)
@@ -71,6 +71,8 @@ def main() -> int:
     mount, limit_file, home = where()
     keeper = tree.create(f"bench-keep-{os.getpid()}", root=mount)     # the lab's parent stays for both sides
     parent = os.path.dirname(keeper)
+    if cgroups.version() == 2:
+        v2.enable(parent)                   # memory.max appears in its children only then
     try:
         with tempfile.TemporaryDirectory(prefix="lh-bench-") as tmp:
             lib = os.path.join(tmp, "ref.so")
@@ -97,6 +99,9 @@ def main() -> int:
                     else:
                         our_times.append(ours(mount, limit_file, home, args.per_round, f"b{os.getpid()}-{r}"))
     finally:
+        for name in os.listdir(parent):
+            if name.startswith("c-ref-"):     # what a failed C run left
+                os.rmdir(os.path.join(parent, name))
         tree.remove(keeper)
     c, o = statistics.median(c_times), statistics.median(our_times)
     ratio = o / c
