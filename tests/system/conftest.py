@@ -47,3 +47,15 @@ def network_owner(uid, monkeypatch):
     from labhelper import cleanup
     result = cleanup.cleanup(owner=name)
     assert result.ok, result.failures
+
+
+@pytest.fixture
+def g(uid, monkeypatch):
+    """Chapter 05's tests: a lab group of the test's own (owner cgtest-UID), removed at the end
+    with everything the test made under that owner."""
+    from labhelper import cgroups, cleanup
+    monkeypatch.setenv("LABHELPER_OWNER", f"cgtest-{uid}")
+    made = cgroups.group(f"g{uid}")
+    yield made
+    made.remove()
+    assert cleanup.cleanup(owner=f"cgtest-{uid}").ok

@@ -12,19 +12,10 @@ import census
 import pytest
 from timing import scaled
 
-from labhelper import cgroups, cleanup, process, registry
+from labhelper import cgroups, process, registry
 from labhelper.errors import ChildError, ChildTimeout, Refused
 
 pytestmark = pytest.mark.cgroups
-
-
-@pytest.fixture
-def g(uid, monkeypatch):
-    monkeypatch.setenv("LABHELPER_OWNER", f"cgtest-{uid}")
-    made = cgroups.group(f"g{uid}")
-    yield made
-    made.remove()
-    assert cleanup.cleanup(owner=f"cgtest-{uid}").ok
 
 
 def test_the_version_that_limits_is_the_one_this_machine_gives():

@@ -10,14 +10,6 @@ from labhelper.exercises import ch05
 pytestmark = pytest.mark.cgroups
 
 
-@pytest.fixture
-def g(uid, monkeypatch):
-    monkeypatch.setenv("LABHELPER_OWNER", f"ch05test-{uid}")
-    made = cgroups.group(f"ex{uid}")
-    yield made
-    made.remove()
-
-
 def test_q1_thirty_percent(g):
     assert ch05.q1.check(g).ok is False                   # no limit yet
     g.limit(cpu=0.5)
