@@ -32,4 +32,7 @@ args = [str(jupyter), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
         "--ServerApp.port_retries=0"]
 if os.geteuid() == 0:
     args.append("--allow-root")
-os.execv(str(jupyter), args)
+# Through the lab's cgroup delegation step (chapter 05): at the root of the cgroup hierarchy (no
+# systemd) it changes nothing; in a scope systemd delegated (systemd-run --scope -p Delegate=yes)
+# it makes that scope the lab's place; anywhere else it says so and JupyterLab starts anyway.
+os.execv(sys.executable, [sys.executable, "-m", "labhelper.cgroups.delegate", "--", *args])

@@ -16,7 +16,7 @@ The parts:
 * ``v1``, ``v2``  the same verbs (apply limits, stats, freeze) for each version;
 * ``group``   chapter 05's groups: ``group(name)`` on whichever version limits here;
 * ``delegation``  where the lab's cgroups may go under systemd (a delegated subtree), and the
-              step that prepares one (``python -m labhelper.cgroups.delegation -- COMMAND``).
+              step that prepares one (``python -m labhelper.cgroups.delegate -- COMMAND``).
 """
 from __future__ import annotations
 

@@ -12,8 +12,9 @@ divide. Two kernel rules decide how:
 So the service's processes move out of its cgroup into a leaf, ``server``; the service enables
 the controllers in its own cgroup; the lab's parent cgroup is ``labhelper`` beside ``server``;
 and the notebook kernels, children of the server, are told where it is (LABHELPER_CGROUP_ROOT).
-That is what ``python -m labhelper.cgroups.delegation -- COMMAND`` does before it becomes COMMAND;
-the lab VM's unit runs JupyterLab so. Where the process sits at the root of the hierarchy (no
+That is what ``python -m labhelper.cgroups.delegate -- COMMAND`` does before it becomes COMMAND,
+in a cgroup systemd marked as delegated (``trusted.delegate``); the lab VM's unit runs JupyterLab
+so, and so does `make lab` (under `systemd-run --scope -p Delegate=yes` on a systemd host). Where the process sits at the root of the hierarchy (no
 systemd: CI, this course's test machines), the root is the lab's place and nothing is moved.
 If the step fails, the command starts all the same, without a delegated place.
 """
@@ -23,10 +24,11 @@ import os
 import sys
 
 from .. import procfs
+from ..errors import LabError
 from . import files
 from .v2 import WANTED
 
-__all__ = ["ROOT_ENV", "base", "own_cgroup", "prepare", "main"]
+__all__ = ["ROOT_ENV", "base", "own_cgroup", "delegated", "prepare", "main"]
 
 ROOT_ENV = "LABHELPER_CGROUP_ROOT"
 LEAF = "server"
@@ -67,6 +69,12 @@ def prepare(mount: str | None = None) -> str:
     own = own_cgroup(mount)
     if own == mount:
         return mount                               # the root: exempt from the rule, nothing to move
+    if not delegated(own):
+        # Root could write there anyway: but then the lab would rearrange a cgroup that systemd
+        # manages, and systemd would undo it or fail. Only a subtree handed over is the lab's.
+        raise LabError(f"{own} was not delegated to this process (systemd marks a delegated cgroup with the "
+                       "trusted.delegate attribute)",
+                       hint="run it as a service with Delegate=yes, or: systemd-run --scope -p Delegate=yes ...")
     leaf = os.path.join(own, LEAF)
     os.makedirs(leaf, exist_ok=True)
     files.write(leaf, "cgroup.procs", os.getpid())
@@ -78,12 +86,24 @@ def prepare(mount: str | None = None) -> str:
     return own
 
 
+def delegated(folder: str) -> bool:
+    """Did systemd delegate this cgroup? (It sets trusted.delegate=1 on it, since systemd 251;
+    user.delegate where it cannot set trusted.* attributes.)"""
+    for name in ("trusted.delegate", "user.delegate"):
+        try:
+            if os.getxattr(folder, name).strip() == b"1":
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--"]:
         argv = argv[1:]
     if not argv:
-        sys.exit("usage: python -m labhelper.cgroups.delegation -- COMMAND [ARGS...]")
+        sys.exit("usage: python -m labhelper.cgroups.delegate -- COMMAND [ARGS...]")
     try:
         place = prepare()
     except Exception as exc:  # noqa: BLE001 - the course must start even where this step cannot
@@ -96,6 +116,3 @@ def main(argv: list[str] | None = None) -> None:
         os.environ[ROOT_ENV] = place
     os.execvp(argv[0], argv)
 
-
-if __name__ == "__main__":
-    main()

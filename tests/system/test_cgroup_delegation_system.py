@@ -1,5 +1,5 @@
 """cgroup v2 delegation, as the lab VM's service does it, simulated without systemd: a process
-placed in a "service" cgroup runs `python -m labhelper.cgroups.delegation -- COMMAND`, which
+placed in a "service" cgroup runs `python -m labhelper.cgroups.delegate -- COMMAND`, which
 moves it into a leaf and enables the controllers there; COMMAND's lab groups then go below the
 service's cgroup, limits work, the census finds them, and cleanup removes them. Pure v2 only
 (the guest stage): v1 has no such rule."""
@@ -36,6 +36,7 @@ def service(uid):
         pytest.skip(capabilities.reason("n/a", "delegation is a cgroup v2 rule; this machine limits through v1"))
     folder = f"/sys/fs/cgroup/lh-test-{uid}.service"
     os.mkdir(folder)
+    os.setxattr(folder, "trusted.delegate", b"1")          # what systemd does for Delegate=yes
     yield folder
     for sub in ("server", ""):
         try:
@@ -47,7 +48,7 @@ def service(uid):
 def test_a_delegated_service_keeps_the_lab_below_itself(service, uid):
     before = census.take()
     place = (f"import os, sys\nopen('{service}/cgroup.procs', 'w').write(str(os.getpid()))\n"
-             f"os.execv(sys.executable, [sys.executable, '-m', 'labhelper.cgroups.delegation', '--', "
+             f"os.execv(sys.executable, [sys.executable, '-m', 'labhelper.cgroups.delegate', '--', "
              f"sys.executable, '-c', {INNER!r}])\n")
     env = dict(os.environ, LABHELPER_OWNER=f"deleg-{uid}")
     env.pop("LABHELPER_CGROUP_ROOT", None)
@@ -67,3 +68,16 @@ def test_a_delegated_service_keeps_the_lab_below_itself(service, uid):
         assert labhelper_cli("cleanup").returncode == 0
     assert census.diff(before, census.take()) == ""
     assert not os.path.exists(f"{service}/labhelper")
+
+
+def test_a_cgroup_systemd_did_not_delegate_is_left_alone_and_the_command_still_starts(service, uid):
+    os.removexattr(service, "trusted.delegate")
+    place = (f"import os, sys\nopen('{service}/cgroup.procs', 'w').write(str(os.getpid()))\n"
+             f"os.execv(sys.executable, [sys.executable, '-m', 'labhelper.cgroups.delegate', '--', "
+             f"sys.executable, '-c', 'import os; print(os.environ.get(\"LABHELPER_CGROUP_ROOT\"))'])\n")
+    env = dict(os.environ)
+    env.pop("LABHELPER_CGROUP_ROOT", None)
+    p = subprocess.run([sys.executable, "-c", place], capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0 and p.stdout.strip() == "None", p.stderr     # started, without a place
+    assert "was not delegated" in p.stderr and "starting anyway" in p.stderr
+    assert not os.path.exists(f"{service}/server")                      # nothing rearranged

@@ -109,7 +109,7 @@ def test_unit_contract():
     exec_start = unit["ExecStart"][0]
     # JupyterLab in a leaf of the service's delegated cgroup, the lab's cgroups beside it (chapter 05)
     assert unit["Delegate"] == ["yes"]
-    assert exec_start.startswith("/opt/labhelper/venv/bin/python -m labhelper.cgroups.delegation -- "
+    assert exec_start.startswith("/opt/labhelper/venv/bin/python -m labhelper.cgroups.delegate -- "
                                  "/opt/labhelper/venv/bin/jupyter lab")
     assert "--ServerApp.ip=0.0.0.0" in exec_start and "--ServerApp.port=8888" in exec_start
     assert "--ServerApp.port_retries=0" in exec_start  # never drift to a port nobody forwards
