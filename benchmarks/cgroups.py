@@ -24,7 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from labhelper import cgroups, procfs  # noqa: E402
-from labhelper.cgroups import files, tree, v2  # noqa: E402
+from labhelper.cgroups import delegation, files, tree, v2  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LIMIT = str(64 << 20)
@@ -33,16 +33,15 @@ LIMIT = str(64 << 20)
 def where() -> tuple[str, str, str]:
     """(hierarchy mount, limit file, this process's own cgroup folder in it)."""
     table = procfs.mountinfo()
-    if cgroups.version(table) == 2:
-        mount = next(m.mountpoint for m in table if m.fstype == "cgroup2")
-        limit_file, key = "memory.max", ""
+    v2 = cgroups.version(table) == 2
+    limit_file = "memory.max" if v2 else "memory.limit_in_bytes"
+    if v2:
+        mount = delegation.v2_mount(table)
     else:
         mount = next(m.mountpoint for m in table if m.fstype == "cgroup" and "memory" in m.super_options.split(","))
-        limit_file, key = "memory.limit_in_bytes", "memory"
-    for line in open("/proc/self/cgroup"):
-        _, controllers, path = line.rstrip("\n").split(":", 2)
-        if (key == "" and controllers == "") or key in controllers.split(","):
-            return mount, limit_file, os.path.join(mount, path.lstrip("/"))
+    for entry in procfs.cgroups_of("self"):
+        if (entry.hierarchy == "0" and not entry.controllers) if v2 else "memory" in entry.controllers:
+            return mount, limit_file, procfs.cgroup_host_paths(entry, table)[0]
     raise SystemExit("cannot find this process's own cgroup")
 
 

@@ -54,8 +54,7 @@ def tmpfs_size(size) -> str:
         raise Refused(f"tmpfs size {size!r}: give a positive number of bytes, with k, m or g if you like "
                       "('64k', '1m', '16m')")
     nbytes = int(match.group(1)) * {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[match.group(2)]
-    meminfo = procfs.read_text("/proc/meminfo")
-    total = next((int(line.split()[1]) << 10 for line in meminfo.splitlines() if line.startswith("MemTotal:")), 1 << 32)
+    total = procfs.meminfo_bytes("MemTotal", 1 << 32)
     cap = min(1 << 30, total // 4)
     if nbytes > cap:
         raise Refused(f"tmpfs size {size!r} is {nbytes >> 20} MiB; a lab tmpfs may have at most {cap >> 20} MiB "

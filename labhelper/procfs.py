@@ -212,6 +212,15 @@ class CgroupEntry:
     path: str
 
 
+def meminfo_bytes(key: str, default: int, proc: Path | str = "/proc") -> int:
+    """One line of /proc/meminfo ("MemTotal", "SwapTotal"...), in bytes; ``default`` if absent."""
+    for line in read_text(Path(proc, "meminfo")).splitlines():
+        name, _, rest = line.partition(":")
+        if name == key and rest.split():
+            return int(rest.split()[0]) << 10
+    return default
+
+
 def cgroups_of(pid: int | str, proc: Path | str = "/proc") -> list[CgroupEntry]:
     """The cgroups ``pid`` is in, one per mounted hierarchy (empty if it is gone)."""
     found = []

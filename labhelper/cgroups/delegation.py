@@ -28,13 +28,14 @@ from ..errors import LabError
 from . import files
 from .v2 import WANTED
 
-__all__ = ["ROOT_ENV", "base", "own_cgroup", "delegated", "prepare", "main"]
+__all__ = ["ROOT_ENV", "v2_mount", "base", "own_cgroup", "delegated", "prepare", "main"]
 
 ROOT_ENV = "LABHELPER_CGROUP_ROOT"
 LEAF = "server"
 
 
-def _v2_mount(table=None) -> str | None:
+def v2_mount(table=None) -> str | None:
+    """Where the cgroup2 hierarchy is mounted (None: not at all)."""
     table = procfs.mountinfo() if table is None else table
     return next((m.mountpoint for m in table if m.fstype == "cgroup2"), None)
 
@@ -53,17 +54,16 @@ def base(mount: str) -> str:
 
 def own_cgroup(mount: str, proc: str = "/proc") -> str:
     """This process's cgroup folder in the v2 hierarchy mounted at ``mount``."""
-    for line in procfs.read_text(f"{proc}/self/cgroup").splitlines():
-        hid, controllers, path = line.split(":", 2)
-        if hid == "0" and controllers == "":
-            return os.path.normpath(os.path.join(mount, path.lstrip("/")))
+    for entry in procfs.cgroups_of("self", proc):
+        if entry.hierarchy == "0" and not entry.controllers:
+            return os.path.normpath(os.path.join(mount, entry.path.lstrip("/")))
     return mount
 
 
 def prepare(mount: str | None = None) -> str:
     """Make this process's own v2 cgroup the lab's place: move the process into a leaf, enable
     the controllers its parent gives it for its children, and return the folder."""
-    mount = mount or _v2_mount()
+    mount = mount or v2_mount()
     if mount is None:
         return ""                                  # no cgroup v2: v1 needs no delegation
     own = own_cgroup(mount)

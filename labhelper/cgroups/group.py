@@ -12,7 +12,9 @@ hierarchy has no controllers, such as this course's CI).
 """
 from __future__ import annotations
 
+import errno
 import os
+import signal
 import time
 from dataclasses import dataclass
 
@@ -25,14 +27,10 @@ from .limits import Limits, Stats, check
 __all__ = ["Group", "group", "version", "lab_root", "place"]
 
 
-def _v2_mount(table) -> str | None:
-    return next((m.mountpoint for m in table if m.fstype == "cgroup2"), None)
-
-
 def version(table: list[procfs.Mount] | None = None) -> int:
     """2 if the cgroup2 hierarchy gives the lab memory, cpu and pids; else 1 (v1 controllers)."""
     table = procfs.mountinfo() if table is None else table
-    mount = _v2_mount(table)
+    mount = delegation.v2_mount(table)
     if mount is not None:
         base = delegation.base(mount)
         # What the lab's parent below ``base`` can have: what ``base`` enables for its children
@@ -52,7 +50,7 @@ def place() -> str:
     or the subtree delegated to the lab (the lab VM's service); on v1 the root of the hierarchy
     where the lab keeps track of its processes (limits then go in each controller's own)."""
     table = procfs.mountinfo()
-    return delegation.base(_v2_mount(table)) if version(table) == 2 else tree.hierarchy(table)
+    return delegation.base(delegation.v2_mount(table)) if version(table) == 2 else tree.hierarchy(table)
 
 
 def lab_root(mount: str) -> str:
@@ -92,7 +90,7 @@ class Group:
             except ProcessLookupError:
                 raise Refused(f"process {pid} does not exist (it exited?)") from None
             except OSError as exc:
-                if exc.errno == 3:                       # ESRCH: the kernel's word for "no such process"
+                if exc.errno == errno.ESRCH:             # the kernel's word for "no such process"
                     raise Refused(f"process {pid} does not exist (it exited?)") from None
                 raise
 
@@ -132,7 +130,7 @@ class Group:
                 v1.freeze(self.folders, True)
                 for pid in tree.procs(self.folders["freezer"]):
                     try:
-                        os.kill(pid, 9)
+                        os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
             finally:
@@ -184,7 +182,7 @@ def group(name: str, owner: str | None = None) -> Group:
     made: list[str] = []
     try:
         if ver == 2:
-            place = delegation.base(_v2_mount(table))      # the hierarchy's root, or a delegated subtree
+            place = delegation.base(delegation.v2_mount(table))      # the hierarchy's root, or a delegated subtree
             path = tree.create(name, owner, root=place)
             made.append(path)
             v2.enable(lab_root(place))
@@ -218,7 +216,7 @@ def group(name: str, owner: str | None = None) -> Group:
 
 def tree_of(mount: str | None = None) -> dict[str, list[int]]:
     """The lab's cgroups in one hierarchy (the tracking one by default): {folder: its pids}."""
-    mount = mount or (delegation.base(_v2_mount(procfs.mountinfo())) if version() == 2 else tree.hierarchy())
+    mount = mount or (delegation.base(delegation.v2_mount(procfs.mountinfo())) if version() == 2 else tree.hierarchy())
     top = lab_root(mount)
     found = {}
     for dirpath, dirnames, _ in os.walk(top):

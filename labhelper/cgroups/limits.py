@@ -17,6 +17,7 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from .. import procfs
 from ..errors import Refused
 
 __all__ = ["Limits", "Stats", "parse_size", "check", "MEMORY_FLOOR", "PIDS_CEILING", "format_size"]
@@ -53,14 +54,6 @@ def format_size(n: int | None) -> str:
     return str(n)
 
 
-def _memory_total() -> int:
-    with open("/proc/meminfo") as fh:
-        for line in fh:
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    return 1 << 62
-
-
 @dataclass(frozen=True)
 class Limits:
     """Limits in the learner's units; None: no limit (the kernel's "max")."""
@@ -82,7 +75,7 @@ def check(memory=None, memory_high=None, swap=None, cpu=None, cpu_weight=None, p
           io_write=None, io_device=None, cores: int | None = None, ram: int | None = None) -> Limits:
     """The limits, checked; Refused (nothing written) for any value that breaks a rule."""
     cores = cores or os.cpu_count() or 1
-    ram = ram or _memory_total()
+    ram = ram or procfs.meminfo_bytes("MemTotal", 1 << 62)
     mem = None if memory is None else parse_size(memory, "memory")
     high = None if memory_high is None else parse_size(memory_high, "memory_high")
     sw = None if swap is None else parse_size(swap, "swap")

@@ -25,6 +25,7 @@ import errno
 import time
 from dataclasses import replace
 
+from .. import procfs
 from ..errors import Refused, RequirementError
 from . import files
 from .limits import CPU_PERIOD_US, Limits, Stats
@@ -61,7 +62,7 @@ def apply(folders: dict[str, str], limits: Limits) -> dict[str, str]:
     if limits.swap is not None and limits.memory is None:
         raise Refused("on v1 swap is limited together with memory (memory.memsw): give memory= too")
     if limits.swap is not None and not files.exists(folders["memory"], "memory.memsw.limit_in_bytes"):
-        if limits.swap == 0 and _no_swap():
+        if limits.swap == 0 and procfs.meminfo_bytes("SwapTotal", 1) == 0:
             limits = replace(limits, swap=None)          # nothing can swap here: swap=0 holds already
         else:
             raise Refused("this kernel does not account swap in v1 (boot with swapaccount=1)")
@@ -109,11 +110,6 @@ def apply(folders: dict[str, str], limits: Limits) -> dict[str, str]:
     if limits.pids is not None:
         put("pids", "pids.max", limits.pids, "a pids limit")
     return written
-
-
-def _no_swap() -> bool:
-    with open("/proc/meminfo") as fh:
-        return any(line.split()[:2] == ["SwapTotal:", "0"] for line in fh)
 
 
 def stats(folders: dict[str, str]) -> Stats:

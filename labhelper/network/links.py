@@ -21,6 +21,7 @@ kernel call: names, addresses, subnets, and whether a name or address is in use.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import ipaddress
 import os
@@ -217,7 +218,7 @@ def _exists(r: rtnl.Rtnl, name: str) -> bool:
         _index(r, name)
         return True
     except OSError as exc:
-        if exc.errno == 19:                  # ENODEV
+        if exc.errno == errno.ENODEV:
             return False
         raise
 
@@ -545,7 +546,7 @@ def delete(name, the_ledger=None) -> None:
                 r.request("RTM_DELLINK", rtnl.ifinfmsg, rtnl.RTM_DELLINK, ACK, {}, [("IFLA_IFNAME", link)],
                           {"ifname": link})
             except OSError as exc:
-                if exc.errno != 19:          # ENODEV: gone already (the other end of a pair went first)
+                if exc.errno != errno.ENODEV:    # gone already (the other end of a pair went first)
                     raise
     if link in firewall.tables():
         firewall.remove(link, the_ledger)
