@@ -2,7 +2,8 @@
 
 - create a cgroup, set a memory limit, join it, leave it and remove it with labhelper within
   1.5x of the same system calls made from C (benchmarks/c/cgroup_reference.c, built with gcc in
-  this run and called through ctypes: same process, same clock), the ledger's records included.
+  this run and called through ctypes: same process, same clock), each cgroup's record included
+  (kept on the cgroup folder itself: registry.put_on).
 
 Both sides work in the hierarchy where this machine's memory limits go (cgroup2 on v2, the v1
 memory hierarchy otherwise), below the lab's parent cgroup, and alternate round by round.

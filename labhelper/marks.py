@@ -68,6 +68,9 @@ def lab_dir_of(path: str) -> str | None:
 _COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+,@=:-]*")
 NAME_MAX = 255      # bytes in one path component (NAME_MAX, include/uapi/linux/limits.h)
 PATH_MAX = 4095     # bytes in a path, without the terminating NUL (PATH_MAX - 1)
+# A whole path of such components (ASCII: a character is a byte), for the quick check: it has
+# no empty, "." or ".." component and no trailing "/", so it is normal too.
+_PLAIN_PATH = re.compile(r"(?:/[A-Za-z0-9_][A-Za-z0-9._+,@=:-]{0,%d})+" % (NAME_MAX - 1))
 
 
 def host_path(path, what: str = "path") -> str:
@@ -75,6 +78,8 @@ def host_path(path, what: str = "path") -> str:
     Refused, saying what is wrong. Normal: ``/a/b``, never ``/a/b/``, ``/a/./b``, ``/a//b`` or
     ``/a/../b`` (each of those names another folder than it seems to)."""
     text = os.fspath(path) if isinstance(path, os.PathLike) else path
+    if isinstance(text, str) and len(text) <= PATH_MAX and _PLAIN_PATH.fullmatch(text):
+        return text         # the common case, checked at once (the same rules as below)
     if not isinstance(text, str) or not text:
         raise Refused(f"the {what} must be a non-empty path, not {text!r}")
     if len(os.fsencode(text)) > PATH_MAX:
@@ -350,7 +355,9 @@ class Obj:
     of its own (see Kind.within): a cgroup's or folder's own path; for a process, the lab
     cgroups it is in. ``ident``: what tells this object from an earlier one of the same name,
     where names are reused (a process's start time: pids are reused); a record of the same
-    name describes it only if the record's ``data["ident"]`` is the same.
+    name describes it only if the record's ``data["ident"]`` is the same. ``nobodys``: an object
+    with our mark and no record, old enough that no creator is still busy with it (a lab cgroup
+    whose creator was killed before it wrote the record): every cleanup removes it.
     """
     kind: str
     name: str
@@ -358,6 +365,7 @@ class Obj:
     owner: str | None = field(default=None, compare=False)
     where: tuple[str, ...] = field(default=(), compare=False)
     ident: int | None = field(default=None, compare=False)
+    nobodys: bool = field(default=False, compare=False)     # left half-made by a killed creator
 
     def described_by(self, record) -> bool:
         """Is ``record`` (a registry.Record) this object's own record?"""

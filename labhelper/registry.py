@@ -13,9 +13,12 @@ machine not declared disposable (:meth:`Ledger.guard`). A concept module that ma
 does it inside :meth:`Ledger.creating`, and removes one inside :meth:`Ledger.removing`; it never
 has to remember the guard itself.
 
-Layout: one JSON file per object under /run/labhelper/ledger (a tmpfs: it is empty after a
-reboot, exactly like the kernel objects it describes). Each file is written to a temporary name
-and renamed into place, so a reader sees a whole record or none, even after SIGKILL mid-write.
+Layout: one JSON file per object under /run/labhelper/ledger (usually a tmpfs: it is empty
+after a reboot, exactly like the kernel objects it describes). Each file is written with no name
+and then linked into place, so a reader sees a whole record or none, even after SIGKILL
+mid-write. One kind keeps its record on the object instead (:func:`put_on`): a cgroup below the
+lab's parent is found by where it is, so its record rides on the cgroup folder as an extended
+attribute and goes with it; the census reads it there (cgroups.find_cgroups).
 
 The test-only fault hook lives here too: ``fault_point(step)`` after each setup step lets the
 tests kill the creator at exactly that point (R1 in docs/reliability.md).
@@ -30,7 +33,7 @@ import os
 import signal
 import stat
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import host, marks, procfs
@@ -38,11 +41,15 @@ from .errors import FaultInjected, LabError, LedgerError, Refused
 from .procfs import start_time
 from .process import is_same_process, lifetime_pid
 
-__all__ = ["Record", "Ledger", "ledger", "guard", "default_owner", "fault_point", "LEDGER_DIR"]
+__all__ = ["Record", "Ledger", "ledger", "guard", "default_owner", "fault_point", "LEDGER_DIR", "new_record",
+           "put_on", "read_from", "ON_OBJECT"]
 
 _DURABLE_KINDS = ("dir",)      # objects that survive a reboot: their records are fsync'ed
 LEDGER_DIR = Path(os.environ.get("LABHELPER_LEDGER", "/run/labhelper/ledger"))
 _KIND_NAMES = tuple(k.name for k in marks.KINDS)   # what a record may be (marks.KINDS)
+# Where a record is kept on the object itself (a cgroup folder): an extended attribute in the
+# trusted namespace, which only root (CAP_SYS_ADMIN) may read or write.
+ON_OBJECT = "trusted.labhelper.record"
 
 
 def guard(action: str) -> None:
@@ -160,13 +167,8 @@ class Ledger:
         """Record that ``kind``/``name`` is about to exist (or exists). Refused, with nothing
         written, on a machine not declared disposable, or for a name that is not one of ours.
         Prefer :meth:`creating`."""
-        if kind not in _KIND_NAMES:
-            raise LedgerError(f"unknown kind {kind!r}; known kinds: {', '.join(_KIND_NAMES)}")
-        name = marks.kind(kind).valid(name)
-        self.guard(f"create {kind} {name!r}")
-        pid = lifetime_pid() if pid is None else pid
-        record = Record(kind, name, owner or default_owner(), pid, _start_time(pid), time.time(), dict(data or {}))
-        text = json.dumps(asdict(record), sort_keys=True).encode()
+        record = new_record(kind, name, owner, data, pid)
+        text = _encode(record)
         try:
             with self._folder(create=True) as folder:
                 self._write_new(folder, record.key, text, durable=kind in _DURABLE_KINDS)
@@ -402,6 +404,58 @@ class Ledger:
 
     def find(self, kind: str, name: str) -> Record | None:
         return next((r for r in self.records() if r.kind == kind and r.name == name), None)
+
+
+def new_record(kind: str, name: str, owner: str | None = None, data: dict | None = None,
+               pid: int | None = None) -> Record:
+    """The record of ``kind``/``name``, made by this process (or ``pid``), after the guard: on a
+    machine not declared disposable, or for a name that is not one of ours, Refused."""
+    if kind not in _KIND_NAMES:
+        raise LedgerError(f"unknown kind {kind!r}; known kinds: {', '.join(_KIND_NAMES)}")
+    name = marks.kind(kind).valid(name)
+    guard(f"create {kind} {name!r}")
+    pid = lifetime_pid() if pid is None else pid
+    return Record(kind, name, owner or default_owner(), pid, _start_time(pid), time.time(), dict(data or {}))
+
+
+def _encode(record: Record) -> bytes:
+    # The fields by hand: dataclasses.asdict deep-copies, and costs more than the mkdir it records.
+    fields = {"kind": record.kind, "name": record.name, "owner": record.owner, "pid": record.pid,
+              "pid_start": record.pid_start, "created": record.created, "data": record.data}
+    return json.dumps(fields, sort_keys=True).encode()
+
+
+def put_on(path: str, record: Record) -> bool:
+    """Keep ``record`` on the folder ``path`` itself (the extended attribute ON_OBJECT), instead
+    of a file in the ledger. For objects that are folders found by where they are (a cgroup
+    below the lab's parent): the record goes when the folder goes, by the same rmdir(2), so
+    removing it costs nothing more. False where the filesystem keeps no such attributes (then
+    the caller writes to the ledger)."""
+    try:
+        os.setxattr(path, ON_OBJECT, _encode(record), os.XATTR_CREATE, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return False
+        raise
+    return True
+
+
+def read_from(path: str) -> Record | None:
+    """The record kept on the folder ``path`` (:func:`put_on`), or None: none there, the folder
+    is gone, or what is there is not a valid record of that very folder (it is then ignored, as
+    the census ignores junk it did not make)."""
+    try:
+        data = os.getxattr(path, ON_OBJECT, follow_symlinks=False)
+    except OSError:
+        return None
+    try:
+        text = data.decode("utf-8")
+        if len(data) > MAX_RECORD or _depth(text) > MAX_DEPTH:
+            return None
+        record = _record_from(json.loads(text))
+    except (ValueError, KeyError, TypeError, RecursionError, _NotARecord):
+        return None
+    return record
 
 
 class _RecordExists(Exception):

@@ -8,15 +8,15 @@ which is why cleanup kills processes first.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import signal
 import time
 
-from .. import marks, procfs
-from . import delegation
+from .. import marks, procfs, registry
+from . import delegation, files
 from ..errors import Refused, RequirementError
-from ..registry import ledger
 
 __all__ = ["hierarchy", "create", "add", "procs", "kill", "remove", "find_cgroups", "remove_cgroup"]
 
@@ -47,8 +47,16 @@ def hierarchy(table: list[procfs.Mount] | None = None) -> str:
 
 def create(name: str, owner: str | None = None, root: str | None = None) -> str:
     """Make the lab cgroup ``name`` (``labhelper/NAME`` in :func:`hierarchy`, or in ``root``),
-    recorded in the ledger, and return its folder. A name in use is an error (the cgroup that
-    has it is left as it is)."""
+    with its record, and return its folder. A name in use is an error (the cgroup that has it
+    is left as it is).
+
+    The record is kept on the cgroup folder itself (registry.put_on), not in a file of the
+    ledger: a cgroup below the lab's parent is marked by where it is, the census finds it by
+    walking the hierarchy, and rmdir(2) takes the record along with the cgroup. That keeps a
+    cgroup's life as cheap as the kernel makes it (mkdir, writes, rmdir). The one thing given up
+    is write-ahead: a SIGKILL between the mkdir and the record leaves a lab cgroup without an
+    owner, which the census lists (owner "-") and `labhelper cleanup` removes.
+    """
     if not isinstance(name, str) or "/" in name:
         raise Refused(f"a lab cgroup's name is one plain name, not {name!r}")
     if root is None:
@@ -57,31 +65,44 @@ def create(name: str, owner: str | None = None, root: str | None = None) -> str:
             root = delegation.base(root)        # a delegated subtree, where one was given
     top = os.path.join(root, marks.CGROUP_PARENT)
     path = marks.cgroup_path(os.path.join(top, name))
-    with ledger().creating("cgroup", path, owner):
-        for attempt in range(3):
-            try:
-                os.mkdir(path, 0o755)
-                return path
-            except FileExistsError:
-                raise Refused(f"the cgroup {path} exists already: choose another name (or remove it: "
-                              "labhelper cleanup)") from None
-            except FileNotFoundError:
-                if attempt == 2:
-                    raise
-            # No lab parent cgroup (the first lab cgroup, or the last one was removed with its
-            # parent just now): make it, shared by every lab cgroup, then try again.
-            try:
-                os.mkdir(top, 0o755)
-            except FileExistsError:
-                pass
+    record = registry.new_record("cgroup", path, owner)     # the guard: nothing is made without it
+    for attempt in range(3):
+        try:
+            os.mkdir(path, 0o755)
+            break
+        except FileExistsError:
+            raise Refused(f"the cgroup {path} exists already: choose another name (or remove it: "
+                          "labhelper cleanup)") from None
+        except FileNotFoundError:
+            if attempt == 2:
+                raise
+        # No lab parent cgroup (the first lab cgroup, or the last one was removed with its
+        # parent just now): make it, shared by every lab cgroup, then try again.
+        try:
+            os.mkdir(top, 0o755)
+        except FileExistsError:
+            pass
+    try:
+        if not registry.put_on(path, record):
+            registry.ledger().add("cgroup", path, record.owner)      # a hierarchy without extended attributes
+    except BaseException:
+        _rmdir_quietly(path)
+        raise
+    return path
+
+
+def _rmdir_quietly(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+    _remove_empty_parent(path)
 
 
 def add(path: str, pid: int) -> None:
     """Move process ``pid`` into the cgroup at ``path`` (its children made from then on are born
     in it too)."""
-    path = marks.cgroup_path(path)
-    with open(os.path.join(path, "cgroup.procs"), "w") as fh:
-        fh.write(f"{int(pid)}\n")
+    files.write(marks.cgroup_path(path), "cgroup.procs", int(pid))
 
 
 def procs(path: str) -> list[int]:
@@ -126,20 +147,36 @@ def kill(path: str, timeout: float = 5.0) -> None:
 
 
 def remove(path: str, timeout: float = 5.0) -> None:
-    """Kill what is inside the cgroup at ``path``, then remove it and its record (idempotent)."""
+    """Kill what is inside the cgroup at ``path``, then remove it, its children first, and its
+    record (idempotent)."""
     path = marks.cgroup_path(path)
-    for sub in sorted((d for d, _, _ in os.walk(path)), key=lambda d: d.count("/"), reverse=True):
-        kill(sub, timeout)
-        remove_cgroup(marks.Obj("cgroup", sub), ledger())
+
+    def empty_it() -> None:
+        for sub in _children(path):
+            remove(sub, timeout)
+        kill(path, timeout)
+    _remove(path, None, empty_it)
+
+
+def _children(path: str) -> list[str]:
+    try:
+        with os.scandir(path) as entries:
+            return [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return []
 
 
 # --- lab cgroups as objects (marks.KINDS) -------------------------------------------------------------
+
+NOBODYS_AFTER = 60.0       # seconds: a create takes microseconds between mkdir and the record
+
 
 def find_cgroups(scan: marks.Scan) -> list[marks.Obj]:
     """Every folder at or below a cgroup named ``labhelper``, in every mounted cgroup hierarchy:
     at the root of a hierarchy, or below a delegated cgroup (the lab VM's service, for one)."""
     found = []
     seen = set()
+    holders = marks.kind("cgroup").within       # kinds whose record covers what is inside
     for m in scan.mounts:
         if m.fstype not in ("cgroup", "cgroup2") or m.mountpoint in seen:
             continue
@@ -156,28 +193,67 @@ def find_cgroups(scan: marks.Scan) -> list[marks.Obj]:
                 innernames.sort()
                 path = "/" + os.path.relpath(inner, scan.fs_root)
                 found.append(marks.Obj("cgroup", path, m.fstype, where=(path,)))
+                # Its record, where it keeps it on itself (create): the census reads it with
+                # the ledger's.
+                record = registry.read_from(inner)
+                if record is not None and record.kind == "cgroup" and record.name == path:
+                    if all(r.key != record.key for r in scan.records):
+                        scan.records.append(record)
+                elif not any(marks.is_under(path, r.name) for r in scan.records if r.kind in holders):
+                    # No record of its own, none of a cgroup or folder it is in (its ancestors'
+                    # were read above): a creator killed between mkdir and the record left it.
+                    # Once no creator can still be at work on it, it is nobody's.
+                    try:
+                        age = time.time() - os.stat(inner).st_ctime
+                    except OSError:
+                        continue
+                    if age > NOBODYS_AFTER:
+                        found[-1] = dataclasses.replace(found[-1], nobodys=True, detail=f"{m.fstype}, no record")
     return found
 
 
 def remove_cgroup(obj: marks.Obj, ledger) -> None:
-    """rmdir one lab cgroup (idempotent). Its children go first: cleanup orders them so."""
-    path = marks.cgroup_path(obj.name)
-    with ledger.removing("cgroup", path):
+    """rmdir one lab cgroup, and so its record (idempotent). Its children and processes go
+    first: cleanup orders them so."""
+    _remove(marks.cgroup_path(obj.name), ledger, lambda: None)
+
+
+def _remove(path: str, ledger, empty_it) -> None:      # ledger: None for the standard one
+    registry.guard(f"remove cgroup {path!r}")
+    # A record kept on the folder goes with it; one in the ledger (a hierarchy without extended
+    # attributes) is forgotten once the cgroup is gone.
+    try:
+        os.getxattr(path, registry.ON_OBJECT, follow_symlinks=False)
+        in_ledger = False
+    except OSError:
+        in_ledger = True
+    # Most often the cgroup is empty and has no children: rmdir(2) alone does it. The kernel
+    # refuses one with processes or children (EBUSY), changing nothing: empty it, then again.
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise
+        empty_it()
         for _ in range(50):
             try:
                 os.rmdir(path)
-                _remove_empty_parent(path)
-                return
+                break
             except FileNotFoundError:
-                return
+                break
             except OSError as exc:
                 # EBUSY for a moment after the last process died: the kernel frees a cgroup of
                 # its exited (zombie) members a little later.
                 if exc.errno != errno.EBUSY:
                     raise
             time.sleep(0.02)
-        os.rmdir(path)
-        _remove_empty_parent(path)
+        else:
+            os.rmdir(path)
+    _remove_empty_parent(path)
+    if in_ledger:
+        (ledger or registry.ledger()).remove("cgroup", path)
 
 
 def _remove_empty_parent(path: str) -> None:

@@ -88,11 +88,13 @@ def census(proc: Path | str = "/proc", sys_: Path | str = "/sys", netns_dir: Pat
     the_ledger = the_ledger or ledger()
     records = the_ledger.records()
     scan = Scan(Path(proc), Path(sys_), Path(netns_dir), Path(fs_root), procfs.mountinfo(proc), records)
+    # Find every object first, then say whose each is: a finder may add records it read from
+    # the objects themselves (a cgroup keeps its own), and a process is judged by its cgroup's.
+    found = [obj for kind in KINDS for obj in function_of(kind, "find")(scan)]
     objects: dict[tuple[str, str], Obj] = {}
-    for kind in KINDS:
-        for obj in function_of(kind, "find")(scan):
-            rec = record_of(obj, records)
-            objects[(obj.kind, obj.name)] = dataclasses.replace(obj, owner=rec.owner if rec else None)
+    for obj in found:
+        rec = record_of(obj, records)
+        objects[(obj.kind, obj.name)] = dataclasses.replace(obj, owner=rec.owner if rec else None)
     # Records whose object is gone: only the record is left to forget. (A process record whose
     # start time does not match is one of these: the pid now names another process, R7.)
     for r in records:

@@ -27,9 +27,10 @@ class Action:
 
 
 def is_temp_file(obj: Obj) -> bool:
-    """A file of the ledger that is nobody's: a temporary file (``.KEY.PID.tmp``) a killed
-    writer left, or a file that is not a record at all. Always part of a plan."""
-    return (obj.kind == "ledger" and obj.name.startswith(".")) or obj.kind == "ledger-file"
+    """Something that is nobody's: a temporary file of the ledger (``.KEY.PID.tmp``) a killed
+    writer left, a file there that is not a record at all, or an object a killed creator left
+    before it could record it (``Obj.nobodys``). Always part of a plan."""
+    return (obj.kind == "ledger" and obj.name.startswith(".")) or obj.kind == "ledger-file" or obj.nobodys
 
 
 _LEDGER_VERBS = {"ledger": "forget", "ledger-file": "set-aside"}

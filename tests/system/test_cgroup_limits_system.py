@@ -27,7 +27,7 @@ def test_the_version_that_limits_is_the_one_this_machine_gives():
 def test_a_group_has_a_folder_per_hierarchy_and_each_is_recorded(g):
     folders = set(g.folders.values())
     assert len(folders) == (1 if g.version == 2 else len(folders)) and all(os.path.isdir(f) for f in folders)
-    assert all(registry.ledger().find("cgroup", f) is not None for f in folders)
+    assert all(registry.read_from(f) is not None for f in folders)
     assert {"memory", "cpu", "pids", "track"} <= set(g.folders)
 
 

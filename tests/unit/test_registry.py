@@ -195,3 +195,57 @@ def test_a_symlink_in_place_of_the_ledger_is_never_followed(tmp_path):
     assert led.records() == [] and any("symlink" in p for p in led.problems)
     assert led.stale_temp_files() == []
     assert sorted(os.listdir(target)) == [".old.1.tmp"]        # nothing written, nothing taken
+
+
+# --- records kept on the object (a lab cgroup's folder) ------------------------------------------
+
+def test_a_record_on_a_folder_is_read_back_and_junk_there_is_ignored(tmp_path, monkeypatch):
+    # Extended attributes in the trusted namespace need root: a fake getxattr stands in for them.
+    folder = str(tmp_path / "labhelper" / "lh-c1")
+    record = registry.new_record("cgroup", folder, owner="ch05")
+    store = {folder: json.dumps(record.__dict__).encode()}
+
+    def getxattr(path, name, follow_symlinks=True):
+        assert name == registry.ON_OBJECT and not follow_symlinks
+        if path not in store:
+            raise OSError(61, "No data available")
+        return store[path]
+    monkeypatch.setattr(os, "getxattr", getxattr)
+    assert registry.read_from(folder) == record
+    assert registry.read_from(str(tmp_path)) is None                      # none there
+    for junk in (b"\xff", b"[]", b"{}", b"[" * 10000, json.dumps({**record.__dict__, "pid": "1"}).encode(),
+                 json.dumps({**record.__dict__, "name": "/etc"}).encode()):
+        store[folder] = junk
+        assert registry.read_from(folder) is None, junk[:20]
+
+
+def test_a_record_is_made_only_on_a_disposable_machine(tmp_path, monkeypatch):
+    monkeypatch.delenv("LABHELPER_DISPOSABLE")
+    monkeypatch.setattr(registry.host, "DISPOSABLE_MARKER", tmp_path / "absent")
+    with pytest.raises(LabError, match="not declared disposable"):
+        registry.new_record("cgroup", str(tmp_path / "labhelper" / "x"))
+
+
+def test_a_cgroup_where_folders_keep_no_attributes_is_recorded_in_the_ledger(tmp_path, monkeypatch):
+    # A fake hierarchy (a temporary folder) whose filesystem refuses extended attributes: the
+    # record goes to the ledger instead, and removing the cgroup forgets it.
+    from labhelper.cgroups import tree
+    monkeypatch.setenv("LABHELPER_LEDGER", str(tmp_path / "ledger"))
+    monkeypatch.setattr(registry, "put_on", lambda path, record: False)
+    path = tree.create("c1", owner="ch05", root=str(tmp_path))
+    assert path == str(tmp_path / "labhelper" / "c1") and os.path.isdir(path)
+    assert registry.ledger().find("cgroup", path).owner == "ch05"
+    tree.remove(path)
+    assert not os.path.exists(path) and registry.ledger().find("cgroup", path) is None
+    assert not os.path.exists(tmp_path / "labhelper")           # the lab's parent went with its last child
+
+
+def test_a_cgroup_whose_record_cannot_be_written_is_not_left(tmp_path, monkeypatch):
+    from labhelper.cgroups import tree
+
+    def refuse(path, record):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(registry, "put_on", refuse)
+    with pytest.raises(PermissionError):
+        tree.create("c1", root=str(tmp_path))
+    assert os.listdir(tmp_path) == []
