@@ -94,6 +94,28 @@ class OpenTreeFlags(_KernelFlags):
     AT_RECURSIVE = 0x8000
 
 
+class FsconfigCmd(enum.IntEnum):
+    """fsconfig(2) commands (include/uapi/linux/mount.h): set one parameter of a filesystem
+    context, then create the superblock."""
+    FSCONFIG_SET_FLAG = 0
+    FSCONFIG_SET_STRING = 1
+    FSCONFIG_SET_BINARY = 2
+    FSCONFIG_SET_PATH = 3
+    FSCONFIG_SET_PATH_EMPTY = 4
+    FSCONFIG_SET_FD = 5
+    FSCONFIG_CMD_CREATE = 6
+    FSCONFIG_CMD_RECONFIGURE = 7
+    FSCONFIG_CMD_CREATE_EXCL = 8
+
+
+class MountAttr(_KernelFlags):
+    """fsmount(2) and mount_setattr(2) attributes (MOUNT_ATTR_*)."""
+    MOUNT_ATTR_RDONLY = 0x1
+    MOUNT_ATTR_NOSUID = 0x2
+    MOUNT_ATTR_NODEV = 0x4
+    MOUNT_ATTR_NOEXEC = 0x8
+
+
 class Prctl(enum.IntEnum):
     """prctl(2) options used by labhelper."""
     PR_SET_PDEATHSIG = 1

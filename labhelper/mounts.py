@@ -227,9 +227,22 @@ def unmount(target: str, record: bool = True) -> bool:
     if record:
         the_ledger = ledger()
         made = the_ledger.find("mount", target)
-        _rmdir_empty([target, *(made.data.get("made", []) if made else [])])
+        _after_unmount(target, made)
         the_ledger.remove("mount", target)
     return done
+
+
+def _after_unmount(target: str, record) -> None:
+    """Once a mount is gone: remove the scratch folders its filesystem filled (overlayfs' work
+    folder keeps temporary entries such as ``#6d`` after a directory was removed), then the
+    folders its creation made, when empty. Both lists come from its record."""
+    data = record.data if record else {}
+    for scratch in data.get("scratch", []):
+        try:
+            remove_tree(scratch)
+        except FileNotFoundError:
+            pass
+    _rmdir_empty([target, *data.get("made", [])])
 
 
 # --- removing folders ---------------------------------------------------------------------------
@@ -345,12 +358,13 @@ def find_mounts(scan: marks.Scan) -> list[marks.Obj]:
 
 
 def remove_mount(obj: marks.Obj, ledger: registry.Ledger) -> None:
-    """Unmount one mount of ours, then remove the folder it was on, and the folders its creation
-    made (its record lists them), when they are ours and empty."""
+    """Unmount one mount of ours, then remove the folder it was on, the scratch folders its
+    filesystem filled, and the folders its creation made (its record lists them), when they are
+    ours and empty."""
     record = ledger.find("mount", obj.name)
     with ledger.removing("mount", obj.name):
         detach(obj.name)
-        _rmdir_empty([obj.name, *(record.data.get("made", []) if record else [])])
+        _after_unmount(obj.name, record)
 
 
 def find_dirs(scan: marks.Scan) -> list[marks.Obj]:

@@ -19,12 +19,13 @@ import platform
 import sys
 
 from .errors import Shown, SyscallError
-from .flags import CloneFlags, MountFlags, Prctl, UmountFlags
+from .flags import CloneFlags, FsconfigCmd, MountAttr, MountFlags, Prctl, UmountFlags
 
 __all__ = [
     "SYSCALL_NUMBERS", "syscall_number", "raw_syscall", "unshare", "setns", "mount", "umount2",
     "msgget", "msgctl_rmid", "IPC_CREAT", "IPC_PRIVATE",
     "pivot_root", "sethostname", "prctl", "ioctl", "ioctl_noarg", "address_of", "check", "error",
+    "fsopen", "fsconfig", "fsmount", "move_mount", "MOVE_MOUNT_F_EMPTY_PATH", "MOVE_MOUNT_T_EMPTY_PATH",
 ]
 
 # use_errno=True: ctypes saves errno right after each call, so threads cannot clobber it.
@@ -45,12 +46,14 @@ SYSCALL_NUMBERS: dict[str, dict[str, int]] = {
         "gettid": 186, "mount": 165, "umount2": 166, "pivot_root": 155, "sethostname": 170,
         "unshare": 272, "setns": 308, "clock_gettime": 228, "pidfd_open": 434,
         "pidfd_send_signal": 424, "ioctl": 16, "openat": 257, "mkdir": 83, "mkdirat": 258,
+        "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
     },
     "aarch64": {
         "read": 63, "write": 64, "close": 57, "getpid": 172, "uname": 160, "getppid": 173,
         "gettid": 178, "mount": 40, "umount2": 39, "pivot_root": 41, "sethostname": 161,
         "unshare": 97, "setns": 268, "clock_gettime": 113, "pidfd_open": 434,
         "pidfd_send_signal": 424, "ioctl": 29, "openat": 56, "mkdirat": 34,
+        "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
     },
 }
 
@@ -63,6 +66,9 @@ SYSCALL_ARGS: dict[str, tuple[str, ...]] = {
     "openat": ("dirfd", "pathname", "flags", "mode"), "mkdir": ("pathname", "mode"),
     "mkdirat": ("dirfd", "pathname", "mode"), "clock_gettime": ("clockid", "tp"),
     "ioctl": ("fd", "request", "arg"), "pidfd_open": ("pid", "flags"),
+    "fsopen": ("fsname", "flags"), "fsconfig": ("fd", "cmd", "key", "value", "aux"),
+    "fsmount": ("fd", "flags", "attr_flags"),
+    "move_mount": ("from_dfd", "from_pathname", "to_dfd", "to_pathname", "flags"),
 }
 
 _MACHINE = platform.machine()
@@ -162,6 +168,72 @@ def umount2(target: str | os.PathLike, flags: UmountFlags | int = 0) -> None:
     flags = UmountFlags(flags)
     check(_libc.umount2(_path(target), ctypes.c_int(int(flags))), "umount2",
           {"target": os.fspath(target), "flags": flags})
+
+
+# --- the new mount API (Linux 5.2): a mount built step by step, on file descriptors ---------------
+#
+# fsopen("overlay") gives a filesystem context; fsconfig() sets its parameters one at a time
+# (overlayfs takes "lowerdir+" once per layer since Linux 6.8, so a hundred layers need no page
+# of options); FSCONFIG_CMD_CREATE makes the superblock; fsmount() a detached mount of it; and
+# move_mount() attaches that where it belongs. When a step fails, the kernel writes why into
+# the context ("e overlay: ...") for whoever reads the context's fd: the error carries it.
+
+_FSOPEN_CLOEXEC = 0x1
+_FSMOUNT_CLOEXEC = 0x1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4    # include/uapi/linux/mount.h: the source is from_dfd itself
+MOVE_MOUNT_T_EMPTY_PATH = 0x40   # ... and the target is to_dfd itself (an opened folder)
+
+
+def _context_log(fd: int) -> str:
+    """What the kernel said about a filesystem context's last failure (its message log)."""
+    lines = []
+    for _ in range(8):
+        try:
+            data = os.read(fd, 1024)
+        except OSError:
+            break
+        if not data:
+            break
+        lines.append(os.fsdecode(data).strip())
+    return "; ".join(lines)
+
+
+def fsopen(fsname: str) -> int:
+    """fsopen(2): a new filesystem context of type ``fsname``, as a file descriptor (close-on-exec)."""
+    return raw_syscall("fsopen", os.fsencode(fsname), _FSOPEN_CLOEXEC)
+
+
+def fsconfig(fd: int, cmd: FsconfigCmd | int, key: str | None = None, value: str | None = None,
+             aux: int = 0) -> None:
+    """fsconfig(2): set one parameter of the context ``fd`` (or create its superblock)."""
+    cmd = FsconfigCmd(cmd)
+    args = {"fd": fd, "cmd": cmd.name}
+    if key is not None:
+        args["key"] = key
+    if value is not None:
+        args["value"] = value
+    result = _libc.syscall(ctypes.c_long(syscall_number("fsconfig")), ctypes.c_long(fd), ctypes.c_long(int(cmd)),
+                           _path(key), _path(value), ctypes.c_long(aux))
+    if result == -1:
+        err = ctypes.get_errno()
+        said = _context_log(fd)
+        raise error("fsconfig", args, err, f"the kernel said: {said}" if said else None)
+
+
+def fsmount(fd: int, attr_flags: MountAttr | int = 0) -> int:
+    """fsmount(2): a detached mount of the context's superblock, as a file descriptor."""
+    attr = MountAttr(attr_flags)
+    return check(_libc.syscall(ctypes.c_long(syscall_number("fsmount")), ctypes.c_long(fd),
+                               ctypes.c_long(_FSMOUNT_CLOEXEC), ctypes.c_long(int(attr))),
+                 "fsmount", {"fd": fd, "attr_flags": attr})
+
+
+def move_mount(from_fd: int, to_fd: int, to_path: str = "", flags: int = MOVE_MOUNT_F_EMPTY_PATH) -> None:
+    """move_mount(2): attach the detached mount ``from_fd`` at ``to_path`` relative to ``to_fd``
+    (with the empty path and MOVE_MOUNT_T_EMPTY_PATH: on ``to_fd`` itself)."""
+    check(_libc.syscall(ctypes.c_long(syscall_number("move_mount")), ctypes.c_long(from_fd), b"",
+                        ctypes.c_long(to_fd), _path(to_path), ctypes.c_long(flags)),
+          "move_mount", {"from_dfd": from_fd, "to_dfd": to_fd, "to_pathname": to_path, "flags": hex(flags)})
 
 
 _AT_EMPTY_PATH = 0x1000          # include/uapi/linux/fcntl.h

@@ -38,7 +38,9 @@ PACKAGES=(
   gcc libc6-dev binutils             # chapters 01-02: C references for benchmarks; GNU as for guests
   iproute2 iputils-ping              # chapter 04: ip netns, veth, ping between namespaces
   nftables                           # chapter 04: the lab networks' firewall (nft), R16
-  busybox-static                     # chapter 07: a root filesystem in one binary
+  busybox-static                     # chapters 06-07: a root filesystem in one binary
+  umoci skopeo                       # chapter 06: real OCI tools read the lab's images
+  runc                               # chapters 06 and 08: a real runtime runs the lab's images
   util-linux procps kmod psmisc      # nsenter, unshare, lsns, ps, lsmod: to look from the outside
 )
 

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from labhelper import cgroups, cleanup, host, loop, marks, mounts, network, registry, syscalls
+from labhelper import cgroups, cleanup, host, loop, marks, mounts, network, overlay, registry, syscalls
 from labhelper.cleanup.inventory import function_of
 from labhelper.errors import NotDisposableError
 from labhelper.teach import lab
@@ -41,6 +41,8 @@ CALLS = {
     "mounts.unmount(record=False)": lambda led: mounts.unmount(f"{LAB}/m", record=False),
     "mounts.detach": lambda led: mounts.detach(f"{LAB}/m"),
     "mounts.remove_tree": lambda led: mounts.remove_tree(f"{LAB}/d"),
+    "overlay.mount": lambda led: overlay.mount(f"{LAB}/m", [f"{LAB}/l1", f"{LAB}/l2"], f"{LAB}/u", f"{LAB}/w"),
+    "overlay.unmount": lambda led: overlay.unmount(f"{LAB}/m"),
     "cleanup.execute": lambda led: cleanup.execute([cleanup.Action("unmount", SAMPLE["mount"])], led),
     "cleanup.cleanup": lambda led: cleanup.cleanup(),
     "lab.reset": lambda led: lab.reset(),

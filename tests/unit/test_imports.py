@@ -30,6 +30,8 @@ ORDER = [
     "cgroups",
     "network",
     "namespaces",   # makes, looks at, joins and pins namespaces (in forked children)
+    "overlay",      # overlayfs: layers, copy-up, whiteouts (chapter 06)
+    "images",       # content-addressed image layers on overlay (chapter 06)
     "trace",
     "syscost",
     "kvm",

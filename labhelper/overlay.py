@@ -1,0 +1,368 @@
+"""Overlayfs: one folder made of several, the way a container's root filesystem is.
+
+An overlay mount shows, at its mount point (the *merged* folder), the union of read-only
+*lower* folders, the top-most one winning, with one writable *upper* folder above them all:
+
+    merged   /etc/motd (upper)   /etc/hosts (lower 1)   /bin/sh (lower 2)
+    upper    etc/motd                                    <- every write lands here
+    lower 1  etc/hosts  etc/motd                         <- read-only
+    lower 2  bin/sh                                      <- read-only
+    work     (overlayfs' own scratch space, on the same filesystem as upper)
+
+What the kernel does, and what the chapter shows with ls and stat:
+
+* **copy-up**: the first write to a file from a lower folder copies it, whole, into upper, then
+  writes there. The lower file never changes, so many containers can share one lower folder.
+* **whiteouts**: deleting a file that a lower folder has cannot touch the lower folder, so the
+  kernel puts a *whiteout* in upper instead: a character device with device number 0/0, which
+  hides the name below it.
+* **opaque directories**: a directory removed and made again (``rm -r d; mkdir d``) must not
+  show the lower ``d``'s files: the new upper ``d`` carries the extended attribute
+  ``trusted.overlay.opaque="y"``, and the kernel stops looking below it.
+* **renaming a directory** from a lower folder: with ``redirect_dir=off`` (which image layers
+  need: a layer is a plain tar of upper, and a redirect is an overlay-only xattr no other tool
+  understands) the kernel refuses with EXDEV, and ``mv`` falls back to copy and delete.
+
+So an upper folder *is* an image layer once its overlay is unmounted: its files are the changes,
+its whiteouts the deletions (labhelper.images turns them into the OCI format's ``.wh.`` files).
+That is what ``layer=True`` (the default) is for: ``redirect_dir=off,metacopy=off,index=off``,
+so that nothing in upper depends on overlay-only metadata.
+
+Many layers: the classic mount(2) takes every option in one string of at most a page (4096
+bytes), so about 60 layers with long paths. The new mount API (fsopen/fsconfig/fsmount/
+move_mount, Linux 5.2) sets one parameter per call, and overlayfs takes ``lowerdir+`` once per
+layer since Linux 6.8: no limit but the kernel's 500 layers. :func:`mount` uses it where the
+kernel has it, and says so in the returned :class:`Overlay` (``api``).
+
+Every overlay is a lab mount (kind "mount" in marks.KINDS): recorded in the ledger before it is
+made, found by the census, removed by :func:`unmount` or by ``labhelper cleanup``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from dataclasses import dataclass
+
+from . import marks, mounts, procfs, registry, syscalls
+from .errors import Refused, RequirementError, SyscallError
+from .flags import FsconfigCmd, MountAttr, MountFlags
+from .registry import fault_point, ledger
+
+__all__ = ["OPAQUE_XATTR", "LAYER_OPTIONS", "MAX_LAYERS", "Overlay", "Change", "mount", "unmount", "is_whiteout",
+           "make_whiteout", "is_opaque", "make_opaque", "changes", "new_api"]
+
+OPAQUE_XATTR = "trusted.overlay.opaque"     # "y": do not look into the lower folders below this one
+LAYER_OPTIONS = ("redirect_dir=off", "metacopy=off", "index=off")   # an upper folder that is a plain layer
+MAX_LAYERS = 500                            # OVL_MAX_STACK in fs/overlayfs/params.h
+_PAGE = 4096                                # mount(2) copies at most one page of options
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """One overlay mount of the lab. ``lowers`` top-most first (overlayfs' own order); ``api``:
+    how it was mounted, "fsconfig" (the new mount API) or "mount(2)" (one string of options)."""
+    target: str
+    lowers: tuple[str, ...]
+    upper: str | None
+    work: str | None
+    api: str
+    options: tuple[str, ...]
+
+    def __enter__(self) -> "Overlay":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        unmount(self.target)
+
+    def __repr__(self) -> str:
+        layers = f"{len(self.lowers)} lower folder{'s' if len(self.lowers) != 1 else ''}"
+        upper = f", upper {self.upper}" if self.upper else ", read-only"
+        return f"Overlay({self.target}: {layers}{upper}; {self.api}, {','.join(self.options) or 'defaults'})"
+
+
+@dataclass(frozen=True, order=True)
+class Change:
+    """One line of ``docker diff``: A (added), C (changed) or D (deleted), and the path."""
+    path: str
+    kind: str
+
+    def __repr__(self) -> str:
+        return f"{self.kind} {self.path}"
+
+
+# --- mounting ------------------------------------------------------------------------------------
+
+def new_api() -> bool:
+    """Does this kernel take overlay layers one by one through the new mount API (``lowerdir+``,
+    Linux 6.8)? Asked of the kernel itself: a context is opened and the parameter tried."""
+    try:
+        fd = syscalls.fsopen("overlay")
+    except SyscallError:
+        return False            # no fsopen (before 5.2) or no overlayfs
+    try:
+        syscalls.fsconfig(fd, FsconfigCmd.FSCONFIG_SET_STRING, "lowerdir+", "/")
+        return True
+    except SyscallError:
+        return False            # EINVAL: "lowerdir+" is unknown to this overlayfs
+    finally:
+        os.close(fd)
+
+
+def mount(target: str, lowers, upper: str | None = None, work: str | None = None, *, layer: bool = True,
+          owner: str | None = None, api: str | None = None) -> Overlay:
+    """Mount an overlay of ``lowers`` (top-most first) with ``upper`` and ``work`` at ``target``.
+
+    All folders are lab paths (below /var/lib/labhelper or /run/labhelper): a host folder such as
+    / or /etc is refused as a layer (R19), since a write through the overlay must never reach
+    the host, and neither may the learner's experiments read it by accident. ``lowers`` must
+    exist; ``target``, ``upper`` and ``work`` are made if missing (and removed again, when
+    empty, by :func:`unmount`). Give neither upper nor work for a read-only overlay (then the
+    kernel wants at least two lower folders). ``layer``: mount so that upper can become an
+    image layer (LAYER_OPTIONS). ``api``: "fsconfig" or "mount(2)" to choose; by default the
+    new API where the kernel has ``lowerdir+``.
+
+    Everything is checked before the first change; a failure after it undoes what was done.
+    """
+    target = marks.lab_path(target, "mount an overlay on")
+    lowers = tuple(marks.lab_path(p, "use as a lower folder") for p in _as_list(lowers))
+    if not lowers:
+        raise Refused("an overlay needs at least one lower folder")
+    if len(lowers) > MAX_LAYERS:
+        raise Refused(f"{len(lowers)} lower folders: overlayfs stacks at most {MAX_LAYERS}")
+    if (upper is None) != (work is None):
+        raise Refused("give both an upper and a work folder (a writable overlay), or neither (a read-only one)")
+    if upper is None and len(lowers) < 2:
+        raise Refused("a read-only overlay (no upper folder) needs at least two lower folders: with one, it would "
+                      "only show that folder (the kernel refuses it too)")
+    if upper is not None:
+        upper = marks.lab_path(upper, "use as an upper folder")
+        work = marks.lab_path(work, "use as a work folder")
+        if upper == work:
+            raise Refused(f"the work folder and the upper folder must be two folders, not both {upper}")
+    if len(set(lowers)) != len(lowers):
+        raise Refused("a lower folder is given twice")
+    # No folder inside another: a layer that changes while it is a layer (upper below a lower),
+    # or the mount point inside its own layer, would show the overlay to itself.
+    named = [("the mount point", target), ("the upper folder", upper), ("the work folder", work)] + \
+        [("a lower folder", low) for low in lowers]
+    named = [(what, path) for what, path in named if path is not None]
+    for i, (what, path) in enumerate(named):
+        for other_what, other in named[i + 1:]:
+            if other != path and (marks.is_under(other, path) or marks.is_under(path, other)):
+                raise Refused(f"{what} {path} and {other_what} {other} overlap: each folder of an overlay must be "
+                              "outside the others")
+    if api is None:
+        api = "fsconfig" if new_api() else "mount(2)"
+    if api not in ("fsconfig", "mount(2)"):
+        raise Refused(f"api {api!r}: 'fsconfig' (the new mount API) or 'mount(2)'")
+    options = LAYER_OPTIONS if layer else ()
+    if api == "mount(2)":
+        data = _option_string(lowers, upper, work, options)       # refuses what does not fit, first
+    registry.guard(f"mount an overlay on {target}")
+    if any(m.mountpoint == target for m in procfs.mountinfo()):
+        raise Refused(f"something is mounted on {target} already: a second mount would hide it",
+                      hint="unmount it first (overlay.unmount), or choose another folder")
+    for lower in lowers:
+        _check_folder(lower)
+    # The folders this mount makes, to remove again when empty; and the kernel's own scratch
+    # folders in work ("work", and "index" where it is on), removed whole after the unmount.
+    made = _missing(target, upper, work)
+    scratch = [os.path.join(work, "work"), os.path.join(work, "index")] if work is not None else []
+    with ledger().creating("mount", target, owner, data={"made": made, "scratch": scratch, "fstype": "overlay"}):
+        fault_point("overlay-recorded")
+        created: list[str] = []
+        try:
+            for folder in (upper, work):
+                if folder is not None:
+                    os.close(marks.open_lab_dir(folder, create=True, made=created))
+            fd = marks.open_lab_dir(target, create=True, made=created)
+            try:
+                if api == "fsconfig":
+                    _mount_fsconfig(fd, lowers, upper, work, options)
+                else:
+                    # On the folder we opened (no symlink followed), as mounts.mount_tmpfs does.
+                    try:
+                        syscalls.mount("overlay", f"/proc/self/fd/{fd}", "overlay",
+                                       MountFlags.MS_NOSUID | MountFlags.MS_NODEV, data)
+                    except SyscallError as exc:
+                        raise exc.with_arguments(target=target) from None
+            finally:
+                os.close(fd)
+            try:
+                fault_point("overlay")
+            except BaseException:
+                mounts.detach(target)
+                for folder in scratch:
+                    with contextlib.suppress(FileNotFoundError):
+                        mounts.remove_tree(folder)
+                raise
+        except BaseException:
+            _rmdir_all(created)
+            raise
+    return Overlay(target, lowers, upper, work, api, options)
+
+
+def _mount_fsconfig(target_fd: int, lowers, upper, work, options) -> None:
+    fs = syscalls.fsopen("overlay")
+    try:
+        syscalls.fsconfig(fs, FsconfigCmd.FSCONFIG_SET_STRING, "source", "overlay")
+        for lower in lowers:            # one call per layer: no page limit
+            syscalls.fsconfig(fs, FsconfigCmd.FSCONFIG_SET_STRING, "lowerdir+", lower)
+        if upper is not None:
+            syscalls.fsconfig(fs, FsconfigCmd.FSCONFIG_SET_STRING, "upperdir", upper)
+            syscalls.fsconfig(fs, FsconfigCmd.FSCONFIG_SET_STRING, "workdir", work)
+        for option in options:
+            key, _, value = option.partition("=")
+            syscalls.fsconfig(fs, FsconfigCmd.FSCONFIG_SET_STRING, key, value)
+        syscalls.fsconfig(fs, FsconfigCmd.FSCONFIG_CMD_CREATE)
+        mnt = syscalls.fsmount(fs, MountAttr.MOUNT_ATTR_NOSUID | MountAttr.MOUNT_ATTR_NODEV)
+        try:
+            # Attach the new mount on the folder we opened: no path is looked up again.
+            syscalls.move_mount(mnt, target_fd, "", syscalls.MOVE_MOUNT_F_EMPTY_PATH | syscalls.MOVE_MOUNT_T_EMPTY_PATH)
+        finally:
+            os.close(mnt)
+    finally:
+        os.close(fs)
+
+
+def _option_string(lowers, upper, work, options) -> str:
+    """The one string mount(2) takes. ':' separates lower folders and ',' options, so a path
+    with either cannot be given this way (the new API takes each path whole)."""
+    for path in (*lowers, upper, work):
+        if path is not None and any(ch in path for ch in ":,\\"):
+            raise Refused(f"{path}: a folder whose name has ':', ',' or '\\' cannot be given to mount(2) "
+                          "(they separate its options); rename it, or use the new mount API (api='fsconfig')")
+    parts = ["lowerdir=" + ":".join(lowers)]
+    if upper is not None:
+        parts += [f"upperdir={upper}", f"workdir={work}"]
+    data = ",".join(parts + list(options))
+    if len(data.encode()) >= _PAGE:
+        raise RequirementError(
+            f"the options for {len(lowers)} layers are {len(data.encode())} bytes; mount(2) takes at most one page "
+            f"({_PAGE - 1})", hint="use the new mount API (api='fsconfig'), which takes one layer per call "
+                                   "(overlayfs' lowerdir+, Linux 6.8)", missing=("overlay-lowerdir+",))
+    return data
+
+
+def _as_list(lowers) -> list:
+    if isinstance(lowers, (str, os.PathLike)):
+        return [lowers]
+    return list(lowers)
+
+
+def _check_folder(path: str) -> None:
+    """``path`` is a folder, reached without a symlink (marks.open_lab_dir walks it)."""
+    try:
+        os.close(marks.open_lab_dir(path))
+    except FileNotFoundError:
+        raise Refused(f"the lower folder {path} does not exist") from None
+
+
+def _missing(*paths) -> list[str]:
+    """The folders from each path up to its lab folder that do not exist yet."""
+    out: list[str] = []
+    for path in paths:
+        here = path
+        while here is not None and marks.lab_dir_of(here) and here not in marks.LAB_DIRS and not os.path.lexists(here):
+            if here not in out:
+                out.append(here)
+            here = os.path.dirname(here)
+    return out
+
+
+def _rmdir_all(paths) -> None:
+    for path in sorted(paths, key=lambda p: p.count("/"), reverse=True):
+        with contextlib.suppress(OSError):
+            os.rmdir(path)
+
+
+def unmount(target: str) -> bool:
+    """Unmount the overlay at ``target`` and forget its record (idempotent); the folders
+    :func:`mount` made go too, when empty (upper keeps what was written: it is a layer now)."""
+    return mounts.unmount(marks.lab_path(target, "unmount"))
+
+
+# --- whiteouts and opaque directories ------------------------------------------------------------
+
+def is_whiteout(st: os.stat_result) -> bool:
+    """Is this (an lstat of a file in an upper folder) a whiteout: a character device 0/0?"""
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(0, 0)
+
+
+def make_whiteout(dir_fd: int, name: str) -> None:
+    """Make a whiteout named ``name`` in the open folder ``dir_fd``: what the kernel itself puts
+    in upper when a lower file is deleted (mknod needs CAP_MKNOD: root)."""
+    if not name or "/" in name or name in (".", ".."):
+        raise Refused(f"a whiteout is made for one plain name, not {name!r}")
+    try:
+        os.mknod(name, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=dir_fd)
+    except OSError as exc:
+        raise syscalls.error("mknodat", {"dirfd": dir_fd, "pathname": name, "mode": "S_IFCHR", "dev": "0:0"},
+                             exc.errno) from None
+
+
+def is_opaque(fd_or_path) -> bool:
+    """Does this folder hide everything below it in the lower folders (``trusted.overlay.opaque=y``)?"""
+    try:
+        if isinstance(fd_or_path, int):
+            value = os.getxattr(fd_or_path, OPAQUE_XATTR)
+        else:
+            value = os.getxattr(fd_or_path, OPAQUE_XATTR, follow_symlinks=False)
+    except OSError:
+        return False
+    return value == b"y"
+
+
+def make_opaque(fd_or_path) -> None:
+    """Mark a folder of an upper (or layer) folder opaque, as the kernel does for ``rm -r d;
+    mkdir d`` (trusted.* attributes need CAP_SYS_ADMIN: root)."""
+    try:
+        if isinstance(fd_or_path, int):
+            os.setxattr(fd_or_path, OPAQUE_XATTR, b"y")
+        else:
+            os.setxattr(fd_or_path, OPAQUE_XATTR, b"y", follow_symlinks=False)
+    except OSError as exc:
+        raise syscalls.error("setxattr", {"path": str(fd_or_path), "name": OPAQUE_XATTR, "value": "y"},
+                             exc.errno) from None
+
+
+# --- docker diff -----------------------------------------------------------------------------------
+
+def changes(upper: str, lowers) -> list[Change]:
+    """What an upper folder changed over its lower folders, like ``docker diff``: A for a name
+    no lower folder has, C for one it has (a folder appears as C when something inside it
+    changed: copy-up made it in upper), D for a whiteout. An opaque folder is C, and what the
+    lower folders had in it is not listed one by one (Docker does the same).
+
+    Walked by file descriptor, never following a symlink; read-only."""
+    lowers = [marks.lab_path(p, "compare with") for p in _as_list(lowers)]
+    top = marks.open_lab_dir(marks.lab_path(upper, "read as an upper folder"))
+    out: list[Change] = []
+    try:
+        _walk_changes(top, "", lowers, out)
+    finally:
+        os.close(top)
+    return sorted(out)
+
+
+def _in_lowers(lowers, rel: str) -> bool:
+    return any(os.path.lexists(os.path.join(low, rel)) for low in lowers)
+
+
+def _walk_changes(dfd: int, rel: str, lowers, out: list[Change]) -> None:
+    with os.scandir(dfd) as entries:
+        names = sorted(e.name for e in entries)
+    for name in names:
+        path = f"{rel}/{name}" if rel else name
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        if is_whiteout(st):
+            out.append(Change("/" + path, "D"))
+            continue
+        out.append(Change("/" + path, "C" if _in_lowers(lowers, path) else "A"))
+        if stat.S_ISDIR(st.st_mode):
+            sub = os.open(name, marks.DIR_FLAGS, dir_fd=dfd)
+            try:
+                _walk_changes(sub, path, lowers, out)
+            finally:
+                os.close(sub)

@@ -1,0 +1,82 @@
+"""labhelper.overlay without root: what is refused before any change (R19 and the kernel's own
+rules, said first), the one-page limit of mount(2)'s options, and how results read."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from labhelper import overlay
+from labhelper.errors import Refused, RequirementError
+
+LAB = "/var/lib/labhelper/unit-ov"
+
+
+@pytest.fixture(autouse=True)
+def _no_kernel(monkeypatch):
+    # Every case here must be refused before the guard, a mount table read or a system call.
+    def boom(*a, **k):
+        raise AssertionError("reached the kernel")
+    monkeypatch.setattr(overlay.registry, "guard", boom)
+    monkeypatch.setattr(overlay.procfs, "mountinfo", boom)
+    monkeypatch.setattr(overlay.syscalls, "fsopen", boom)
+
+
+@pytest.mark.parametrize("lowers,upper,work,why", [
+    (["/"], None, None, "only below"), (["/etc", f"{LAB}/l"], None, None, "only below"),
+    ([f"{LAB}/l", "/usr"], None, None, "only below"), (["/var/lib/labhelper"], None, None, "only below"),
+    ([f"{LAB}/l/../../../../etc", f"{LAB}/m"], None, None, "only below|normal"),
+    ([], None, None, "at least one"), ([f"{LAB}/l"], None, None, "at least two"),
+    ([f"{LAB}/a", f"{LAB}/a"], None, None, "twice"),
+    ([f"{LAB}/a"], f"{LAB}/u", None, "both an upper and a work"),
+    ([f"{LAB}/a"], "/tmp/u", f"{LAB}/w", "only below"), ([f"{LAB}/a"], f"{LAB}/u", "/tmp/w", "only below"),
+    ([f"{LAB}/a"], f"{LAB}/u", f"{LAB}/u", "two folders"),
+    ([f"{LAB}/a"], f"{LAB}/u", f"{LAB}/u/w", "overlap"), ([f"{LAB}/a"], f"{LAB}/a/u", f"{LAB}/w", "overlap"),
+    ([f"{LAB}/merged/x", f"{LAB}/b"], None, None, "overlap"), ([f"{LAB}"], f"{LAB}/u", f"{LAB}/w", "overlap"),
+    ([f"{LAB}/a"] * 501, None, None, "at most 500"),
+])
+def test_r19_and_the_kernels_rules_are_refused_before_anything(lowers, upper, work, why):
+    with pytest.raises(Refused, match=why):
+        overlay.mount(f"{LAB}/merged", lowers, upper, work)
+
+
+def test_the_mount_point_itself_must_be_a_lab_path():
+    for target in ("/mnt", "/", "/var/lib/labhelper", "relative/path"):
+        with pytest.raises(Refused):
+            overlay.mount(target, [f"{LAB}/a", f"{LAB}/b"])
+    with pytest.raises(Refused, match="api"):
+        overlay.mount(f"{LAB}/m", [f"{LAB}/a", f"{LAB}/b"], api="fuse")
+
+
+def test_mount2_takes_one_page_of_options_and_no_separator_in_a_path():
+    many = [f"{LAB}/layers/{i:03d}-{'x' * 60}" for i in range(60)]
+    with pytest.raises(RequirementError, match="one page") as exc:
+        overlay.mount(f"{LAB}/m", many, f"{LAB}/u", f"{LAB}/w", api="mount(2)")
+    assert "fsconfig" in exc.value.hint
+    with pytest.raises(Refused, match="':', ','"):
+        overlay.mount(f"{LAB}/m", [f"{LAB}/a:b", f"{LAB}/c"], api="mount(2)")
+
+
+def test_how_an_overlay_and_a_change_read():
+    ov = overlay.Overlay(f"{LAB}/m", (f"{LAB}/a", f"{LAB}/b"), f"{LAB}/u", f"{LAB}/w", "fsconfig", overlay.LAYER_OPTIONS)
+    assert repr(ov) == (f"Overlay({LAB}/m: 2 lower folders, upper {LAB}/u; fsconfig, "
+                        "redirect_dir=off,metacopy=off,index=off)")
+    ro = overlay.Overlay(f"{LAB}/m", (f"{LAB}/a",), None, None, "mount(2)", ())
+    assert "1 lower folder, read-only; mount(2), defaults" in repr(ro)
+    assert sorted([overlay.Change("/b", "A"), overlay.Change("/a/x", "D"), overlay.Change("/a", "C")]) == [
+        overlay.Change("/a", "C"), overlay.Change("/a/x", "D"), overlay.Change("/b", "A")]
+    assert repr(overlay.Change("/etc/motd", "D")) == "D /etc/motd"
+
+
+def test_a_whiteout_is_a_character_device_0_0_and_nothing_else():
+    class St:
+        def __init__(self, mode, rdev):
+            self.st_mode, self.st_rdev = mode, rdev
+    import stat
+    assert overlay.is_whiteout(St(stat.S_IFCHR, os.makedev(0, 0)))
+    assert not overlay.is_whiteout(St(stat.S_IFCHR, os.makedev(1, 3)))        # /dev/null
+    assert not overlay.is_whiteout(St(stat.S_IFREG, 0)) and not overlay.is_whiteout(St(stat.S_IFBLK, 0))
+
+
+def test_an_unmarked_folder_is_not_opaque(tmp_path):
+    assert not overlay.is_opaque(str(tmp_path)) and not overlay.is_opaque(str(tmp_path / "missing"))
