@@ -108,6 +108,9 @@ def lab_path(path: str | os.PathLike, action: str, within: tuple[str, ...] | Non
     """
     folders = LAB_DIRS if within is None else within
     text = os.fspath(path) if isinstance(path, os.PathLike) else path
+    if isinstance(text, str) and len(text) <= PATH_MAX and _PLAIN_PATH.fullmatch(text) \
+            and any(text.startswith(d + "/") for d in folders):
+        return text         # the common case, at once: plain, normal, strictly below a lab folder
     if isinstance(text, str) and text and "\0" not in text:
         normal = os.path.normpath(text)
         root = next((d for d in folders if is_under(normal, d)), None)

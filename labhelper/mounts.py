@@ -31,7 +31,7 @@ from .flags import MountFlags, UmountFlags
 from .procfs import Mount
 from .registry import fault_point, ledger
 
-__all__ = ["mounts_under", "tmpfs_size", "mount_tmpfs", "make_dir", "unmount", "detach", "is_ours", "remove_tree",
+__all__ = ["mounts_under", "tmpfs_size", "mount_tmpfs", "make_dir", "open_folder", "unmount", "detach", "is_ours", "remove_tree",
            "find_mounts", "remove_mount", "find_dirs", "remove_dir"]
 
 
@@ -135,6 +135,23 @@ def make_dir(path: str, owner: str | None = None) -> str:
     return path
 
 
+def open_folder(path: str) -> int:
+    """Open the lab folder ``path`` without following a symlink anywhere in it: in one call
+    where the kernel has openat2 (RESOLVE_NO_SYMLINKS: any symlink on the way is ELOOP), else by
+    marks.open_lab_dir's walk, one component at a time. A symlink on the way is refused by the
+    walk either way, which says which component it is."""
+    path = marks.host_path(path, "folder")
+    if marks.lab_dir_of(path) is None:
+        raise Refused(f"refusing to open {path!r}: labhelper works only below {' or '.join(marks.LAB_DIRS)}")
+    try:
+        return syscalls.openat2(-100, path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                                syscalls.RESOLVE_NO_SYMLINKS | syscalls.RESOLVE_NO_MAGICLINKS)
+    except SyscallError as exc:
+        if exc.errno == errno.ENOENT:
+            raise FileNotFoundError(errno.ENOENT, "no such folder", path) from None
+    return marks.open_lab_dir(path)          # ELOOP, ENOTDIR, ENOSYS...: the walk says what is wrong
+
+
 def _missing_folders(path: str) -> list[str]:
     """The folders from ``path`` up to its lab folder that do not exist yet, deepest last."""
     missing = []
@@ -152,7 +169,7 @@ def _rmdir_empty(paths) -> None:
     for path in sorted(paths, key=lambda p: p.count("/"), reverse=True):
         try:
             path = marks.lab_path(path, "remove")
-            parent = marks.open_lab_dir(os.path.dirname(path))
+            parent = open_folder(os.path.dirname(path))
         except (OSError, LabError):
             continue
         name = os.path.basename(path)
@@ -239,9 +256,20 @@ def _after_unmount(target: str, record) -> None:
     data = record.data if record else {}
     for scratch in data.get("scratch", []):
         try:
-            remove_tree(scratch)
+            parent = open_folder(os.path.dirname(marks.lab_path(scratch, "remove")))   # a record is data
+        except (OSError, LabError):
+            continue
+        try:
+            os.rmdir(os.path.basename(scratch), dir_fd=parent)       # most often empty: one call
         except FileNotFoundError:
             pass
+        except OSError:
+            try:
+                remove_tree(scratch)
+            except FileNotFoundError:
+                pass
+        finally:
+            os.close(parent)
     _rmdir_empty([target, *data.get("made", [])])
 
 

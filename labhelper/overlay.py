@@ -40,6 +40,7 @@ made, found by the census, removed by :func:`unmount` or by ``labhelper cleanup`
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import stat
 from dataclasses import dataclass
@@ -93,6 +94,7 @@ class Change:
 
 # --- mounting ------------------------------------------------------------------------------------
 
+@functools.cache
 def new_api() -> bool:
     """Does this kernel take overlay layers one by one through the new mount API (``lowerdir+``,
     Linux 6.8)? Asked of the kernel itself: a context is opened and the parameter tried."""
@@ -146,12 +148,13 @@ def mount(target: str, lowers, upper: str | None = None, work: str | None = None
     # or the mount point inside its own layer, would show the overlay to itself.
     named = [("the mount point", target), ("the upper folder", upper), ("the work folder", work)] + \
         [("a lower folder", low) for low in lowers]
-    named = [(what, path) for what, path in named if path is not None]
-    for i, (what, path) in enumerate(named):
-        for other_what, other in named[i + 1:]:
-            if other != path and (marks.is_under(other, path) or marks.is_under(path, other)):
-                raise Refused(f"{what} {path} and {other_what} {other} overlap: each folder of an overlay must be "
-                              "outside the others")
+    # Sorted by path + "/", a folder's subfolders come right after it: comparing neighbours is
+    # enough (hundreds of layers make n^2 pairs).
+    named = sorted(((path + "/", what) for what, path in named if path is not None))
+    for (path, what), (other, other_what) in zip(named, named[1:]):
+        if other.startswith(path):
+            raise Refused(f"{what} {path[:-1]} and {other_what} {other[:-1]} overlap: each folder of an overlay "
+                          "must be outside the others")
     if api is None:
         api = "fsconfig" if new_api() else "mount(2)"
     if api not in ("fsconfig", "mount(2)"):
@@ -160,9 +163,6 @@ def mount(target: str, lowers, upper: str | None = None, work: str | None = None
     if api == "mount(2)":
         data = _option_string(lowers, upper, work, options)       # refuses what does not fit, first
     registry.guard(f"mount an overlay on {target}")
-    if any(m.mountpoint == target for m in procfs.mountinfo()):
-        raise Refused(f"something is mounted on {target} already: a second mount would hide it",
-                      hint="unmount it first (overlay.unmount), or choose another folder")
     for lower in lowers:
         _check_folder(lower)
     # The folders this mount makes, to remove again when empty; and the kernel's own scratch
@@ -175,9 +175,12 @@ def mount(target: str, lowers, upper: str | None = None, work: str | None = None
         try:
             for folder in (upper, work):
                 if folder is not None:
-                    os.close(marks.open_lab_dir(folder, create=True, made=created))
-            fd = marks.open_lab_dir(target, create=True, made=created)
+                    os.close(_open_or_make(folder, created))
+            fd = _open_or_make(target, created)
             try:
+                if _is_mount_point(fd):
+                    raise Refused(f"something is mounted on {target} already: a second mount would hide it",
+                                  hint="unmount it first (overlay.unmount), or choose another folder")
                 if api == "fsconfig":
                     _mount_fsconfig(fd, lowers, upper, work, options)
                 else:
@@ -201,6 +204,24 @@ def mount(target: str, lowers, upper: str | None = None, work: str | None = None
             _rmdir_all(created)
             raise
     return Overlay(target, lowers, upper, work, api, options)
+
+
+def _open_or_make(path: str, created: list[str]) -> int:
+    """Open the lab folder ``path`` (one call, where it exists), else make it and what is
+    missing above it (listed in ``created``), never through a symlink."""
+    try:
+        return mounts.open_folder(path)
+    except FileNotFoundError:
+        return marks.open_lab_dir(path, create=True, made=created)
+
+
+def _is_mount_point(fd: int) -> bool:
+    """Is the open folder ``fd`` the root of a mount? Then its mount id differs from its parent's."""
+    parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+    try:
+        return procfs.mount_id(fd) != procfs.mount_id(parent)
+    finally:
+        os.close(parent)
 
 
 def _mount_fsconfig(target_fd: int, lowers, upper, work, options) -> None:
@@ -252,9 +273,9 @@ def _as_list(lowers) -> list:
 
 
 def _check_folder(path: str) -> None:
-    """``path`` is a folder, reached without a symlink (marks.open_lab_dir walks it)."""
+    """``path`` is a folder, reached without a symlink (mounts.open_folder)."""
     try:
-        os.close(marks.open_lab_dir(path))
+        os.close(mounts.open_folder(path))
     except FileNotFoundError:
         raise Refused(f"the lower folder {path} does not exist") from None
 

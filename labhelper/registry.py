@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import host, marks, procfs
+from . import host, marks, procfs, syscalls
 from .errors import FaultInjected, LabError, LedgerError, Refused
 from .procfs import start_time
 from .process import is_same_process, lifetime_pid
@@ -144,7 +144,13 @@ class Ledger:
     @contextlib.contextmanager
     def _folder(self, create: bool = False):
         """The ledger folder, open (an fd), checked not to be covered by another mount."""
-        fd = marks.open_lab_dir(str(self.root), self._allowed(), create=create, mode=0o700)
+        try:
+            # One call where the kernel has openat2 and no symlink is on the way (the common
+            # case); else the walk, which makes what is missing and names a symlink in the way.
+            fd = syscalls.openat2(-100, str(self.root), marks.DIR_FLAGS,
+                                  syscalls.RESOLVE_NO_SYMLINKS | syscalls.RESOLVE_NO_MAGICLINKS)
+        except OSError:
+            fd = marks.open_lab_dir(str(self.root), self._allowed(), create=create, mode=0o700)
         try:
             parent = os.open("..", marks.DIR_FLAGS, dir_fd=fd)
             try:
@@ -403,7 +409,14 @@ class Ledger:
                              f"aside in {self.root / QUARANTINE}")
 
     def find(self, kind: str, name: str) -> Record | None:
-        return next((r for r in self.records() if r.kind == kind and r.name == name), None)
+        """The record of ``kind``/``name``, or None: its one file, read by its key (a file that
+        is not a valid record of it counts as none; records() reports such files)."""
+        try:
+            with self._folder() as folder:
+                record = self._read(folder, Record.key_of(kind, name))
+        except (OSError, LabError, _NotARecord):
+            return None
+        return record if record.kind == kind and record.name == name else None
 
 
 def new_record(kind: str, name: str, owner: str | None = None, data: dict | None = None,

@@ -26,6 +26,7 @@ __all__ = [
     "msgget", "msgctl_rmid", "IPC_CREAT", "IPC_PRIVATE",
     "pivot_root", "sethostname", "prctl", "ioctl", "ioctl_noarg", "address_of", "check", "error",
     "fsopen", "fsconfig", "fsmount", "move_mount", "MOVE_MOUNT_F_EMPTY_PATH", "MOVE_MOUNT_T_EMPTY_PATH",
+    "openat2", "RESOLVE_NO_MAGICLINKS", "RESOLVE_NO_SYMLINKS", "RESOLVE_BENEATH", "RESOLVE_IN_ROOT",
 ]
 
 # use_errno=True: ctypes saves errno right after each call, so threads cannot clobber it.
@@ -46,14 +47,14 @@ SYSCALL_NUMBERS: dict[str, dict[str, int]] = {
         "gettid": 186, "mount": 165, "umount2": 166, "pivot_root": 155, "sethostname": 170,
         "unshare": 272, "setns": 308, "clock_gettime": 228, "pidfd_open": 434,
         "pidfd_send_signal": 424, "ioctl": 16, "openat": 257, "mkdir": 83, "mkdirat": 258,
-        "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
+        "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "openat2": 437,
     },
     "aarch64": {
         "read": 63, "write": 64, "close": 57, "getpid": 172, "uname": 160, "getppid": 173,
         "gettid": 178, "mount": 40, "umount2": 39, "pivot_root": 41, "sethostname": 161,
         "unshare": 97, "setns": 268, "clock_gettime": 113, "pidfd_open": 434,
         "pidfd_send_signal": 424, "ioctl": 29, "openat": 56, "mkdirat": 34,
-        "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
+        "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "openat2": 437,
     },
 }
 
@@ -67,7 +68,7 @@ SYSCALL_ARGS: dict[str, tuple[str, ...]] = {
     "mkdirat": ("dirfd", "pathname", "mode"), "clock_gettime": ("clockid", "tp"),
     "ioctl": ("fd", "request", "arg"), "pidfd_open": ("pid", "flags"),
     "fsopen": ("fsname", "flags"), "fsconfig": ("fd", "cmd", "key", "value", "aux"),
-    "fsmount": ("fd", "flags", "attr_flags"),
+    "fsmount": ("fd", "flags", "attr_flags"), "openat2": ("dirfd", "pathname", "how", "size"),
     "move_mount": ("from_dfd", "from_pathname", "to_dfd", "to_pathname", "flags"),
 }
 
@@ -234,6 +235,28 @@ def move_mount(from_fd: int, to_fd: int, to_path: str = "", flags: int = MOVE_MO
     check(_libc.syscall(ctypes.c_long(syscall_number("move_mount")), ctypes.c_long(from_fd), b"",
                         ctypes.c_long(to_fd), _path(to_path), ctypes.c_long(flags)),
           "move_mount", {"from_dfd": from_fd, "to_dfd": to_fd, "to_pathname": to_path, "flags": hex(flags)})
+
+
+# --- openat2 (Linux 5.6): a path looked up under rules ------------------------------------------
+
+RESOLVE_NO_XDEV = 0x01           # include/uapi/linux/openat2.h
+RESOLVE_NO_MAGICLINKS = 0x02     # no /proc/PID/fd/N-style links
+RESOLVE_NO_SYMLINKS = 0x04       # no symlink anywhere in the path: ELOOP
+RESOLVE_BENEATH = 0x08           # never above dirfd: EXDEV
+RESOLVE_IN_ROOT = 0x10           # dirfd is "/": absolute symlinks and ".." stay inside it
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    """openat2(2): open ``path`` (relative to ``dirfd``, or absolute) with the lookup rules
+    ``resolve``, in one call; a file descriptor. Raises SyscallError (ENOSYS before Linux 5.6)."""
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    return check(_libc.syscall(ctypes.c_long(syscall_number("openat2")), ctypes.c_long(dirfd), _path(path),
+                               ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))),
+                 "openat2", {"dirfd": dirfd, "pathname": path, "resolve": hex(resolve)})
 
 
 _AT_EMPTY_PATH = 0x1000          # include/uapi/linux/fcntl.h

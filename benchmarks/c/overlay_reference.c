@@ -1,0 +1,61 @@
+/* The C reference for benchmarks/overlay.py: the system calls labhelper makes to mount an
+ * overlay of N lower folders with the new mount API and to unmount it, with nothing around
+ * them: mkdir the mount point, fsopen, one fsconfig per parameter (one "lowerdir+" per layer),
+ * create, fsmount, move_mount onto the opened folder, then umount2(MNT_DETACH), rmdir the
+ * overlay's scratch folders in work and the mount point.
+ * Built with gcc at run time as a shared library and called through ctypes, so that both sides
+ * are timed by the same clock in the same process. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef FSCONFIG_SET_STRING
+#define FSCONFIG_SET_STRING 1
+#define FSCONFIG_CMD_CREATE 6
+#endif
+#define REF_MOVE_MOUNT_F_EMPTY_PATH 0x4
+#define REF_MOVE_MOUNT_T_EMPTY_PATH 0x40
+#define REF_MOUNT_ATTR_NOSUID 0x2
+#define REF_MOUNT_ATTR_NODEV 0x4
+
+static int set(int fs, const char *key, const char *value) {
+    return (int)syscall(SYS_fsconfig, fs, FSCONFIG_SET_STRING, key, value, 0);
+}
+
+/* n rounds of mount + unmount. lowers: nl paths; target, upper, work: paths. */
+int cycle(const char **lowers, int nl, const char *target, const char *upper, const char *work, int n) {
+    char scratch[4096];
+    for (int i = 0; i < n; i++) {
+        if (mkdir(target, 0755) < 0) return -1;
+        int dir = open(target, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (dir < 0) return -2;
+        int fs = (int)syscall(SYS_fsopen, "overlay", 1);
+        if (fs < 0) return -3;
+        if (set(fs, "source", "overlay") < 0) return -4;
+        for (int j = 0; j < nl; j++)
+            if (set(fs, "lowerdir+", lowers[j]) < 0) return -5;
+        if (set(fs, "upperdir", upper) < 0 || set(fs, "workdir", work) < 0) return -6;
+        if (set(fs, "redirect_dir", "off") < 0 || set(fs, "metacopy", "off") < 0 || set(fs, "index", "off") < 0)
+            return -7;
+        if (syscall(SYS_fsconfig, fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) < 0) return -8;
+        int mnt = (int)syscall(SYS_fsmount, fs, 1, REF_MOUNT_ATTR_NOSUID | REF_MOUNT_ATTR_NODEV);
+        if (mnt < 0) return -9;
+        if (syscall(SYS_move_mount, mnt, "", dir, "", REF_MOVE_MOUNT_F_EMPTY_PATH | REF_MOVE_MOUNT_T_EMPTY_PATH) < 0)
+            return -10;
+        close(mnt);
+        close(fs);
+        close(dir);
+        if (umount2(target, MNT_DETACH | UMOUNT_NOFOLLOW) < 0) return -11;
+        snprintf(scratch, sizeof scratch, "%s/work", work);
+        rmdir(scratch);
+        snprintf(scratch, sizeof scratch, "%s/index", work);
+        rmdir(scratch);
+        if (rmdir(target) < 0) return -12;
+    }
+    return 0;
+}
