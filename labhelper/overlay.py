@@ -51,7 +51,7 @@ from .flags import FsconfigCmd, MountAttr, MountFlags
 from .registry import fault_point, ledger
 
 __all__ = ["OPAQUE_XATTR", "LAYER_OPTIONS", "MAX_LAYERS", "Overlay", "Change", "mount", "unmount", "is_whiteout",
-           "make_whiteout", "is_opaque", "make_opaque", "changes", "new_api"]
+           "make_whiteout", "is_opaque", "make_opaque", "changes", "new_api", "listing", "origins"]
 
 OPAQUE_XATTR = "trusted.overlay.opaque"     # "y": do not look into the lower folders below this one
 LAYER_OPTIONS = ("redirect_dir=off", "metacopy=off", "index=off")   # an upper folder that is a plain layer
@@ -346,6 +346,63 @@ def make_opaque(fd_or_path) -> None:
     except OSError as exc:
         raise syscalls.error("setxattr", {"path": str(fd_or_path), "name": OPAQUE_XATTR, "value": "y"},
                              exc.errno) from None
+
+
+# --- what each layer holds, and where each merged file comes from --------------------------------------
+
+def listing(folder: str) -> dict[str, str]:
+    """Every entry below the layer folder ``folder``, by relative path: "file", "dir",
+    "symlink", "whiteout", "opaque" (a folder marked opaque) or "other". Walked by file
+    descriptor, never following a symlink; read-only."""
+    top = mounts.open_folder(marks.lab_path(folder, "list"))
+    out: dict[str, str] = {}
+    try:
+        _walk_listing(top, "", out)
+    finally:
+        os.close(top)
+    return dict(sorted(out.items()))
+
+
+def _walk_listing(dfd: int, rel: str, out: dict[str, str]) -> None:
+    with os.scandir(dfd) as entries:
+        names = sorted(e.name for e in entries)
+    for name in names:
+        path = f"{rel}/{name}" if rel else name
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            sub = os.open(name, marks.DIR_FLAGS, dir_fd=dfd)
+            try:
+                out[path] = "opaque" if is_opaque(sub) else "dir"
+                _walk_listing(sub, path, out)
+            finally:
+                os.close(sub)
+        elif is_whiteout(st):
+            out[path] = "whiteout"
+        else:
+            out[path] = "file" if stat.S_ISREG(st.st_mode) else "symlink" if stat.S_ISLNK(st.st_mode) else "other"
+
+
+def origins(layers) -> dict[str, tuple[int, str]]:
+    """Where each name of an overlay of ``layers`` (top-most first: upper, then the lower
+    folders) comes from, worked out the way overlayfs looks a name up: the first layer, from the
+    top, that has it wins; a whiteout there hides it; a folder marked opaque hides what the
+    layers below have inside it. ``{path: (index of the layer, kind there)}``; a hidden name
+    has kind "whiteout". Folders are left out: they merge."""
+    views = [listing(layer) for layer in _as_list(layers)]
+    found: dict[str, tuple[int, str]] = {}
+    for path in sorted({p for v in views for p in v}):
+        for i, view in enumerate(views):
+            # An opaque folder above, on the way to this path, ends the lookup at its layer.
+            parents = [path[:k] for k in range(len(path)) if path[k] == "/"]
+            kind = view.get(path)
+            if kind is not None:
+                if kind not in ("dir", "opaque"):
+                    found[path] = (i, kind)
+                break
+            if any(view.get(parent) == "opaque" for parent in parents) or \
+                    any(view.get(parent) == "whiteout" for parent in parents):
+                break
+    return found
 
 
 # --- docker diff -----------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ from ..errors import Refused, RequirementError
 from .chapters import CHAPTERS
 
 __all__ = ["Diagram", "digraph", "course_map", "layers_diagram", "LAYER_PATHS", "hypervisor_types",
-           "nesting", "exit_round_trip", "emulated_vs_paravirtual", "namespaces_diagram", "network_diagram", "cgroup_tree"]
+           "nesting", "exit_round_trip", "emulated_vs_paravirtual", "namespaces_diagram", "network_diagram", "cgroup_tree",
+           "overlay_stack"]
 
 
 @dataclass
@@ -357,3 +358,39 @@ def cgroup_tree(tree: dict[str, list[int]], limits: dict[str, str] | None = None
         if parent in tree:
             edges.append((parent, folder, {}))
     return digraph("the lab's cgroups", nodes, edges, rankdir="TB")
+
+
+def overlay_stack(names: list[str], listings: list[dict[str, str]], origins: dict[str, tuple[int, str]],
+                  title: str = "an overlay, layer by layer") -> Diagram:
+    """An overlay as a table: a row per file, a column per layer (``names``, top-most first:
+    upper, then the lower folders, with their ``overlay.listing``), and the merged view on the
+    left. The cell a merged file comes from is green (``overlay.origins``); a whiteout that hides
+    a name is red, and the name is struck out in the merged view."""
+    paths = sorted({p for view in listings for p, kind in view.items() if kind not in ("dir", "opaque")})
+    mark = {"file": "file", "symlink": "symlink", "whiteout": "whiteout (0/0)", "other": "special"}
+    head = "".join(f'<TD BGCOLOR="#e1e4e8"><B>{html.escape(n)}</B></TD>' for n in names)
+    rows = [f'<TR><TD BGCOLOR="#ddf4ff"><B>merged</B></TD>{head}</TR>']
+    for path in paths:
+        where = origins.get(path)
+        blocker = None
+        if where is None:
+            # Hidden by a folder above it: opaque, or whited out, in the first layer that says so.
+            parents = [path[:k] for k in range(len(path)) if path[k] == "/"]
+            blocker = next(((i, p, view[p]) for i, view in enumerate(listings) for p in parents
+                            if view.get(p) in ("opaque", "whiteout")), None)
+        hidden = (where is not None and where[1] == "whiteout") or blocker is not None
+        shown = f"<S>/{html.escape(path)}</S>" if hidden else f"/{html.escape(path)}"
+        cells = [f'<TD ALIGN="LEFT" BGCOLOR="#ffffff">{shown}</TD>']
+        for i, view in enumerate(listings):
+            kind = view.get(path)
+            text, colour = (html.escape(mark.get(kind, "")) if kind else ""), "#ffffff"
+            if where is not None and where[0] == i:
+                colour = "#ffebe9" if hidden else "#dafbe1"
+            elif blocker is not None and blocker[0] == i:
+                text, colour = f"{blocker[2]} /{html.escape(blocker[1])}", "#ffebe9"
+            cells.append(f'<TD BGCOLOR="{colour}">{text}</TD>')
+        rows.append("<TR>" + "".join(cells) + "</TR>")
+    table = '<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="0" CELLPADDING="4">' + "".join(rows) + "</TABLE>"
+    source = "\n".join([f"digraph {_q(title)} {{", '  node [shape=plaintext, fontname="Helvetica", fontsize=11];',
+                        f"  stack [label=<{table}>];", "}"])
+    return Diagram(title, source)

@@ -80,3 +80,28 @@ def test_a_whiteout_is_a_character_device_0_0_and_nothing_else():
 
 def test_an_unmarked_folder_is_not_opaque(tmp_path):
     assert not overlay.is_opaque(str(tmp_path)) and not overlay.is_opaque(str(tmp_path / "missing"))
+
+
+def test_origins_look_a_name_up_as_overlayfs_does(monkeypatch):
+    views = {
+        "upper": {"etc": "dir", "etc/hosts": "file", "etc/motd": "whiteout", "d": "opaque", "d/new": "file",
+                  "gone": "whiteout"},
+        "l1": {"etc": "dir", "etc/motd": "file", "etc/issue": "file"},
+        "l2": {"etc": "dir", "etc/hosts": "file", "etc/motd": "file", "d": "dir", "d/old": "file",
+               "gone": "dir", "gone/x": "file", "bin": "dir", "bin/sh": "symlink"},
+    }
+    monkeypatch.setattr(overlay, "listing", lambda folder: views[folder])
+    assert overlay.origins(["upper", "l1", "l2"]) == {
+        "bin/sh": (2, "symlink"), "d/new": (0, "file"), "etc/hosts": (0, "file"), "etc/issue": (1, "file"),
+        "etc/motd": (0, "whiteout"), "gone": (0, "whiteout")}
+    # d/old: below an opaque folder of upper; gone/x: below a whiteout of its folder. Neither shows.
+
+
+def test_the_stack_diagram_marks_where_each_file_comes_from(monkeypatch):
+    from labhelper.teach import diagrams
+    listings = [{"etc": "dir", "etc/motd": "whiteout", "d": "opaque"}, {"etc": "dir", "etc/motd": "file",
+                                                                         "d": "dir", "d/old": "file"}]
+    d = diagrams.overlay_stack(["upper", "lower"], listings, {"etc/motd": (0, "whiteout")})
+    assert "<S>/etc/motd</S>" in d.source and "whiteout (0/0)" in d.source
+    assert "<S>/d/old</S>" in d.source and "opaque /d" in d.source          # hidden by the opaque folder above
+    assert repr(d) == "<diagram: an overlay, layer by layer>"
