@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import os
 
-from .. import marks, mounts, overlay
+from .. import images, marks, mounts, overlay
 from ..errors import LabError
 from . import Exercise, right, wrong
 
-__all__ = ["q1"]
+__all__ = ["q1", "q2", "q3", "prepare_q1"]
 
 
 # --- q1: a whiteout by hand -------------------------------------------------------------------------------
@@ -84,4 +84,92 @@ q1 = Exercise(
     "0/0, of the same name. `os.mknod` makes one (root may), and so does `overlay.make_whiteout(dir_fd, name)`.",
     "`os.makedirs(upper + '/etc')`, then `os.mknod(upper + '/etc/secret', stat.S_IFCHR, os.makedev(0, 0))`. "
     "A plain file named `secret` would replace the lower one instead of hiding it.",
+)
+
+
+# --- q2: which layer introduced a file ------------------------------------------------------------------
+
+def _introduced_by(store, name: str, path: str) -> str | None:
+    """The DiffID of the lowest layer of ``name`` that has ``path`` as a file (not a whiteout)."""
+    img = images.image(store, name)
+    images.ensure_layers(store, img)
+    for layer in img.layers:
+        kind = overlay.listing(store.layer_dir(layer.chain_id)).get(path.strip("/"))
+        if kind not in (None, "dir", "opaque", "whiteout"):
+            return layer.diff_id
+    return None
+
+
+def _check_layer(answer, store=None, name: str = "web:2", path: str = "/www/index.html") -> object:
+    if store is None:
+        return wrong("pass the store too: ch06.q2.check(answer, store)")
+    if not isinstance(answer, str) or not answer.startswith("sha256:"):
+        return wrong("answer with a DiffID: 'sha256:' and 64 hex digits (an Image's layers have .diff_id).")
+    try:
+        img = images.image(store, name)
+    except LabError as exc:
+        return wrong(exc.message)
+    want = _introduced_by(store, name, path)
+    if want is None:
+        return wrong(f"{name} has no {path}: build the chapter's images first.")
+    if answer == want:
+        return right(f"that layer is the first to hold {path}: everything above only inherits it.")
+    if answer in img.diff_ids:
+        above = img.diff_ids.index(answer) > img.diff_ids.index(want)
+        return wrong(f"that is a layer of {name}, but {'a later' if above else 'an earlier'} one: "
+                     f"{'it only inherits' if above else 'it does not have'} {path}.")
+    if any(answer == layer.chain_id for layer in img.layers):
+        return wrong("that is a ChainID (the stack up to a layer); the question asks for the layer's own DiffID.")
+    if any(answer == layer.blob.digest for layer in img.layers):
+        return wrong("that is a blob digest; for an uncompressed layer it equals the DiffID, but check which layer.")
+    return wrong(f"that digest is not one of {name}'s layers.")
+
+
+q2 = Exercise(
+    "06.2",
+    "Which layer of `web:2` introduced `/www/index.html`? Answer with that layer's DiffID: "
+    "`ch06.q2.check(diff_id, store)`.",
+    _check_layer,
+    "An image's layers, bottom first: `images.image(store, 'web:2').layers`; each is unpacked in "
+    "`store.layer_dir(layer.chain_id)`, and `overlay.listing(folder)` lists what it holds. `docker history` "
+    "(`images.history`) says which step made each layer.",
+    "`next(l.diff_id for l in images.image(store, 'web:2').layers if "
+    "'www/index.html' in overlay.listing(store.layer_dir(l.chain_id)))`: the first layer, from the bottom, that "
+    "has the file.",
+)
+
+
+# --- q3: a layer that deletes a file -----------------------------------------------------------------------
+
+def _check_delete(store=None, name: str = "slim", base: str = "busybox", path: str = "/bin/vi") -> object:
+    if store is None:
+        return wrong("pass the store: ch06.q3.check(store)")
+    try:
+        img, below = images.image(store, name), images.image(store, base)
+    except LabError as exc:
+        return wrong(exc.message)
+    if img.diff_ids[:-1] != below.diff_ids or len(img.layers) != len(below.layers) + 1:
+        return wrong(f"{name} must be {base} plus one layer of its own.")
+    changes = images.diff(store, name)
+    deleted = [c.path for c in changes if c.kind == "D"]
+    if path not in deleted:
+        return wrong(f"the top layer of {name} does not delete {path}: its changes are {changes}.")
+    others = [c for c in changes if c.path != path and not (c.kind == "C" and path.startswith(c.path + "/"))]
+    if others:
+        return wrong(f"the layer should delete {path} and change nothing else; it also has {others}.")
+    if not overlay.listing(store.layer_dir(below.layers[-1].chain_id)).get(path.strip("/")):
+        return wrong(f"{base} no longer has {path}: its layer must stay as it was.")
+    return right(f"{name}'s layer is one whiteout: {path} is gone from {name}, and still in {base}, which it shares.")
+
+
+q3 = Exercise(
+    "06.3",
+    "Build an image `slim` on `busybox` whose one layer deletes `/bin/vi` and changes nothing else; then "
+    "`ch06.q3.check(store)`.",
+    _check_delete,
+    "A build step runs a command in an overlay over the base; what it deletes from the base becomes a whiteout "
+    "in the new layer: `images.build(store, base, name, run=[...])`.",
+    "`images.build(store, 'busybox', 'slim', run=['/bin/rm', '/bin/vi'])`. (Deleting a file of a lower layer "
+    "frees no space: the base layer still holds it. That is why Dockerfiles delete in the same RUN step that "
+    "made the file.)",
 )

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from labhelper import cgroups, cleanup, host, loop, marks, mounts, network, overlay, registry, syscalls
+from labhelper import cgroups, cleanup, host, images, loop, marks, mounts, network, overlay, registry, syscalls
 from labhelper.cleanup.inventory import function_of
 from labhelper.errors import NotDisposableError
 from labhelper.teach import lab
@@ -63,6 +63,7 @@ CALLS = {
     "mounts.make_dir": lambda led: mounts.make_dir(f"{LAB}/d"),
     "loop.attach": lambda led: loop.attach(),
     "cgroups.group": lambda led: cgroups.group("guard"),
+    "images.Store": lambda led: images.Store(f"{LAB}/images"),
 }
 
 
