@@ -1,10 +1,14 @@
-"""The `labhelper` command: doctor, census, cleanup.
+"""The `labhelper` command: doctor, census, cleanup, images.
 
     labhelper doctor [--json]                 what this machine offers the course (exit 1 if a
                                               required piece is missing)
     labhelper census [--json]                 what of ours exists in the kernel now
     labhelper cleanup [--dry-run] [--owner NAME]
                                               remove it (exit 0 also when there is nothing)
+    labhelper images [--store DIR] ls | tree | diff NAME | history NAME | export NAME DIR |
+                     import DIR REF [--name NAME] | rm NAME... | gc
+                                              chapter 06's image store (docker images, image
+                                              ls --tree, diff, history, save/load, rmi, prune)
 
 Exit status: 0 done, 1 something failed (or is missing), 2 refused or a clear error,
 3 an internal error (a bug: please report it). Warnings and errors go to stderr.
@@ -17,7 +21,7 @@ import os
 import sys
 
 from . import cleanup as _cleanup
-from .errors import LabError
+from .errors import LabError, Refused
 from .teach import lab
 
 __all__ = ["main"]
@@ -64,6 +68,67 @@ def _cleanup_cmd(args) -> int:
     return 0
 
 
+# --- labhelper images -------------------------------------------------------------------------------
+
+def _store(args, make: bool = False):
+    from . import images
+    if not make and not os.path.isdir(args.store):
+        return None            # nothing to list: looking must not make a store
+    return images.Store(args.store, owner="cli")
+
+
+def _bar(done: int, total: int, what: str) -> None:
+    """A progress bar on stderr (stdout stays the command's answer)."""
+    width = 24
+    filled = width * done // max(total, 1)
+    end = "\n" if done >= total else ""
+    if sys.stderr.isatty():
+        print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {what}\033[K", end=end, file=sys.stderr,
+              flush=True)
+    else:
+        print(f"[{done}/{total}] {what}", file=sys.stderr)
+
+
+def _images_cmd(args) -> int:
+    from . import images
+    store = _store(args, make=args.action in ("export", "import"))
+    if store is None:
+        if args.action in ("ls", "tree", "gc"):
+            print("(no image store yet)" if args.action != "gc" else "nothing to collect")
+            return 0
+        raise Refused(f"there is no image store at {args.store}", hint="build or import an image first (chapter 06)")
+    if args.action == "ls":
+        rows = [(img.name, str(len(img.layers)), images.human(sum(l.blob.size for l in img.layers)),
+                 img.manifest.digest[7:19]) for img in images.images(store)]
+        head = ("NAME", "LAYERS", "SIZE", "MANIFEST")
+        widths = [max(len(r[i]) for r in rows + [head]) for i in range(4)]
+        for row in [head] + rows:
+            print("  ".join(f"{c:{w}}" for c, w in zip(row, widths)).rstrip())
+    elif args.action == "tree":
+        print(repr(images.tree(store)))
+    elif args.action == "diff":
+        for change in images.diff(store, args.name):
+            print(repr(change))
+    elif args.action == "history":
+        for line in images.history(store, args.name):
+            print(repr(line))
+    elif args.action == "export":
+        img = images.export(store, args.name, os.path.abspath(args.dest), progress=_bar)
+        print(f"{img.name} written to {os.path.abspath(args.dest)} (an OCI image layout)")
+    elif args.action == "import":
+        img = images.import_layout(store, os.path.abspath(args.src), args.ref, args.as_name, progress=_bar)
+        print(f"imported {img.name}: {len(img.layers)} layers, manifest {img.manifest.digest}")
+    elif args.action == "rm":
+        for name in args.names:
+            removed = images.rmi(store, name)
+            print(f"Untagged: {name}; deleted {len(removed.blobs)} blobs and {len(removed.layers)} layer folders")
+    elif args.action == "gc":
+        removed = images.gc(store)
+        print(f"deleted {len(removed.blobs)} blobs, {len(removed.layers)} layer folders, {len(removed.temps)} "
+              "work folders")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labhelper", description="Docker vs virtualization, from the kernel up: "
                                      "check this machine, and list or remove the kernel objects the course made.")
@@ -79,6 +144,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--owner", metavar="NAME", help="only objects of this owner (e.g. ch05)")
     p.add_argument("-v", "--verbose", action="store_true")
     p.set_defaults(func=_cleanup_cmd)
+    p = sub.add_parser("images", help="chapter 06's image store: ls, tree, diff, history, export, import, rm, gc")
+    p.add_argument("--store", default="/var/lib/labhelper/images", metavar="DIR",
+                   help="the store (default: /var/lib/labhelper/images)")
+    acts = p.add_subparsers(dest="action", required=True)
+    acts.add_parser("ls", help="the images, like `docker images`")
+    acts.add_parser("tree", help="the layers as a tree, like the old `docker images --tree`")
+    a = acts.add_parser("diff", help="what an image's top layer changed (A/C/D), like `docker diff`")
+    a.add_argument("name")
+    a = acts.add_parser("history", help="the steps that made an image, newest first")
+    a.add_argument("name")
+    a = acts.add_parser("export", help="write an image as an OCI image layout (umoci and skopeo read it)")
+    a.add_argument("name")
+    a.add_argument("dest", help="a new folder below /var/lib/labhelper or /run/labhelper")
+    a = acts.add_parser("import", help="read an image from an OCI image layout (verified; all or nothing)")
+    a.add_argument("src", help="the layout's folder, below /var/lib/labhelper or /run/labhelper")
+    a.add_argument("ref", help="the image's name in the layout's index.json")
+    a.add_argument("--name", dest="as_name", help="its name here (default: REF)")
+    a = acts.add_parser("rm", help="remove images; layers another image uses stay")
+    a.add_argument("names", nargs="+")
+    acts.add_parser("gc", help="remove blobs and layer folders no image uses")
+    p.set_defaults(func=_images_cmd)
     return parser
 
 

@@ -36,10 +36,11 @@ _CHUNK = 1 << 20
 
 
 def export(store: Store, name: str, dest: str, *, ref: str | None = None,
-           within: tuple[str, ...] | None = None) -> Image:
+           within: tuple[str, ...] | None = None, progress=None) -> Image:
     """Write the image ``name`` as a standalone OCI image layout in the new folder ``dest`` (below
     a lab folder, or one of ``within``), named ``ref`` (default: ``name``) in its index.json. The
-    blobs are copied verified, byte for byte: the digests stay the same."""
+    blobs are copied verified, byte for byte: the digests stay the same. ``progress(done, total,
+    what)`` is called after each blob (a progress bar)."""
     img = image(store, name)
     ref = check_name(ref or name)
     dest = marks.lab_path(dest, "export an image into", within=within)
@@ -49,7 +50,8 @@ def export(store: Store, name: str, dest: str, *, ref: str | None = None,
     made: list[str] = []
     top = marks.open_lab_dir(os.path.join(dest, "blobs", "sha256"), allowed, create=True, made=made)
     try:
-        for desc in (img.manifest, img.config, *(layer.blob for layer in img.layers)):
+        blobs = (img.manifest, img.config, *(layer.blob for layer in img.layers))
+        for done, desc in enumerate(blobs, 1):
             hexname = desc.digest.split(":", 1)[1]
             with store.open_blob(desc.digest) as src:
                 fd = os.open(hexname, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
@@ -57,6 +59,8 @@ def export(store: Store, name: str, dest: str, *, ref: str | None = None,
                 with os.fdopen(fd, "wb") as out:
                     while chunk := src.read(_CHUNK):
                         out.write(chunk)
+            if progress is not None:
+                progress(done, len(blobs), f"blob {desc.digest[7:19]} ({desc.size} bytes)")
     finally:
         os.close(top)
     root = marks.open_lab_dir(dest, allowed)
@@ -158,10 +162,11 @@ def _find_manifest(layout: _Layout, ref: str) -> Descriptor:
     return desc
 
 
-def import_layout(store: Store, src: str, ref: str, name: str | None = None) -> Image:
+def import_layout(store: Store, src: str, ref: str, name: str | None = None, *, progress=None) -> Image:
     """Import the image ``ref`` of the OCI image layout at ``src`` into the store as ``name``
     (default ``ref``). Everything is checked before the store changes (module docstring); a
-    refusal names the blob or layer member that failed, and the store is left as it was."""
+    refusal names the blob or layer member that failed, and the store is left as it was.
+    ``progress(done, total, what)`` is called after each layer is verified and unpacked."""
     name = check_name(name or ref)
     layout = _Layout(src)
     try:
@@ -189,12 +194,12 @@ def import_layout(store: Store, src: str, ref: str, name: str | None = None) -> 
         if not isinstance(manifest, dict) or not isinstance(config, dict):
             raise Refused(f"the manifest or config of {ref!r} in {layout.path} is not a JSON object")
         img = parse(name, mdesc, manifest, config)        # media types, rootfs, diff_ids vs layers
-        return _stage_and_commit(store, layout, img, mbytes, cbytes)
+        return _stage_and_commit(store, layout, img, mbytes, cbytes, progress)
     finally:
         layout.close()
 
 
-def _stage_and_commit(store: Store, layout: _Layout, img: Image, mbytes: bytes, cbytes: bytes) -> Image:
+def _stage_and_commit(store: Store, layout: _Layout, img: Image, mbytes: bytes, cbytes: bytes, progress=None) -> Image:
     with store.working():
         writers = []
         tmp = store.new_temp()
@@ -219,6 +224,8 @@ def _stage_and_commit(store: Store, layout: _Layout, img: Image, mbytes: bytes, 
                     if got != layer.diff_id:
                         raise Refused(f"layer {i + 1} ({layer.blob.digest[:19]}…) of {img.name}: its uncompressed "
                                       f"tar has sha256 {got}, but the config says its DiffID is {layer.diff_id}")
+                    if progress is not None:
+                        progress(i + 1, len(img.layers), f"layer {layer.blob.digest[7:19]} (had it already)")
                     continue
                 folder = os.path.join(tmp, str(i))
                 os.mkdir(folder)
@@ -226,6 +233,8 @@ def _stage_and_commit(store: Store, layout: _Layout, img: Image, mbytes: bytes, 
                     layers.extract(fh, folder, form="overlay", diff_id=layer.diff_id, within=store.within,
                                    label=f"layer {i + 1} ({layer.blob.digest[:19]}…) of {img.name}")
                 unpacked.append((folder, layer.chain_id))
+                if progress is not None:
+                    progress(i + 1, len(img.layers), f"layer {layer.blob.digest[7:19]} ({layer.blob.size} bytes)")
             # Everything passed: name the blobs, put the layers in place, and the image last.
             for w in writers:
                 w.commit()
