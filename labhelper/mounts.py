@@ -229,48 +229,59 @@ def is_ours(path: str, table: list[Mount] | None = None) -> bool:
                for m in table)
 
 
-def unmount(target: str, record: bool = True) -> bool:
-    """Unmount ``target`` and every mount below it, deepest first (idempotent), and forget its
-    record (``record=False``: leave the ledger alone). Returns True if something was unmounted."""
+def unmount(target: str, record: bool = True, data: dict | None = None) -> bool:
+    """Unmount ``target`` and every mount below it (idempotent), and forget its record
+    (``record=False``: leave the ledger alone). ``data``: the record's data, where the caller
+    kept it (then the ledger is not read again). Returns True if something was unmounted."""
     if marks.lab_dir_of(target) is None:
         # unmount("/") would detach every mount of this machine, deepest first.
         raise Refused(f"refusing to unmount {target!r}: labhelper unmounts only below "
                       f"{' or '.join(marks.LAB_DIRS)}")
     target = os.path.normpath(target)
     registry.guard(f"unmount {target}")
-    done = False
-    for m in mounts_under(target):
-        done = detach(m.mountpoint) or done
+    # A lazy unmount of a mount point takes every mount below it along (the kernel detaches the
+    # whole subtree); only a folder that is no mount point itself needs its mounts found one by
+    # one, deepest first, in the mount table.
+    done = detach(target)
+    if not done:
+        for m in mounts_under(target):
+            done = detach(m.mountpoint) or done
     if record:
         the_ledger = ledger()
-        made = the_ledger.find("mount", target)
-        _after_unmount(target, made)
+        made = the_ledger.find("mount", target) if data is None else None
+        _after_unmount(target, made, data)
         the_ledger.remove("mount", target)
     return done
 
 
-def _after_unmount(target: str, record) -> None:
+def _after_unmount(target: str, record, data: dict | None = None) -> None:
     """Once a mount is gone: remove the scratch folders its filesystem filled (overlayfs' work
     folder keeps temporary entries such as ``#6d`` after a directory was removed), then the
-    folders its creation made, when empty. Both lists come from its record."""
-    data = record.data if record else {}
-    for scratch in data.get("scratch", []):
-        try:
-            parent = open_folder(os.path.dirname(marks.lab_path(scratch, "remove")))   # a record is data
-        except (OSError, LabError):
-            continue
-        try:
-            os.rmdir(os.path.basename(scratch), dir_fd=parent)       # most often empty: one call
-        except FileNotFoundError:
-            pass
-        except OSError:
+    folders its creation made, when empty. Both lists come from its record (or ``data``)."""
+    if data is None:
+        data = record.data if record else {}
+    parents: dict[str, int] = {}
+    try:
+        for scratch in data.get("scratch", []):
             try:
-                remove_tree(scratch)
+                above = os.path.dirname(marks.lab_path(scratch, "remove"))      # a record is data
+                if above not in parents:
+                    parents[above] = open_folder(above)
+            except (OSError, LabError):
+                continue
+            try:
+                os.rmdir(os.path.basename(scratch), dir_fd=parents[above])     # most often empty: one call
             except FileNotFoundError:
                 pass
-        finally:
-            os.close(parent)
-    _rmdir_empty([target, *data.get("made", [])])
+            except OSError:
+                try:
+                    remove_tree(scratch)
+                except FileNotFoundError:
+                    pass
+    finally:
+        for fd in parents.values():
+            os.close(fd)
+    _rmdir_empty(dict.fromkeys([target, *data.get("made", [])]))
 
 
 # --- removing folders ---------------------------------------------------------------------------

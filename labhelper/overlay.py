@@ -43,7 +43,7 @@ import contextlib
 import functools
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import marks, mounts, procfs, registry, syscalls
 from .errors import Refused, RequirementError, SyscallError
@@ -69,12 +69,17 @@ class Overlay:
     work: str | None
     api: str
     options: tuple[str, ...]
+    record: dict = field(default_factory=dict, repr=False, compare=False)   # what unmount removes
 
     def __enter__(self) -> "Overlay":
         return self
 
     def __exit__(self, *exc) -> None:
-        unmount(self.target)
+        self.unmount()
+
+    def unmount(self) -> bool:
+        """Unmount this overlay (:func:`unmount`), with what its record says kept here."""
+        return mounts.unmount(self.target, data=self.record)
 
     def __repr__(self) -> str:
         layers = f"{len(self.lowers)} lower folder{'s' if len(self.lowers) != 1 else ''}"
@@ -169,7 +174,8 @@ def mount(target: str, lowers, upper: str | None = None, work: str | None = None
     # folders in work ("work", and "index" where it is on), removed whole after the unmount.
     made = _missing(target, upper, work)
     scratch = [os.path.join(work, "work"), os.path.join(work, "index")] if work is not None else []
-    with ledger().creating("mount", target, owner, data={"made": made, "scratch": scratch, "fstype": "overlay"}):
+    record = {"made": made, "scratch": scratch, "fstype": "overlay"}
+    with ledger().creating("mount", target, owner, data=record):
         fault_point("overlay-recorded")
         created: list[str] = []
         try:
@@ -203,7 +209,7 @@ def mount(target: str, lowers, upper: str | None = None, work: str | None = None
         except BaseException:
             _rmdir_all(created)
             raise
-    return Overlay(target, lowers, upper, work, api, options)
+    return Overlay(target, lowers, upper, work, api, options, record)
 
 
 def _open_or_make(path: str, created: list[str]) -> int:
@@ -273,11 +279,16 @@ def _as_list(lowers) -> list:
 
 
 def _check_folder(path: str) -> None:
-    """``path`` is a folder, reached without a symlink (mounts.open_folder)."""
+    """``path`` (a lab path, checked) is a folder, reached without a symlink: one openat2 call
+    where the kernel has it, else mounts.open_folder's walk, which also says what is wrong."""
     try:
-        os.close(mounts.open_folder(path))
-    except FileNotFoundError:
-        raise Refused(f"the lower folder {path} does not exist") from None
+        fd = syscalls.openat2(-100, path, marks.DIR_FLAGS, syscalls.RESOLVE_NO_SYMLINKS | syscalls.RESOLVE_NO_MAGICLINKS)
+    except SyscallError:
+        try:
+            fd = mounts.open_folder(path)
+        except FileNotFoundError:
+            raise Refused(f"the lower folder {path} does not exist") from None
+    os.close(fd)
 
 
 def _missing(*paths) -> list[str]:

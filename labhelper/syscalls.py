@@ -204,19 +204,26 @@ def fsopen(fsname: str) -> int:
     return raw_syscall("fsopen", os.fsencode(fsname), _FSOPEN_CLOEXEC)
 
 
+_NR_FSCONFIG = None
+
+
 def fsconfig(fd: int, cmd: FsconfigCmd | int, key: str | None = None, value: str | None = None,
              aux: int = 0) -> None:
     """fsconfig(2): set one parameter of the context ``fd`` (or create its superblock)."""
-    cmd = FsconfigCmd(cmd)
-    args = {"fd": fd, "cmd": cmd.name}
-    if key is not None:
-        args["key"] = key
-    if value is not None:
-        args["value"] = value
-    result = _libc.syscall(ctypes.c_long(syscall_number("fsconfig")), ctypes.c_long(fd), ctypes.c_long(int(cmd)),
-                           _path(key), _path(value), ctypes.c_long(aux))
+    global _NR_FSCONFIG
+    if _NR_FSCONFIG is None:
+        _NR_FSCONFIG = ctypes.c_long(syscall_number("fsconfig"))
+    # One call per layer when mounting an overlay: the error's arguments are made only on error.
+    result = _libc.syscall(_NR_FSCONFIG, ctypes.c_long(fd), ctypes.c_long(int(cmd)),
+                           None if key is None else key.encode(), None if value is None else value.encode(),
+                           ctypes.c_long(aux))
     if result == -1:
         err = ctypes.get_errno()
+        args = {"fd": fd, "cmd": FsconfigCmd(cmd).name}
+        if key is not None:
+            args["key"] = key
+        if value is not None:
+            args["value"] = value
         said = _context_log(fd)
         raise error("fsconfig", args, err, f"the kernel said: {said}" if said else None)
 
@@ -253,10 +260,18 @@ class _OpenHow(ctypes.Structure):
 def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
     """openat2(2): open ``path`` (relative to ``dirfd``, or absolute) with the lookup rules
     ``resolve``, in one call; a file descriptor. Raises SyscallError (ENOSYS before Linux 5.6)."""
+    global _NR_OPENAT2
+    if _NR_OPENAT2 is None:
+        _NR_OPENAT2 = ctypes.c_long(syscall_number("openat2"))
     how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
-    return check(_libc.syscall(ctypes.c_long(syscall_number("openat2")), ctypes.c_long(dirfd), _path(path),
-                               ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))),
-                 "openat2", {"dirfd": dirfd, "pathname": path, "resolve": hex(resolve)})
+    fd = _libc.syscall(_NR_OPENAT2, ctypes.c_long(dirfd), os.fsencode(path), ctypes.byref(how), _OPEN_HOW_SIZE)
+    if fd == -1:
+        check(fd, "openat2", {"dirfd": dirfd, "pathname": path, "resolve": hex(resolve)})
+    return fd
+
+
+_NR_OPENAT2 = None
+_OPEN_HOW_SIZE = ctypes.c_size_t(ctypes.sizeof(_OpenHow))
 
 
 _AT_EMPTY_PATH = 0x1000          # include/uapi/linux/fcntl.h
