@@ -164,6 +164,11 @@ def mount(target: str, lowers, upper: str | None = None, work: str | None = None
         api = "fsconfig" if new_api() else "mount(2)"
     if api not in ("fsconfig", "mount(2)"):
         raise Refused(f"api {api!r}: 'fsconfig' (the new mount API) or 'mount(2)'")
+    if api == "fsconfig" and not new_api():
+        raise RequirementError("this kernel's overlayfs does not take layers one by one through the new mount API "
+                               "(the lowerdir+ parameter came with Linux 6.8)",
+                               hint="use api='mount(2)' (one page of options: a few dozen layers), or a newer kernel",
+                               missing=("overlay-lowerdir+",))
     options = LAYER_OPTIONS if layer else ()
     if api == "mount(2)":
         data = _option_string(lowers, upper, work, options)       # refuses what does not fit, first
@@ -268,7 +273,9 @@ def _option_string(lowers, upper, work, options) -> str:
         raise RequirementError(
             f"the options for {len(lowers)} layers are {len(data.encode())} bytes; mount(2) takes at most one page "
             f"({_PAGE - 1})", hint="use the new mount API (api='fsconfig'), which takes one layer per call "
-                                   "(overlayfs' lowerdir+, Linux 6.8)", missing=("overlay-lowerdir+",))
+                                   "(overlayfs' lowerdir+, Linux 6.8)" if new_api() else
+            "this kernel has no lowerdir+ (Linux 6.8) to take layers one by one: use fewer layers or shorter paths",
+            missing=("overlay-lowerdir+",))
     return data
 
 

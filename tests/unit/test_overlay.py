@@ -48,7 +48,19 @@ def test_the_mount_point_itself_must_be_a_lab_path():
         overlay.mount(f"{LAB}/m", [f"{LAB}/a", f"{LAB}/b"], api="fuse")
 
 
-def test_mount2_takes_one_page_of_options_and_no_separator_in_a_path():
+def test_a_kernel_without_lowerdir_plus_is_said_clearly(monkeypatch):
+    monkeypatch.setattr(overlay, "new_api", lambda: False)
+    with pytest.raises(RequirementError, match="Linux 6.8") as exc:
+        overlay.mount(f"{LAB}/m", [f"{LAB}/a", f"{LAB}/b"], api="fsconfig")
+    assert "mount(2)" in exc.value.hint
+    many = [f"{LAB}/layers/{i:03d}-{'x' * 60}" for i in range(60)]
+    with pytest.raises(RequirementError, match="one page") as exc:
+        overlay.mount(f"{LAB}/m", many)                 # the default on such a kernel: mount(2)
+    assert "fewer layers or shorter paths" in exc.value.hint
+
+
+def test_mount2_takes_one_page_of_options_and_no_separator_in_a_path(monkeypatch):
+    monkeypatch.setattr(overlay, "new_api", lambda: True)
     many = [f"{LAB}/layers/{i:03d}-{'x' * 60}" for i in range(60)]
     with pytest.raises(RequirementError, match="one page") as exc:
         overlay.mount(f"{LAB}/m", many, f"{LAB}/u", f"{LAB}/w", api="mount(2)")
