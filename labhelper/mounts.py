@@ -257,7 +257,8 @@ def unmount(target: str, record: bool = True, data: dict | None = None) -> bool:
 def _after_unmount(target: str, record, data: dict | None = None) -> None:
     """Once a mount is gone: remove the scratch folders its filesystem filled (overlayfs' work
     folder keeps temporary entries such as ``#6d`` after a directory was removed), then the
-    folders its creation made, when empty. Both lists come from its record (or ``data``)."""
+    folders its creation made (the mount point among them, if it made it), when empty. Both
+    lists come from its record (or ``data``)."""
     if data is None:
         data = record.data if record else {}
     parents: dict[str, int] = {}
@@ -281,7 +282,10 @@ def _after_unmount(target: str, record, data: dict | None = None) -> None:
     finally:
         for fd in parents.values():
             os.close(fd)
-    _rmdir_empty(dict.fromkeys([target, *data.get("made", [])]))
+    # The mount point goes only if this mount's creation made it (its record lists it): a folder
+    # that was there before (a container's root folder) stays. Without a record, it goes if empty.
+    made = data.get("made")
+    _rmdir_empty(dict.fromkeys(made if made is not None else [target]))
 
 
 # --- removing folders ---------------------------------------------------------------------------

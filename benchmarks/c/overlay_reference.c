@@ -1,8 +1,8 @@
 /* The C reference for benchmarks/overlay.py: the system calls labhelper makes to mount an
  * overlay of N lower folders with the new mount API and to unmount it, with nothing around
- * them: mkdir the mount point, fsopen, one fsconfig per parameter (one "lowerdir+" per layer),
- * create, fsmount, move_mount onto the opened folder, then umount2(MNT_DETACH), rmdir the
- * overlay's scratch folders in work and the mount point.
+ * them: open the mount point (it exists, as a container's root folder does), fsopen, one
+ * fsconfig per parameter (one "lowerdir+" per layer), create, fsmount, move_mount onto the
+ * opened folder, then umount2(MNT_DETACH) and rmdir the overlay's scratch folders in work.
  * Built with gcc at run time as a shared library and called through ctypes, so that both sides
  * are timed by the same clock in the same process. */
 #define _GNU_SOURCE
@@ -31,7 +31,6 @@ static int set(int fs, const char *key, const char *value) {
 int cycle(const char **lowers, int nl, const char *target, const char *upper, const char *work, int n) {
     char scratch[4096];
     for (int i = 0; i < n; i++) {
-        if (mkdir(target, 0755) < 0) return -1;
         int dir = open(target, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (dir < 0) return -2;
         int fs = (int)syscall(SYS_fsopen, "overlay", 1);
@@ -55,7 +54,6 @@ int cycle(const char **lowers, int nl, const char *target, const char *upper, co
         rmdir(scratch);
         snprintf(scratch, sizeof scratch, "%s/index", work);
         rmdir(scratch);
-        if (rmdir(target) < 0) return -12;
     }
     return 0;
 }
