@@ -26,7 +26,7 @@ __all__ = [
     "msgget", "msgctl_rmid", "IPC_CREAT", "IPC_PRIVATE",
     "pivot_root", "sethostname", "prctl", "ioctl", "ioctl_noarg", "address_of", "check", "error",
     "fsopen", "fsconfig", "fsmount", "move_mount", "MOVE_MOUNT_F_EMPTY_PATH", "MOVE_MOUNT_T_EMPTY_PATH",
-    "openat2", "RESOLVE_NO_MAGICLINKS", "RESOLVE_NO_SYMLINKS", "RESOLVE_BENEATH", "RESOLVE_IN_ROOT",
+    "openat2", "RESOLVE_NO_MAGICLINKS", "RESOLVE_NO_SYMLINKS", "RESOLVE_BENEATH", "RESOLVE_IN_ROOT", "syncfs",
 ]
 
 # use_errno=True: ctypes saves errno right after each call, so threads cannot clobber it.
@@ -272,6 +272,12 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> i
 
 _NR_OPENAT2 = None
 _OPEN_HOW_SIZE = ctypes.c_size_t(ctypes.sizeof(_OpenHow))
+
+
+def syncfs(fd: int) -> None:
+    """syncfs(2): write out everything of the filesystem that holds ``fd`` (one flush for many
+    files, where fsync(2) flushes one; Python's os has sync() for every filesystem, not this)."""
+    check(_libc.syncfs(ctypes.c_int(fd)), "syncfs", {"fd": fd})
 
 
 _AT_EMPTY_PATH = 0x1000          # include/uapi/linux/fcntl.h

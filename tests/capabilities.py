@@ -71,6 +71,29 @@ def _programs(*names: str) -> tuple[bool, str]:
     return not missing, ("not installed: " + ", ".join(missing)) if missing else "installed"
 
 
+def _static_busybox() -> tuple[bool, str]:
+    """busybox-static: /bin/busybox or /usr/bin/busybox, an ELF with no PT_INTERP program header
+    (nothing loads shared libraries for it, so it runs in an image with no /lib)."""
+    for path in ("/bin/busybox", "/usr/bin/busybox"):
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(64)
+                if head[:4] != b"\x7fELF" or head[4] != 2:            # 64-bit ELF
+                    continue
+                order = "little" if head[5] == 1 else "big"
+                phoff = int.from_bytes(head[32:40], order)
+                phentsize, phnum = int.from_bytes(head[54:56], order), int.from_bytes(head[56:58], order)
+                fh.seek(phoff)
+                table = fh.read(phentsize * phnum)
+        except OSError:
+            continue
+        types = [int.from_bytes(table[i * phentsize:i * phentsize + 4], order) for i in range(phnum)]
+        if 3 not in types:                                              # PT_INTERP
+            return True, f"{path} is statically linked"
+        return False, f"{path} is dynamically linked: install busybox-static"
+    return False, "no /bin/busybox or /usr/bin/busybox: install busybox-static"
+
+
 def _module(name: str) -> tuple[bool, str]:
     found = importlib.util.find_spec(name) is not None
     return found, "importable" if found else f"the Python package {name} is not installed"
@@ -128,6 +151,10 @@ PROBES = {
     "ip": lambda: _programs("ip"),
     "nft": lambda: _programs("nft"),
     "ping": lambda: _programs("ping"),
+    "busybox": _static_busybox,
+    "umoci": lambda: _programs("umoci"),
+    "skopeo": lambda: _programs("skopeo"),
+    "runc": lambda: _programs("runc"),
     "matplotlib": lambda: _module("matplotlib"),
     "graphviz": lambda: _module("graphviz"),
     "ipywidgets": lambda: _module("ipywidgets"),

@@ -368,6 +368,8 @@ def build(store: Store, base: str | None, name: str, run=None, change=None, *, c
                 os.mkdir(os.path.join(tmp, "empty"))
                 lowers = [os.path.join(tmp, "empty")]
             upper, work, merged = (os.path.join(tmp, d) for d in ("upper", "work", "merged"))
+            for folder in (upper, work):
+                os.mkdir(folder)        # the build's, not the mount's: a step that changes nothing leaves it empty
             with overlay.mount(merged, lowers, upper, work, layer=True, owner=owner):
                 code, output = process.run_in_child(_run_chrooted, merged, run, change, unshare=CloneFlags.CLONE_NEWNS,
                                                     timeout=timeout)

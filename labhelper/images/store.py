@@ -16,9 +16,13 @@ skopeo) can read it as it is::
 Content addressing makes three promises cheap to keep:
 
 * **A blob is written once and never changes.** Its bytes go into a file with no name
-  (O_TMPFILE), are fsync'ed, and only then get their name with link(2): a reader sees the whole
-  blob or none, even after a SIGKILL mid-write. Writing a blob that exists already changes
-  nothing (the one there is checked, not rewritten): the same bytes have the same name.
+  (O_TMPFILE) and only then get their name with link(2): a reader sees the whole blob or none,
+  even after a SIGKILL mid-write. Writing a blob that exists already changes nothing (the one
+  there is checked, not rewritten): the same bytes have the same name. Durability comes once
+  per image, not per blob: before a name is written into the index, one syncfs(2) puts every
+  blob and layer folder of the store on disk; so after a power cut a named image is whole, and
+  a blob that never made it (no name points at it) fails its check on read, is replaced by the
+  next write of the same bytes, and goes with the next gc.
 * **A blob is verified on every read**: its sha256 must be its name, or the read fails naming
   the digest and the file. A disk error, or someone editing a file by hand, cannot slip a
   different layer into an image.
@@ -38,12 +42,15 @@ import fcntl
 import hashlib
 import json
 import os
+import queue
 import re
 import stat
+import threading
 import uuid
 from dataclasses import dataclass
 
 from .. import marks, mounts, registry
+from ..syscalls import syncfs
 from ..errors import LabError, Refused
 
 __all__ = ["DEFAULT_ROOT", "REF_NAME", "INDEX_MEDIA_TYPE", "MANIFEST_MEDIA_TYPE", "CONFIG_MEDIA_TYPE",
@@ -127,31 +134,70 @@ class BlobWriter:
                               dir_fd=self._dir)
         self.hash = hashlib.sha256()
         self.size = 0
+        # Hashing and writing happen in a second thread, a megabyte at a time, while this one
+        # reads and tars the next files: the way `tar | sha256sum` runs its two programs side
+        # by side. (sha256 and write(2) release the GIL on big buffers, so the two overlap.)
+        self._buf = bytearray()
+        self._queue: queue.Queue = queue.Queue(maxsize=4)
+        self._failed: BaseException | None = None
+        self._thread = threading.Thread(target=self._drain, name="blob-writer", daemon=True)
+        self._thread.start()
+
+    def _drain(self) -> None:
+        while True:
+            chunk = self._queue.get()
+            try:
+                if chunk is None:
+                    return
+                if self._failed is None:
+                    self.hash.update(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(self.fd, view):]
+            except BaseException as exc:        # ENOSPC, EIO: said by the next write or the commit
+                self._failed = exc
+            finally:
+                self._queue.task_done()
+
+    def _hand_off(self) -> None:
+        if self._buf:
+            chunk, self._buf = self._buf, bytearray()
+            self._queue.put(chunk)
+        if self._failed is not None:
+            raise self._failed
+
+    def _settle(self) -> None:
+        """Wait until every byte written so far is hashed and in the file."""
+        self._hand_off()
+        self._queue.join()
+        if self._failed is not None:
+            raise self._failed
 
     def write(self, data) -> int:
-        view = memoryview(data).cast("B")
-        self.hash.update(view)
-        n = len(view)
-        while view:
-            view = view[os.write(self.fd, view):]
+        n = len(data) if not isinstance(data, memoryview) else data.nbytes
+        self._buf += data
         self.size += n
+        if len(self._buf) >= _CHUNK:
+            self._hand_off()
         return n
 
     def tell(self) -> int:
         return self.size
 
     def flush(self) -> None:
-        pass
+        self._settle()
 
     @property
     def digest(self) -> str:
+        self._settle()
         return "sha256:" + self.hash.hexdigest()
 
     def commit(self, media_type: str = "application/octet-stream") -> Descriptor:
-        """fsync, then give the blob its name. If a blob of that name exists it is checked: the
-        same bytes are not written twice; a damaged one is replaced (atomically, by rename)."""
+        """Give the blob its name (durable with the image that names it: Store.set_ref). If a
+        blob of that name exists it is checked: the same bytes are not written twice; a damaged
+        one is replaced (atomically, by rename)."""
+        self._settle()
         name = self.hash.hexdigest()
-        os.fsync(self.fd)
         src = self._tmp
         if src is None:
             try:
@@ -170,6 +216,10 @@ class BlobWriter:
         return Descriptor(media_type, self.digest, self.size)
 
     def close(self) -> None:
+        if self._thread.is_alive():
+            self._buf = bytearray()
+            self._queue.put(None)
+            self._thread.join()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -401,6 +451,8 @@ class Store:
     def set_ref(self, name: str, manifest: Descriptor) -> None:
         """Name ``manifest`` ``name`` in index.json (a name given again now names the new one)."""
         check_name(name)
+        with self.open_root() as top:
+            syncfs(top)             # the blobs and layers it names reach the disk before the name does
         with self.lock():
             refs = self.refs()
             refs[name] = manifest

@@ -238,3 +238,9 @@ def test_host_paths_are_refused_as_layer_sources_and_stores(path, store):
         images.import_tree(store, path, "host")
     with pytest.raises(Refused):
         images.Store(path)
+
+
+def test_a_step_that_changes_nothing_makes_an_empty_layer(store):
+    images.busybox_image(store, "busybox", epoch=1)
+    img = images.build(store, "busybox", "same", run=["/bin/true"], epoch=1)
+    assert len(img.layers) == 2 and images.diff(store, "same") == []
