@@ -31,7 +31,7 @@ from .flags import MountFlags, UmountFlags
 from .procfs import Mount
 from .registry import fault_point, ledger
 
-__all__ = ["mounts_under", "tmpfs_size", "mount_tmpfs", "make_dir", "open_folder", "unmount", "detach", "is_ours", "remove_tree",
+__all__ = ["mounts_under", "tmpfs_size", "mount_tmpfs", "mount_on", "make_dir", "open_folder", "unmount", "detach", "is_ours", "remove_tree",
            "find_mounts", "remove_mount", "find_dirs", "remove_dir"]
 
 
@@ -89,13 +89,8 @@ def mount_tmpfs(target: str, size: str = "1m", owner: str | None = None) -> Moun
                     pass
                 fd = marks.open_step(parent, name, target)
                 try:
-                    # Mount on the folder we opened (without following symlinks), not on the path
-                    # again: /proc/self/fd/N names exactly that folder, so a symlink swapped in since
-                    # cannot redirect the mount elsewhere.
-                    syscalls.mount("labhelper", f"/proc/self/fd/{fd}", "tmpfs",
-                                   MountFlags.MS_NOSUID | MountFlags.MS_NODEV, f"size={size}")
-                except SyscallError as exc:
-                    raise exc.with_arguments(target=target) from None
+                    mount_on(fd, target, "labhelper", "tmpfs", MountFlags.MS_NOSUID | MountFlags.MS_NODEV,
+                             f"size={size}")
                 finally:
                     os.close(fd)
                 try:
@@ -118,6 +113,18 @@ def mount_tmpfs(target: str, size: str = "1m", owner: str | None = None) -> Moun
             _rmdir_empty(made)                  # ...and none of the folders it made
             raise
     return found
+
+
+def mount_on(fd: int, target: str, source: str, fstype: str, flags, data: str | None) -> None:
+    """mount(2) on the open folder ``fd`` (``target`` names it in errors).
+
+    On the folder we opened (without following symlinks), not on the path again:
+    /proc/self/fd/N names exactly that folder, so a symlink swapped in since cannot redirect the
+    mount elsewhere."""
+    try:
+        syscalls.mount(source, f"/proc/self/fd/{fd}", fstype, flags, data)
+    except SyscallError as exc:
+        raise exc.with_arguments(target=target) from None
 
 
 def make_dir(path: str, owner: str | None = None) -> str:

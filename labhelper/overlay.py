@@ -195,12 +195,7 @@ def mount(target: str, lowers, upper: str | None = None, work: str | None = None
                 if api == "fsconfig":
                     _mount_fsconfig(fd, lowers, upper, work, options)
                 else:
-                    # On the folder we opened (no symlink followed), as mounts.mount_tmpfs does.
-                    try:
-                        syscalls.mount("overlay", f"/proc/self/fd/{fd}", "overlay",
-                                       MountFlags.MS_NOSUID | MountFlags.MS_NODEV, data)
-                    except SyscallError as exc:
-                        raise exc.with_arguments(target=target) from None
+                    mounts.mount_on(fd, target, "overlay", "overlay", MountFlags.MS_NOSUID | MountFlags.MS_NODEV, data)
             finally:
                 os.close(fd)
             try:

@@ -59,3 +59,25 @@ def g(uid, monkeypatch):
     yield made
     made.remove()
     assert cleanup.cleanup(owner=f"cgtest-{uid}").ok
+
+
+@pytest.fixture
+def owner(uid, monkeypatch):
+    """The owner of a test's objects (LABHELPER_OWNER), whose cleanup at the end must succeed."""
+    from labhelper import cleanup
+    name = f"systest-{uid}"
+    monkeypatch.setenv("LABHELPER_OWNER", name)
+    yield name
+    result = cleanup.cleanup(owner=name)
+    assert result.ok, result.failures
+
+
+@pytest.fixture
+def store(uid, owner):
+    """An image store of the test's own (chapter 06), removed at the end with what it holds."""
+    import os
+    from labhelper import cleanup, images
+    made = images.Store(f"/var/lib/labhelper/test-images-{uid}", owner=owner)
+    yield made
+    cleanup.cleanup(owner=owner)
+    assert not os.path.exists(made.root)

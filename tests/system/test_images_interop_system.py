@@ -27,7 +27,7 @@ import tarfile
 import pytest
 
 import capabilities
-from labhelper import cleanup, images
+from labhelper import images
 
 pytestmark = pytest.mark.images
 
@@ -53,23 +53,6 @@ def _needs_overlay_and_busybox():
 
 def need_tool(name: str) -> None:
     capabilities.need(name, f"{name} is not installed: apt-get install {name}")
-
-
-@pytest.fixture
-def owner(uid, monkeypatch):
-    name = f"imginterop-{uid}"
-    monkeypatch.setenv("LABHELPER_OWNER", name)
-    yield name
-    result = cleanup.cleanup(owner=name)
-    assert result.ok, result.failures
-
-
-@pytest.fixture
-def store(uid, owner):
-    made = images.Store(f"/var/lib/labhelper/test-interop-{uid}", owner=owner)
-    yield made
-    cleanup.cleanup(owner=owner)
-    assert not os.path.exists(made.root)
 
 
 def run(*argv: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:

@@ -18,7 +18,8 @@ import textwrap
 import pytest
 
 import capabilities
-from labhelper import cleanup, images, overlay
+from labhelper import images, overlay
+from trees import snapshot
 from labhelper.errors import LabError, Refused
 
 pytestmark = pytest.mark.images
@@ -37,23 +38,6 @@ def _needs_overlay_and_busybox():
 
 
 @pytest.fixture
-def owner(uid, monkeypatch):
-    name = f"imgtest-{uid}"
-    monkeypatch.setenv("LABHELPER_OWNER", name)
-    yield name
-    result = cleanup.cleanup(owner=name)
-    assert result.ok, result.failures
-
-
-@pytest.fixture
-def store(uid, owner):
-    made = images.Store(f"/var/lib/labhelper/test-images-{uid}", owner=owner)
-    yield made
-    cleanup.cleanup(owner=owner)
-    assert not os.path.exists(made.root)
-
-
-@pytest.fixture
 def web(store):
     """busybox, and web:1 (a file added, one deleted) and web:2 (an opaque /etc) on top of it."""
     images.busybox_image(store)
@@ -61,18 +45,6 @@ def web(store):
     images.build(store, "busybox", "web:2", run=["/bin/sh", "-c", "rm -r /etc && mkdir /etc && echo x > /etc/new"],
                  comment="a new /etc")
     return store
-
-
-def snapshot(folder) -> dict:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for name in sorted(dirnames + filenames):
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            content = hashlib.sha256(open(path, "rb").read()).hexdigest() if stat.S_ISREG(st.st_mode) else \
-                (os.readlink(path) if stat.S_ISLNK(st.st_mode) else st.st_rdev)
-            out[os.path.relpath(path, folder)] = (st.st_mode, st.st_uid, content)
-    return out
 
 
 def test_images_built_on_one_base_share_it(web):

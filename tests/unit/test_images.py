@@ -10,11 +10,11 @@ import io
 import json
 import os
 import shutil
-import stat
 import tarfile
 
 import pytest
 
+from trees import snapshot
 from labhelper import images
 from labhelper.errors import LabError, Refused
 
@@ -36,23 +36,6 @@ def lab(tmp_path):
     (sentinel / "sub" / "more.txt").write_text("more")
     os.chmod(sentinel / "precious.txt", 0o640)
     return base, sentinel
-
-
-def snapshot(folder) -> dict:
-    """Every file below ``folder``: type and mode, content (or link target), owner."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(folder):
-        for name in sorted(dirnames + filenames):
-            path = os.path.join(dirpath, name)
-            st = os.lstat(path)
-            if stat.S_ISREG(st.st_mode):
-                content = hashlib.sha256(open(path, "rb").read()).hexdigest()
-            elif stat.S_ISLNK(st.st_mode):
-                content = os.readlink(path)
-            else:
-                content = None
-            out[os.path.relpath(path, folder)] = (st.st_mode, st.st_uid, st.st_gid, content)
-    return out
 
 
 def store_of(base) -> images.Store:
