@@ -173,8 +173,9 @@ def mount(target: str, lowers, upper: str | None = None, work: str | None = None
     if api == "mount(2)":
         data = _option_string(lowers, upper, work, options)       # refuses what does not fit, first
     registry.guard(f"mount an overlay on {target}")
-    for lower in lowers:
-        _check_folder(lower)
+    if api == "mount(2)":
+        for lower in lowers:            # (the new API opens each one anyway: _mount_fsconfig)
+            os.close(_open_lower(lower))
     # The folders this mount makes, to remove again when empty; and the kernel's own scratch
     # folders in work ("work", and "index" where it is on), removed whole after the unmount.
     made = _missing(target, upper, work)
@@ -230,12 +231,36 @@ def _is_mount_point(fd: int) -> bool:
         os.close(parent)
 
 
+_layer_fds: bool | None = None     # does this kernel take a layer as an open folder? (asked once)
+
+
+def _add_lower(fs: int, lower: str) -> None:
+    """Hand one lower folder to the context: opened without following a symlink, then given as
+    that open folder (FSCONFIG_SET_FD, Linux 6.13: nothing is looked up again), or by its path
+    where the kernel takes only paths."""
+    global _layer_fds
+    fd = _open_lower(lower)
+    try:
+        if _layer_fds is not False:
+            try:
+                syscalls.fsconfig(fs, FsconfigCmd.FSCONFIG_SET_FD, "lowerdir+", None, fd)
+                _layer_fds = True
+                return
+            except SyscallError:
+                if _layer_fds:
+                    raise
+                _layer_fds = False      # EINVAL: this overlayfs takes layers by path only
+        syscalls.fsconfig(fs, FsconfigCmd.FSCONFIG_SET_STRING, "lowerdir+", lower)
+    finally:
+        os.close(fd)
+
+
 def _mount_fsconfig(target_fd: int, lowers, upper, work, options) -> None:
     fs = syscalls.fsopen("overlay")
     try:
         syscalls.fsconfig(fs, FsconfigCmd.FSCONFIG_SET_STRING, "source", "overlay")
         for lower in lowers:            # one call per layer: no page limit
-            syscalls.fsconfig(fs, FsconfigCmd.FSCONFIG_SET_STRING, "lowerdir+", lower)
+            _add_lower(fs, lower)
         if upper is not None:
             syscalls.fsconfig(fs, FsconfigCmd.FSCONFIG_SET_STRING, "upperdir", upper)
             syscalls.fsconfig(fs, FsconfigCmd.FSCONFIG_SET_STRING, "workdir", work)
@@ -280,17 +305,17 @@ def _as_list(lowers) -> list:
     return list(lowers)
 
 
-def _check_folder(path: str) -> None:
-    """``path`` (a lab path, checked) is a folder, reached without a symlink: one openat2 call
-    where the kernel has it, else mounts.open_folder's walk, which also says what is wrong."""
+def _open_lower(path: str) -> int:
+    """Open the lower folder ``path`` (a lab path, checked), reached without a symlink: one
+    openat2 call where the kernel has it, else mounts.open_folder's walk, which also says what
+    is wrong. Refused if it does not exist."""
     try:
-        fd = syscalls.openat2(-100, path, marks.DIR_FLAGS, syscalls.RESOLVE_NO_SYMLINKS | syscalls.RESOLVE_NO_MAGICLINKS)
+        return syscalls.openat2(-100, path, marks.DIR_FLAGS, syscalls.RESOLVE_NO_SYMLINKS | syscalls.RESOLVE_NO_MAGICLINKS)
     except SyscallError:
         try:
-            fd = mounts.open_folder(path)
+            return mounts.open_folder(path)
         except FileNotFoundError:
             raise Refused(f"the lower folder {path} does not exist") from None
-    os.close(fd)
 
 
 def _missing(*paths) -> list[str]:

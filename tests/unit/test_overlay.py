@@ -117,3 +117,33 @@ def test_the_stack_diagram_marks_where_each_file_comes_from(monkeypatch):
     assert "<S>/etc/motd</S>" in d.source and "whiteout (0/0)" in d.source
     assert "<S>/d/old</S>" in d.source and "opaque /d" in d.source          # hidden by the opaque folder above
     assert repr(d) == "<diagram: an overlay, layer by layer>"
+
+
+def test_a_layer_goes_as_an_open_folder_where_the_kernel_takes_one_else_by_its_path(monkeypatch):
+    from labhelper.errors import SyscallError
+    from labhelper.flags import FsconfigCmd
+    calls = []
+    opened = []
+
+    def fake_open(path):
+        opened.append(path)
+        return os.open("/", os.O_RDONLY)
+    monkeypatch.setattr(overlay, "_open_lower", fake_open)
+    for takes_fds in (True, False):
+        calls.clear()
+        monkeypatch.setattr(overlay, "_layer_fds", None)
+
+        def fsconfig(fs, cmd, key=None, value=None, aux=0):
+            if cmd == FsconfigCmd.FSCONFIG_SET_FD and not takes_fds:
+                raise SyscallError("fsconfig", {"cmd": "FSCONFIG_SET_FD"}, 22)
+            calls.append((cmd, key, value))
+        monkeypatch.setattr(overlay.syscalls, "fsconfig", fsconfig)
+        overlay._add_lower(99, f"{LAB}/a")
+        overlay._add_lower(99, f"{LAB}/b")
+        kinds = [c[0] for c in calls]
+        if takes_fds:
+            assert kinds == [FsconfigCmd.FSCONFIG_SET_FD] * 2 and overlay._layer_fds is True
+        else:   # asked once, then by path only
+            assert calls == [(FsconfigCmd.FSCONFIG_SET_STRING, "lowerdir+", f"{LAB}/a"),
+                             (FsconfigCmd.FSCONFIG_SET_STRING, "lowerdir+", f"{LAB}/b")] and overlay._layer_fds is False
+    assert opened == [f"{LAB}/a", f"{LAB}/b"] * 2                  # each one opened (checked) every time
