@@ -7,7 +7,7 @@ An OCI image is three kinds of blob (image-spec/manifest.md, config.md)::
 
 A build step is exactly what ``docker build`` does with a RUN line on the overlay storage
 driver: mount an overlay whose lower folders are the base image's unpacked layers (top-most
-first) and whose upper folder is new and empty; run the command chrooted into the merged
+first) and whose upper folder is new and empty; run the command inside the merged
 folder (in a forked child: never in the notebook's own process); unmount; the upper folder now
 holds exactly the step's changes (copied-up files, new files, whiteouts): tar it (OCI
 whiteouts), and that tar is the new layer. The new image's config is the base's, plus one DiffID
@@ -25,9 +25,9 @@ import struct
 import subprocess
 from dataclasses import dataclass, field
 
-from .. import marks, overlay, process, procfs, syscalls
+from .. import marks, mounts, overlay, process, procfs, syscalls
 from ..errors import LabError, Refused, RequirementError
-from ..flags import CloneFlags, MountFlags
+from ..flags import CloneFlags, MountFlags, Prctl, UmountFlags
 from . import layers
 from .store import (CONFIG_MEDIA_TYPE, LAYER_MEDIA_TYPES, MANIFEST_MEDIA_TYPE, Descriptor, Store, check_digest,
                     check_name)
@@ -327,16 +327,69 @@ def busybox_image(store: Store, name: str = "busybox", *, epoch: int | None = No
         store.remove_temp(tmp)
 
 
-def _run_chrooted(merged: str, run, change) -> tuple[int, str]:
-    """In the forked child, in a mount namespace of its own: make every mount private (so
-    nothing the step mounts reaches the host), chroot into the merged folder, run the step."""
+# What a build step may do as root: Docker's default capability set (moby's
+# oci/caps/defaults.go). Everything else (CAP_SYS_ADMIN above all: mount, pivot_root, namespaces;
+# CAP_SYS_MODULE, CAP_SYS_PTRACE, CAP_SYS_RAWIO, CAP_SYS_TIME...) leaves the bounding set
+# before the step's program starts, so not even a setuid binary of the image gets it back.
+STEP_CAPS = {0: "CHOWN", 1: "DAC_OVERRIDE", 3: "FOWNER", 4: "FSETID", 5: "KILL", 6: "SETGID", 7: "SETUID",
+             8: "SETPCAP", 10: "NET_BIND_SERVICE", 13: "NET_RAW", 18: "SYS_CHROOT", 27: "MKNOD",
+             29: "AUDIT_WRITE", 31: "SETFCAP"}
+STEP_NAMESPACES = (CloneFlags.CLONE_NEWNS | CloneFlags.CLONE_NEWPID | CloneFlags.CLONE_NEWIPC |
+                   CloneFlags.CLONE_NEWUTS | CloneFlags.CLONE_NEWNET | CloneFlags.CLONE_NEWCGROUP)
+
+
+STEP_DEVICES = ("null", "zero", "full", "random", "urandom")
+
+
+def _minimal_dev(merged: str) -> None:
+    """Give the step a /dev of its own, as docker build does: a small tmpfs over the image's
+    /dev folder (so nothing written there lands in the layer), with the host's harmless devices
+    bind-mounted in it (a shell opens /dev/null for every `cmd &`). Only where the image has a
+    /dev folder (a symlink there is not followed); in the step's own mount namespace only."""
+    try:
+        fd = os.open(os.path.join(merged, "dev"), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        mounts.mount_on(fd, "/dev of the build step", "tmpfs", "tmpfs",
+                        MountFlags.MS_NOSUID | MountFlags.MS_NOEXEC, "mode=755,size=64k")
+    finally:
+        os.close(fd)
+    dev = os.open(os.path.join(merged, "dev"), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for name in STEP_DEVICES:
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666, dir_fd=dev))
+            target = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dev)
+            try:
+                syscalls.mount(f"/dev/{name}", f"/proc/self/fd/{target}", None, MountFlags.MS_BIND)
+            finally:
+                os.close(target)
+    finally:
+        os.close(dev)
+
+
+def _run_in_image(merged: str, run, change) -> tuple[int, str]:
+    """In the forked child, in namespaces of its own (STEP_NAMESPACES): make every mount
+    private (nothing the step mounts reaches the host), make the merged folder the root with
+    pivot_root and detach the old root (unlike chroot, nothing of the host is left above it to
+    climb back to), keep only Docker's default capabilities, then run the step. Its program is
+    PID 1 of a new PID namespace: when it exits, the kernel kills whatever it left running, so
+    nothing writes into the layer after the step (a daemon started with `&` included). No
+    network: the step's network namespace has only a loopback, down."""
     syscalls.mount(None, "/", None, MountFlags.MS_REC | MountFlags.MS_PRIVATE)
-    devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)     # the image's /dev is empty
-    os.chroot(merged)
+    devnull = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+    _minimal_dev(merged)
+    os.chdir(merged)
+    syscalls.pivot_root(".", ".")       # pivot_root(2)'s own recipe: the old root is stacked on "."...
+    syscalls.umount2(".", UmountFlags.MNT_DETACH)                   # ...and detached from it
     os.chdir("/")
     if change is not None:
-        change()
+        change()                        # the notebook's own Python function: trusted code
         return 0, ""
+    last = int(procfs.read_text("/proc/sys/kernel/cap_last_cap", "40").strip() or 40)
+    for cap in range(last + 1):
+        if cap not in STEP_CAPS:
+            syscalls.prctl(Prctl.PR_CAPBSET_DROP, cap)
     done = subprocess.run(run, capture_output=True, text=True, env={"PATH": PATH, "HOME": "/root"},
                           stdin=devnull)
     return done.returncode, done.stdout + done.stderr
@@ -347,7 +400,7 @@ def build(store: Store, base: str | None, name: str, run=None, change=None, *, c
           epoch: int | None = None, owner: str | None = None, settings: dict | None = None) -> Image:
     """Build ``name`` from the image ``base`` (None: from nothing) with one step: ``run`` (an argv
     list, run with the image's /bin etc.) or ``change`` (a Python function called inside the
-    chroot), and return the new image; ``settings`` change what it runs (ENV, CMD, ENTRYPOINT,
+    image, its own root), and return the new image; ``settings`` change what it runs (ENV, CMD, ENTRYPOINT,
     WORKDIR: SETTINGS). A failed step (non-zero exit) is a LabError with its output, and leaves
     no image, mount or folder behind."""
     check_name(name)
@@ -371,7 +424,7 @@ def build(store: Store, base: str | None, name: str, run=None, change=None, *, c
             for folder in (upper, work):
                 os.mkdir(folder)        # the build's, not the mount's: a step that changes nothing leaves it empty
             with overlay.mount(merged, lowers, upper, work, layer=True, owner=owner):
-                code, output = process.run_in_child(_run_chrooted, merged, run, change, unshare=CloneFlags.CLONE_NEWNS,
+                code, output = process.run_in_child(_run_in_image, merged, run, change, unshare=STEP_NAMESPACES,
                                                     timeout=timeout)
             if code != 0:
                 raise LabError(f"the build step {run!r} exited with {code}; no image was made:\n{output.rstrip()}")

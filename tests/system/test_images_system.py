@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import tarfile
+import time
 import textwrap
 
 import pytest
@@ -216,3 +217,28 @@ def test_a_step_that_changes_nothing_makes_an_empty_layer(store):
     images.busybox_image(store, "busybox", epoch=1)
     img = images.build(store, "busybox", "same", run=["/bin/true"], epoch=1)
     assert len(img.layers) == 2 and images.diff(store, "same") == []
+
+
+def test_a_build_step_is_contained(store):
+    # Its own PID, network, UTS and IPC namespaces, the image as its root (pivot_root, the old
+    # root detached), Docker's capabilities only; and what it leaves running dies with it.
+    images.busybox_image(store, "busybox", epoch=1)
+    script = ("hostname step-host; echo pid=$$ > /report; "
+              "mount -t proc proc /proc 2>> /report || echo mount-refused >> /report; "
+              "(while :; do date >> /late; sleep 0.05; done) & echo started >> /report; echo x > /dev/null; sleep 0.2")
+    img = images.build(store, "busybox", "contained", run=["/bin/sh", "-c", script], epoch=1)
+    upper = overlay.listing(store.layer_dir(img.chain_id))
+    report = open(os.path.join(store.layer_dir(img.chain_id), "report")).read()
+    assert "pid=1" in report and "mount-refused" in report and "started" in report
+    assert os.uname().nodename != "step-host"
+    assert not any(p.startswith("dev") for p in upper)         # /dev is the step's own tmpfs
+    assert "late" in upper                                      # the loop ran while the step did...
+    time.sleep(0.2)
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[:2] == [b"sleep", b"0.05"]:
+                left.append(pid)
+        except OSError:
+            pass
+    assert left == []                                           # ...and died with it: nothing writes later
