@@ -27,6 +27,16 @@ token = secrets.token_hex(24)
 url = f"http://127.0.0.1:{port}/lab/tree/00-start-here.ipynb?token={token}"
 print(f"\n  JupyterLab is starting. Open:\n\n    {url}\n\n  Stop it with Ctrl-C.\n", flush=True)
 jupyter = Path(sys.executable).with_name("jupyter")
+# Trust the course's own chapters (and nothing else in the folder), as this user, in this
+# environment: the server started below reads the same signatures, so the committed diagrams
+# show when a chapter is opened, before any cell runs. A notebook the learner saves is signed
+# by JupyterLab itself.
+from labhelper.teach.chapters import trust  # noqa: E402  (the venv's labhelper)
+
+try:
+    trust(ROOT / "notebooks", jupyter=jupyter)
+except Exception as exc:  # noqa: BLE001 - not fatal: the diagrams then appear once cells run
+    print(f"note: could not trust the course's notebooks ({exc}); their diagrams appear once their cells run")
 args = [str(jupyter), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
         f"--ServerApp.root_dir={ROOT / 'notebooks'}", f"--IdentityProvider.token={token}",
         "--ServerApp.port_retries=0"]

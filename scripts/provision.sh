@@ -314,6 +314,28 @@ else
   echo "provision.sh: $NOTEBOOKS has every chapter (files there are yours: never overwritten)"
 fi
 
+# 4b. Trust: JupyterLab shows a notebook's committed outputs (the diagrams, as SVG) only if the
+#    notebook is signed by this server's user. Sign the course's own chapters, and only them:
+#    the files of $NOTEBOOKS whose bytes are still the course's ($SRC/notebooks), as root with
+#    HOME=/root, the service's user and data folder. A chapter the learner saved from JupyterLab
+#    is signed by JupyterLab; one changed elsewhere, or any other file, is left as it is.
+if [ -x "$VENV/bin/jupyter" ]; then
+  originals=()
+  while IFS= read -r -d '' rel; do
+    rel=${rel#./}
+    if [ -f "$NOTEBOOKS/$rel" ] && [ ! -L "$NOTEBOOKS/$rel" ] && cmp -s "$SRC/notebooks/$rel" "$NOTEBOOKS/$rel"; then
+      originals+=("$NOTEBOOKS/$rel")
+    fi
+  done < <(cd "$SRC/notebooks" && find . -maxdepth 1 -type f -name '[0-9][0-9]-*.ipynb' -print0 | LC_ALL=C sort -z)
+  if [ "${#originals[@]}" -gt 0 ]; then
+    if env -u JUPYTER_DATA_DIR -u XDG_DATA_HOME HOME="$ROOT/root" "$VENV/bin/jupyter" trust "${originals[@]}" >/dev/null; then
+      echo "provision.sh: the course's ${#originals[@]} unchanged chapters are trusted (their diagrams show before anything runs)"
+    else
+      echo "provision.sh: could not trust the chapters: their diagrams appear once their cells run" >&2
+    fi
+  fi
+fi
+
 # 5. The unit. Its paths are fixed (all on the VM's disk); only the listening address varies,
 #    and it was checked above to be an IPv4 address, so the text replacement is safe.
 mkdir -p "$(dirname "$UNIT_FILE")"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .. import host
+from ..teach.chapters import mention
 from . import Exercise, right, wrong
 
 
@@ -14,7 +15,7 @@ def _check_cgroup_mode(answer) -> object:
         return wrong("the cgroup mode is one of 'v1', 'v2', 'hybrid' or 'none'.")
     if answer != actual:
         return wrong("that is not what this machine's mountinfo says. Look at the 'cgroups' row of the report.")
-    return right(f"this machine runs cgroups in {actual} mode; chapter 05 shows what that changes.")
+    return right(f"this machine runs cgroups in {actual} mode; {mention('05')} shows what that changes.")
 
 
 q1 = Exercise(
@@ -34,7 +35,7 @@ def _check_kvm_flavour(answer) -> object:
         return wrong("the flavour is one of 'kvm_intel', 'kvm_amd', 'kvm_pvm' or 'none'.")
     if answer != actual:
         return wrong("that module is not the one loaded here: look at the folders under /sys/module.")
-    return right(f"{actual}: chapter 02 runs its virtual machine through it.")
+    return right(f"{actual}: {mention('02')} runs its virtual machine through it.")
 
 
 q2 = Exercise(

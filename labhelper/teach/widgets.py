@@ -27,9 +27,9 @@ import tempfile
 from .. import procfs
 from .. import trace as _trace
 from . import plots
-from .chapters import CHAPTERS
+from .chapters import CHAPTERS, exists
 
-__all__ = ["Playground", "SyscallExplorer", "explorer_commands", "chapter_explorer", "NamespaceExplorer", "look",
+__all__ = ["Playground", "SyscallExplorer", "shown_table", "chapter_line", "explorer_commands", "chapter_explorer", "NamespaceExplorer", "look",
            "Seen", "MemoryPlayground", "Outcome", "grow"]
 
 
@@ -135,7 +135,7 @@ class SyscallExplorer(Playground):
             if not len(summary):
                 print(f"no {cat} system calls")
                 return
-            display(HTML(summary.top(self.top)._repr_html_()))
+            display(HTML(shown_table(summary, self.top)))
             display(plots.syscalls(summary, top=self.top, title=f"{self._dropdown.value}: "
                                                      f"{summary.calls} {cat or ''} system calls".replace("  ", " ")))
 
@@ -143,14 +143,44 @@ class SyscallExplorer(Playground):
         return f"SyscallExplorer({len(self.commands)} commands)"
 
 
+def shown_table(summary: _trace.Summary, top: int) -> str:
+    """The explorer's table as HTML: the ``top`` rows with the most calls, and a last row that
+    says it totals those rows only ("total of the 12 shown"), not every call the command made
+    (the chart's title has that number)."""
+    shown = summary.top(top)
+    table = shown._repr_html_()
+    label = (f"total of the {len(shown)} shown" if len(shown) < len(summary)
+             else f"total of all {len(shown)}")
+    table = table.replace("<tr><th>total</th>", f"<tr><th>{label}</th>", 1)
+    note = (f"<p>The {len(shown)} system calls made most often, of {len(summary)} different ones; "
+            f"{summary.calls} calls in all.</p>" if len(shown) < len(summary) else "")
+    return note + table
+
+
 def _html(text: str) -> str:
     return html.escape(text)
 
 
-def chapter_explorer(report=None):
-    """A slider over the chapters: what each teaches, and whether this machine can run it.
+def chapter_line(c, missing: set[str], folder=None) -> str:
+    """What the chapter explorer says of chapter ``c`` (HTML): what it teaches and whether this
+    machine runs it (``missing``: the doctor's failed checks); or, while its notebook does not
+    exist (``chapters.exists``), that it is coming."""
+    head = (f"<b>{c.number} {html.escape(c.slug)}</b> ({html.escape(c.part)}): "
+            f"{html.escape(c.what)}.<br>")
+    if not exists(c.number, folder):
+        return head + "Coming: this chapter is not written yet."
+    lacking = [n for n in c.needs if n in missing]
+    state = ("runs in full" if not lacking else
+             "explains and skips its live cells (missing: " + ", ".join(lacking) + ")")
+    return head + f"On this machine it {html.escape(state)}."
 
-    ``report`` is a :func:`labhelper.teach.lab.doctor` report (made here if not given).
+
+def chapter_explorer(report=None, folder=None):
+    """A slider over the chapters: what each teaches, and whether this machine can run it
+    (a chapter not written yet says it is coming).
+
+    ``report`` is a :func:`labhelper.teach.lab.doctor` report (made here if not given);
+    ``folder`` the notebooks folder (default: the course's, ``chapters.notebooks_folder``).
     """
     import ipywidgets as widgets  # heavy: only when the widget is shown
 
@@ -162,12 +192,7 @@ def chapter_explorer(report=None):
     label = widgets.HTML()
 
     def show(change=None):
-        c = CHAPTERS[slider.value]
-        lacking = [n for n in c.needs if n in missing]
-        state = ("runs in full" if not lacking else
-                 "explains and skips its live cells (missing: " + ", ".join(lacking) + ")")
-        label.value = (f"<b>{c.number} {html.escape(c.slug)}</b> ({html.escape(c.part)}): "
-                       f"{html.escape(c.what)}.<br>On this machine it {html.escape(state)}.")
+        label.value = chapter_line(CHAPTERS[slider.value], missing, folder)
 
     slider.observe(show, names="value")
     show()

@@ -140,6 +140,14 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
         PYTHONUNBUFFERED="1",
     )
     env.setdefault("LABHELPER_DISPOSABLE", "1")  # `make test` sets it; the notebooks need it
+    # The course's chapters trusted as a learner's setup trusts them (scripts/lab.py and
+    # provision.sh: `jupyter trust` on the course's own, unchanged files, in the server's
+    # environment), so that a chapter opened fresh shows its committed diagrams. Only those:
+    # the test's own notebooks (lab-smoke.ipynb) stay untrusted, as a learner's own would.
+    from labhelper.teach.chapters import trust
+
+    trusted = trust(root, originals=NOTEBOOKS, jupyter=jupyter, env=env)
+    assert trusted, "no course notebook was trusted"
     log_path = private / "jupyterlab.log"
     command = [
         str(jupyter), "lab",
@@ -220,7 +228,8 @@ def browser(lab: Lab):
 def app(browser, lab: Lab):
     """One JupyterLab page for the whole session: loading the app takes seconds on 2 cores,
     so each test opens its notebook in it (File > Open from Path...) instead of reloading."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    # 1366x768: the laptop screen the course is written for (issue 18: diagrams must fit there).
+    context = browser.new_context(viewport={"width": 1366, "height": 768})
     page = context.new_page()
     page.set_default_timeout(30_000)
     # A workspace of our own, reset: no tabs restored from an earlier session.

@@ -6,6 +6,12 @@ no error output (except in cells tagged `raises-exception`, whose error is the l
 widget rendered, every graphviz diagram drawn. A slider is moved and the kernel is asked for
 its value, so the widget round trip (browser -> comm -> kernel) is proven, not assumed.
 
+Before anything runs, a chapter opened fresh must show its committed diagrams as pictures
+(the course's notebooks are trusted, as a learner's setup trusts them), not their text
+fallback `<diagram: ...>`. Fresh and after the run, no output may be wider than its cell (a
+learner at 1366x768 would scroll sideways), and every markdown table's rows must have the
+header's number of columns.
+
 A small notebook made here (`lab-smoke.ipynb`: a slider, a diagram, an expected error and a
 planted one) runs first: it proves that these checks work, and that they can fail.
 """
@@ -21,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from markdown_tables import notebook_table_problems
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 RUN_TIMEOUT = 150.0  # seconds for one notebook's Run All; chapters are small by design
@@ -201,22 +208,115 @@ def widget_problems(page, notebook: dict) -> list[str]:
 
 
 def graphviz_outputs(notebook: dict) -> int:
-    return sum(
-        1 for cell in notebook["cells"] for output in cell.get("outputs", [])
-        if "graphviz" in "".join(output.get("data", {}).get("image/svg+xml", ""))
+    """Outputs holding a graphviz SVG: as image/svg+xml (graphviz's own objects), or as an HTML
+    <img> of one (labhelper's Diagram)."""
+    def graphviz(data: dict) -> bool:
+        svg = "".join(data.get("image/svg+xml", ""))
+        html = "".join(data.get("text/html", ""))
+        return "graphviz" in svg or ("data:image/svg+xml" in html and "graphviz" in html)
+
+    return sum(1 for cell in notebook["cells"] for output in cell.get("outputs", [])
+               if graphviz(output.get("data", {})))
+
+
+def width_problems(page) -> list[str]:
+    """Outputs wider than their cell: the learner would scroll sideways, and parts are cut off.
+
+    For every output of the open notebook: its content overflows it (scrollWidth > clientWidth),
+    or a picture in it (img, svg) reaches past the right edge of its cell.
+    """
+    found = page.evaluate(
+        """() => {
+             const out = [];
+             const cells = document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook .jp-Cell');
+             cells.forEach((cell, index) => {
+               const edge = cell.getBoundingClientRect().right;
+               cell.querySelectorAll('.jp-OutputArea-output').forEach(o => {
+                 if (o.scrollWidth > o.clientWidth + 1)
+                   out.push(`cell ${index}: an output ${o.scrollWidth} px wide in ${o.clientWidth} px`);
+                 o.querySelectorAll('img, svg').forEach(p => {
+                   if (p.closest('svg') !== p && p.tagName.toLowerCase() === 'svg') return;  // nested svg
+                   const r = p.getBoundingClientRect();
+                   if (r.width > 0 && r.right > edge + 1)
+                     out.push(`cell ${index}: a ${p.tagName.toLowerCase()} ${Math.round(r.width)} px wide ` +
+                              `reaches ${Math.round(r.right - edge)} px past its cell`);
+                 });
+               });
+             });
+             return out;
+           }"""
     )
+    return found
+
+
+def text_fallbacks(page) -> list[str]:
+    """Outputs that show a diagram's text fallback (`<diagram: ...>`) instead of the picture."""
+    return page.evaluate(
+        """() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output')]
+                 .map(o => o.innerText).filter(t => /<diagram: /.test(t))"""
+    )
+
+
+def rendered_table_problems(page) -> list[str]:
+    """Rendered markdown tables with a row whose number of cells differs from the header's."""
+    return page.evaluate(
+        """() => {
+             const out = [];
+             document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-RenderedMarkdown table')
+               .forEach(t => {
+                 const rows = [...t.querySelectorAll('tr')];
+                 if (!rows.length) return;
+                 const width = rows[0].children.length;
+                 rows.forEach((r, i) => {
+                   if (r.children.length !== width)
+                     out.push(`table "${rows[0].innerText.slice(0, 60)}": row ${i} has ${r.children.length} cells, the header ${width}`);
+                 });
+               });
+             return out;
+           }"""
+    )
+
+
+def trusted(lab, name: str) -> bool:
+    """Whether the server trusts the notebook: it marks every code cell of the model it sends
+    the page (metadata.trusted), and the page then shows the committed outputs as they are."""
+    cells = lab.api("GET", f"/api/contents/{urllib.parse.quote(name)}?content=1")["content"]["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    return bool(code) and all(c.get("metadata", {}).get("trusted") for c in code)
+
+
+def check_fresh(page, lab, name: str, committed: dict, shots: Path) -> None:
+    """A chapter just opened, nothing run: it is trusted (the course's own notebooks are, as in
+    a learner's setup), its committed diagrams are drawn, nothing overflows."""
+    assert trusted(lab, name), f"{name} is not trusted: its committed outputs will not all show (chapters.trust)"
+    expected = graphviz_outputs(committed)
+    if expected:
+        # Images decode asynchronously: give them a moment.
+        deadline = time.monotonic() + 10
+        while drawn_diagrams(page) < expected and time.monotonic() < deadline:
+            time.sleep(0.2)
+    page.screenshot(path=str(shots / "opened.png"))
+    drawn = drawn_diagrams(page)
+    fallbacks = text_fallbacks(page)
+    assert drawn >= expected and not fallbacks, (
+        f"{name} opened fresh: {expected} diagrams committed, {drawn} drawn; shown as text instead: "
+        f"{fallbacks[:3]} (is the notebook trusted? see chapters.trust)")
+    assert width_problems(page) == [], f"{name} opened fresh: outputs wider than their cells"
 
 
 def drawn_diagrams(page) -> int:
     """Graphviz SVGs that the browser decoded into a real picture (naturalWidth > 0)."""
     images = page.evaluate(
         """() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-RenderedSVG img, ' +
-                                               '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-RenderedSVG svg')]
+                                               '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-RenderedSVG svg, ' +
+                                               '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-RenderedHTML img')]
                .map(e => e.tagName === 'IMG' ? [e.getAttribute('src'), e.naturalWidth]
                                              : [e.outerHTML, e.getBoundingClientRect().width])"""
     )
     count = 0
     for source, width in images:
+        if source is None:
+            continue  # an <img> whose source the sanitizer removed: not drawn
         if source.startswith("data:image/svg+xml;base64,"):
             source = base64.b64decode(source.split(",", 1)[1]).decode("utf-8", "replace")
         else:
@@ -299,10 +399,14 @@ def check_button_round_trip(page, lab, name: str, shots: Path) -> None:
     assert row and row[0].split("\t")[-1].strip() == "lo", text
 
 
-def exercise(page, lab, name: str, shots: Path) -> tuple[dict, list[Problem]]:
-    """Open, run all, screenshot, save; return the run notebook and the errors seen."""
+def exercise(page, lab, name: str, shots: Path, on_open=None) -> tuple[dict, list[Problem]]:
+    """Open, run all, screenshot, save; return the run notebook and the errors seen.
+    ``on_open(page)`` checks the notebook as opened, before anything runs."""
     open_notebook(page, lab, name)
-    page.screenshot(path=str(shots / "opened.png"))
+    if on_open is not None:
+        on_open(page)
+    else:
+        page.screenshot(path=str(shots / "opened.png"))
     run_all(page, lab, name)
     page.screenshot(path=str(shots / "ran.png"), full_page=True)
     notebook = save(page, lab, name)
@@ -343,8 +447,18 @@ def make_smoke_notebook(path: Path) -> None:
 def test_the_checks_see_widgets_diagrams_and_errors(lab, page, screenshots: Path):
     name = "lab-smoke.ipynb"
     make_smoke_notebook(lab.root / name)
+    fresh = {}
+
+    def opened(page):
+        # The smoke notebook is not the course's: it is not trusted, and so shows no diagram yet.
+        fresh["drawn"] = drawn_diagrams(page)
+        fresh["trusted"] = trusted(lab, name)
+        page.screenshot(path=str(screenshots / "opened.png"))
+
     try:
-        notebook, problems = exercise(page, lab, name, screenshots)
+        notebook, problems = exercise(page, lab, name, screenshots, on_open=opened)
+        # Only the course's own notebooks are trusted: not this one, as not a learner's own.
+        assert fresh == {"drawn": 0, "trusted": False}, fresh
         # Exactly the planted error, seen on the page and in the outputs; not the tagged
         # error (the lesson), not the warning on stderr.
         assert {p.cell for p in problems} == {5}, [str(p) for p in problems]
@@ -352,6 +466,15 @@ def test_the_checks_see_widgets_diagrams_and_errors(lab, page, screenshots: Path
         assert widget_problems(page, notebook) == []
         assert graphviz_outputs(notebook) == 1
         assert drawn_diagrams(page) == 1
+        assert width_problems(page) == []
+        # The width check can fail: a picture twice as wide as the page.
+        page.evaluate("""() => { const i = document.querySelector(
+                           '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-RenderedSVG img');
+                         i.style.maxWidth = 'none'; i.style.width = (2 * window.innerWidth) + 'px'; }""")
+        assert width_problems(page), "a picture wider than its cell was not seen"
+        page.evaluate("""() => { const i = document.querySelector(
+                           '.jp-NotebookPanel:not(.lm-mod-hidden) .jp-RenderedSVG img');
+                         i.style.width = ''; i.style.maxWidth = ''; }""")
         check_slider_round_trip(page, lab, name, screenshots)
     finally:
         shut_kernel(lab, name)
@@ -364,9 +487,13 @@ def test_the_checks_see_widgets_diagrams_and_errors(lab, page, screenshots: Path
 def test_chapter_runs_clean_in_the_browser(name: str, lab, page, screenshots: Path):
     committed = json.loads((NOTEBOOKS / name).read_text())
     try:
-        notebook, problems = exercise(page, lab, name, screenshots)
+        assert notebook_table_problems(committed) == [], f"{name}: markdown tables with broken rows"
+        notebook, problems = exercise(page, lab, name, screenshots,
+                                      on_open=lambda p: check_fresh(p, lab, name, committed, screenshots))
         assert not problems, f"{name}: errors shown to the learner:\n" + "\n".join(map(str, problems))
         assert widget_problems(page, notebook) == [], name
+        assert width_problems(page) == [], f"{name}: outputs wider than their cells after the run"
+        assert rendered_table_problems(page) == [], name
         expected = graphviz_outputs(committed)
         drawn = drawn_diagrams(page)
         assert drawn >= expected, (
