@@ -424,46 +424,58 @@ def origins(layers) -> dict[str, tuple[int, str]]:
     """Where each name of an overlay of ``layers`` (top-most first: upper, then the lower
     folders) comes from, worked out the way overlayfs looks a name up: the first layer, from the
     top, that has it wins; a whiteout there hides it; a folder marked opaque hides what the
-    layers below have inside it. ``{path: (index of the layer, kind there)}``; a hidden name
-    has kind "whiteout". Folders are left out: they merge."""
+    layers below have inside it, and a file (or a whiteout) hides everything below its name.
+    ``{path: (index of the layer, kind there)}``; a hidden name has kind "whiteout". Folders
+    are left out: they merge."""
     views = [listing(layer) for layer in _as_list(layers)]
     found: dict[str, tuple[int, str]] = {}
     for path in sorted({p for v in views for p in v}):
-        for i, view in enumerate(views):
-            # An opaque folder above, on the way to this path, ends the lookup at its layer.
-            parents = [path[:k] for k in range(len(path)) if path[k] == "/"]
-            kind = view.get(path)
-            if kind is not None:
-                if kind not in ("dir", "opaque"):
-                    found[path] = (i, kind)
-                break
-            if any(view.get(parent) == "opaque" for parent in parents) or \
-                    any(view.get(parent) == "whiteout" for parent in parents):
-                break
+        where = _lookup(views, path)
+        if where is not None and where[1] not in ("dir", "opaque"):
+            found[path] = where
     return found
+
+
+def _lookup(views: list[dict[str, str]], path: str) -> tuple[int, str] | None:
+    """Which layer (index, kind) answers for ``path`` in a stack of listings, top first, or None
+    when no layer shows it (absent, or hidden by a folder above it that ends the lookup)."""
+    parents = [path[:k] for k in range(len(path)) if path[k] == "/"]
+    for i, view in enumerate(views):
+        above = [view.get(parent) for parent in parents]
+        if any(kind not in (None, "dir", "opaque") for kind in above):
+            return None                 # a file, symlink or whiteout in this layer covers the folder
+        kind = view.get(path)
+        if kind is not None:
+            return i, kind
+        if "opaque" in above:
+            return None                 # an opaque folder: the layers below do not count here
+    return None
 
 
 # --- docker diff -----------------------------------------------------------------------------------
 
 def changes(upper: str, lowers) -> list[Change]:
     """What an upper folder changed over its lower folders, like ``docker diff``: A for a name
-    no lower folder has, C for one it has (a folder appears as C when something inside it
+    the lower folders do not show, C for one they show (a folder appears as C when something inside it
     changed: copy-up made it in upper), D for a whiteout. An opaque folder is C, and what the
     lower folders had in it is not listed one by one (Docker does the same).
 
     Walked by file descriptor, never following a symlink; read-only."""
-    lowers = [marks.lab_path(p, "compare with") for p in _as_list(lowers)]
+    views = [listing(marks.lab_path(p, "compare with")) for p in _as_list(lowers)]
     top = marks.open_lab_dir(marks.lab_path(upper, "read as an upper folder"))
     out: list[Change] = []
     try:
-        _walk_changes(top, "", lowers, out)
+        _walk_changes(top, "", views, out)
     finally:
         os.close(top)
     return sorted(out)
 
 
-def _in_lowers(lowers, rel: str) -> bool:
-    return any(os.path.lexists(os.path.join(low, rel)) for low in lowers)
+def _in_lowers(views, rel: str) -> bool:
+    """Does the stack of lower folders show ``rel`` (looked up as overlayfs does, by listings
+    walked without following a symlink)?"""
+    where = _lookup(views, rel)
+    return where is not None and where[1] != "whiteout"
 
 
 def _walk_changes(dfd: int, rel: str, lowers, out: list[Change]) -> None:

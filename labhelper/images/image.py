@@ -29,8 +29,8 @@ from .. import marks, mounts, overlay, process, procfs, syscalls
 from ..errors import LabError, Refused, RequirementError
 from ..flags import CloneFlags, MountFlags, Prctl, UmountFlags
 from . import layers
-from .store import (CONFIG_MEDIA_TYPE, LAYER_MEDIA_TYPES, MANIFEST_MEDIA_TYPE, Descriptor, Store, check_digest,
-                    check_name)
+from .store import (CONFIG_MEDIA_TYPE, LAYER_MEDIA_TYPES, MANIFEST_MEDIA_TYPE, MAX_JSON, Descriptor, Store,
+                    check_digest, check_name)
 
 __all__ = ["Layer", "History", "Image", "image", "images", "architecture", "build", "import_tree", "busybox_rootfs",
            "busybox_image", "unpack", "commit", "ensure_layers", "rmi", "Removed", "gc", "SETTINGS"]
@@ -135,6 +135,9 @@ def parse(name: str, manifest: Descriptor, m: dict, config: dict) -> Image:
                 raise Refused(f"manifest {manifest.digest}: layer media type {entry['mediaType']!r}; this lab takes "
                               f"{' and '.join(LAYER_MEDIA_TYPES)}")
             blobs.append(Descriptor(entry["mediaType"], check_digest(entry["digest"]), int(entry["size"])))
+        if len(blobs) > overlay.MAX_LAYERS:
+            raise Refused(f"manifest {manifest.digest} has {len(blobs)} layers; overlayfs stacks at most "
+                          f"{overlay.MAX_LAYERS}, so such an image could never run here")
         if len(blobs) != len(diff_ids):
             raise Refused(f"manifest {manifest.digest} has {len(blobs)} layers but its config lists {len(diff_ids)} "
                           "DiffIDs")
@@ -163,9 +166,13 @@ def _now(epoch: int | None) -> str:
 def ensure_layers(store: Store, img: Image) -> None:
     """Unpack every layer of ``img`` that the store has not unpacked yet, in overlay form, into
     layers/<chainid>: first into tmp/, renamed into place when whole (R3)."""
-    for layer in img.layers:
-        if store.has_layer(layer.chain_id):
-            continue
+    with store.working():               # gc waits: a half-unpacked layer in tmp/ is work in progress
+        for layer in img.layers:
+            _ensure_layer(store, img, layer)
+
+
+def _ensure_layer(store: Store, img: Image, layer: Layer) -> None:
+    if not store.has_layer(layer.chain_id):
         tmp = store.new_temp()
         try:
             with store.open_blob(layer.blob.digest) as fh:
@@ -318,13 +325,14 @@ def busybox_rootfs(folder: str, within: tuple[str, ...] | None = None) -> list[s
 def busybox_image(store: Store, name: str = "busybox", *, epoch: int | None = None) -> Image:
     """A one-layer base image made from busybox-static (:func:`busybox_rootfs`)."""
     check_name(name)
-    tmp = store.new_temp()
-    try:
-        busybox_rootfs(os.path.join(tmp, "rootfs"), within=store.within)
-        return import_tree(store, os.path.join(tmp, "rootfs"), name, created_by="busybox-static root filesystem",
-                           epoch=epoch)
-    finally:
-        store.remove_temp(tmp)
+    with store.working():               # gc waits: the tree in tmp/ is work in progress
+        tmp = store.new_temp()
+        try:
+            busybox_rootfs(os.path.join(tmp, "rootfs"), within=store.within)
+            return import_tree(store, os.path.join(tmp, "rootfs"), name,
+                               created_by="busybox-static root filesystem", epoch=epoch)
+        finally:
+            store.remove_temp(tmp)
 
 
 # What a build step may do as root: Docker's default capability set (moby's
@@ -472,10 +480,28 @@ def _referenced(store: Store) -> tuple[set[str], set[str]]:
     blobs: set[str] = set()
     chains: set[str] = set()
     for name, desc in store.refs().items():
-        img = load(store, name, desc)
-        blobs |= {desc.digest, img.config.digest} | {layer.blob.digest for layer in img.layers}
+        blobs.add(desc.digest)
+        try:
+            img = load(store, name, desc)
+        except LabError:
+            # A damaged image (a blob that fails its check): keep whatever its manifest still
+            # names, rather than stop every gc; `rmi` of that name frees it.
+            blobs |= _named_by_damaged(store, desc)
+            continue
+        blobs.add(img.config.digest)
+        blobs |= {layer.blob.digest for layer in img.layers}
         chains |= {layer.chain_id for layer in img.layers}
     return blobs, chains
+
+
+def _named_by_damaged(store: Store, manifest: Descriptor) -> set[str]:
+    """The digests a manifest names, read without verifying it (best effort, for gc to keep)."""
+    try:
+        with open(store.blob_path(manifest.digest), "rb") as fh:
+            m = json.loads(fh.read(MAX_JSON))
+        return {str(m["config"]["digest"])} | {str(entry["digest"]) for entry in m["layers"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
 
 
 def _in_use_by_mounts(store: Store) -> set[str]:
@@ -527,9 +553,15 @@ def gc(store: Store, *, only: tuple[str, ...] | None = None) -> Removed:
 def rmi(store: Store, name: str) -> Removed:
     """Remove the image name ``name``, then the blobs and layer folders only it used: a layer
     another image uses stays (``docker rmi``: "Untagged", then "Deleted" for what is free)."""
-    img = image(store, name)
+    refs = store.refs()
+    if check_name(name) not in refs:
+        raise Refused(f"no image named {name!r} in {store.root}; there are: {', '.join(sorted(refs)) or 'none'}")
+    try:
+        img = image(store, name)
+        mine = tuple({img.manifest.digest, img.config.digest} | {layer.blob.digest for layer in img.layers}
+                     | {layer.chain_id for layer in img.layers})
+    except LabError:
+        img, mine = None, None          # damaged: untag it; what it named goes with the next full gc
     store.remove_ref(name)
-    mine = tuple({img.manifest.digest, img.config.digest} | {layer.blob.digest for layer in img.layers}
-                 | {layer.chain_id for layer in img.layers})
-    freed = gc(store, only=mine)
+    freed = gc(store, only=mine) if mine is not None else gc(store)
     return Removed((name,), freed.blobs, freed.layers)

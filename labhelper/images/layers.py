@@ -56,7 +56,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 
-from .. import marks, overlay, procfs
+from .. import marks, overlay, procfs, syscalls
 from ..errors import LabError, Refused
 from .store import BlobWriter, Descriptor, LAYER_GZIP_MEDIA_TYPE, LAYER_MEDIA_TYPE, check_digest
 
@@ -92,10 +92,25 @@ def chain_id(diff_ids) -> str:
     return ids[-1]
 
 
-def diff_id_of(fileobj) -> str:
-    """The DiffID of a layer: sha256 of its uncompressed tar (gzip is undone first)."""
-    with uncompressed(fileobj) as (_, digest):
-        return digest
+def diff_id_of(fileobj, limit: int | None = None) -> str:
+    """The DiffID of a layer: sha256 of its uncompressed tar (gzip is undone on the way, nothing
+    is kept; more than ``limit`` bytes, MAX_LAYER_BYTES by default, is Refused)."""
+    limit = MAX_LAYER_BYTES if limit is None else limit
+    fileobj.seek(0)
+    gzipped = fileobj.read(2) == b"\x1f\x8b"
+    fileobj.seek(0)
+    h = hashlib.sha256()
+    total = 0
+    try:
+        source = gzip.GzipFile(fileobj=fileobj, mode="rb") if gzipped else fileobj
+        while chunk := source.read(_CHUNK):
+            total += len(chunk)
+            if total > limit:
+                raise Refused(f"the layer inflates to more than {limit >> 20} MiB: refused (a gzip bomb?)")
+            h.update(chunk)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise Refused(f"the layer is not a whole gzip stream: {exc}") from None
+    return "sha256:" + h.hexdigest()
 
 
 # --- writing a layer from an upper folder ----------------------------------------------------------
@@ -153,7 +168,7 @@ def write_layer(source: str, out: BlobWriter, *, compress: bool = False, epoch: 
             sink = out
         tar = tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8",
                            errors="surrogateescape")
-        writer = _Writer(tar, epoch)
+        writer = _Writer(tar, epoch, procfs.mount_id(top))
         writer.walk(top, "")
         tar.close()
         if gz is not None:
@@ -166,9 +181,10 @@ def write_layer(source: str, out: BlobWriter, *, compress: bool = False, epoch: 
 
 
 class _Writer:
-    def __init__(self, tar: tarfile.TarFile, epoch: int | None):
+    def __init__(self, tar: tarfile.TarFile, epoch: int | None, mount: int | None = None):
         self.tar = tar
         self.epoch = epoch
+        self.mount = mount          # the source's mount: a folder on another one is not the layer's (R19)
         self.links: dict[tuple[int, int], str] = {}
         self.entries = 0
 
@@ -201,6 +217,9 @@ class _Writer:
             elif stat.S_ISDIR(mode):
                 sub = os.open(name, marks.DIR_FLAGS, dir_fd=dfd)
                 try:
+                    if self.mount is not None and procfs.mount_id(sub) != self.mount:
+                        raise Refused(f"{path} is another mount (a bind mount of a host folder?): a layer is "
+                                      "made of one folder's own files, never of what is mounted inside it")
                     info = self._info(path, st, tarfile.DIRTYPE)
                     info.pax_headers = self._xattrs(sub)
                     self._add(info)
@@ -258,11 +277,16 @@ class _Writer:
 
 # --- reading a layer -------------------------------------------------------------------------------
 
+MAX_LAYER_BYTES = 8 << 30      # the most an uncompressed layer may hold: gzip and sparse "bombs" stop here
+
+
 @contextlib.contextmanager
-def uncompressed(fileobj):
+def uncompressed(fileobj, tmp_dir: str | None = None, limit: int | None = None):
     """``(file, diff_id)``: the uncompressed tar as a seekable file at offset 0, and its sha256.
-    A gzip stream (magic 1f 8b) is undone into a temporary file first; a truncated or corrupt
-    one is Refused."""
+    A gzip stream (magic 1f 8b) is undone into a temporary file first (in ``tmp_dir``: the
+    store's own folder, not /tmp, which is often memory), at most ``limit`` bytes of it; a
+    truncated or corrupt one is Refused."""
+    limit = MAX_LAYER_BYTES if limit is None else limit
     fileobj.seek(0)
     magic = fileobj.read(2)
     fileobj.seek(0)
@@ -273,10 +297,14 @@ def uncompressed(fileobj):
         fileobj.seek(0)
         yield fileobj, "sha256:" + h.hexdigest()
         return
-    with tempfile.TemporaryFile() as tmp:
+    with tempfile.TemporaryFile(dir=tmp_dir) as tmp:
         try:
             with gzip.GzipFile(fileobj=fileobj, mode="rb") as gz:
+                total = 0
                 while chunk := gz.read(_CHUNK):
+                    total += len(chunk)
+                    if total > limit:
+                        raise Refused(f"the layer inflates to more than {limit >> 20} MiB: refused (a gzip bomb?)")
                     h.update(chunk)
                     tmp.write(chunk)
         except (EOFError, OSError, zlib.error) as exc:
@@ -315,7 +343,7 @@ def extract(fileobj, dest: str, *, form: str = "overlay", diff_id: str | None = 
     if form not in ("overlay", "apply"):
         raise Refused(f"form {form!r}: 'overlay' (an overlay lower folder) or 'apply' (onto a tree)")
     dest = marks.lab_path(dest, "unpack a layer into", within=within)
-    with uncompressed(fileobj) as (tarfh, computed):
+    with uncompressed(fileobj, tmp_dir=os.path.dirname(dest)) as (tarfh, computed):
         if diff_id is not None and computed != diff_id:
             raise Refused(f"{label}: its uncompressed tar has sha256 {computed}, but the image says its DiffID is "
                           f"{diff_id}: the layer is not the one the image was made with")
@@ -358,6 +386,7 @@ class _Extractor:
         self.dirs: list[tuple[tuple[str, ...], tarfile.TarInfo]] = []
         self.counts = dict.fromkeys(("file", "dir", "symlink", "hardlink", "whiteout", "opaque"), 0)
         self.as_root = os.geteuid() == 0
+        self.total = 0                  # bytes of file content so far
 
     def refuse(self, member: str, why: str) -> Refused:
         return Refused(f"{self.label}: member {marks.printable(member)!r} {why}; nothing of it was written "
@@ -366,14 +395,16 @@ class _Extractor:
     def run(self, fh) -> None:
         try:
             tar = tarfile.open(fileobj=fh, mode="r:", encoding="utf-8", errors="surrogateescape")
-        except (tarfile.TarError, EOFError) as exc:
+        except (tarfile.TarError, EOFError, ValueError, OverflowError) as exc:
             raise Refused(f"{self.label} is not a tar archive: {exc}") from None
         name = "(the first header)"
         try:
             while True:
                 try:
                     m = tar.next()
-                except (tarfile.TarError, EOFError) as exc:
+                except (tarfile.TarError, EOFError, ValueError, OverflowError) as exc:
+                    # (a PAX record tarfile cannot make sense of, such as a sparse map that is
+                    # not there, ends in ValueError deep inside tarfile)
                     raise Refused(f"{self.label}: a damaged header after member {marks.printable(name)!r}: "
                                   f"{exc}") from None
                 if m is None:
@@ -457,6 +488,16 @@ class _Extractor:
             raise self.refuse(m.name, "is a FIFO: this lab's layers hold none")
         if not (m.isreg() or m.isdir() or m.issym() or m.islnk()):
             raise self.refuse(m.name, f"has tar type {m.type!r}, which a layer may not have")
+        if m.issparse():
+            raise self.refuse(m.name, "is a sparse file: its holes would be written out in full (a layer of a "
+                                      "few kB could fill the disk); this lab's layers hold none")
+        if not (0 <= m.uid < 2**32 and 0 <= m.gid < 2**32):
+            raise self.refuse(m.name, f"has owner {m.uid}:{m.gid}, outside what the kernel can store")
+        if not (isinstance(m.mtime, (int, float)) and m.mtime == m.mtime and -2**62 < m.mtime < 2**62 // 10**9):
+            raise self.refuse(m.name, f"has the time {m.mtime!r}, which is no time a file can have")
+        self.total += max(m.size, 0)
+        if self.total > MAX_LAYER_BYTES:
+            raise self.refuse(m.name, f"brings the layer past {MAX_LAYER_BYTES >> 20} MiB: refused")
         base = parts[-1]
         if base.startswith(WHITEOUT_PREFIX):
             self.whiteout(m, parts)
@@ -505,7 +546,7 @@ class _Extractor:
             if not key.startswith(_XATTR_PAX):
                 continue
             name = key[len(_XATTR_PAX):]
-            if name.startswith("trusted.overlay."):
+            if name.startswith(("trusted.overlay.", "user.overlay.")):
                 raise self.refuse(m.name, f"carries the attribute {name}: overlayfs' own, which would steer the "
                                           "overlay this layer becomes part of")
             if name.startswith(KEPT_XATTRS):
@@ -532,15 +573,20 @@ class _Extractor:
         try:
             src = tar.extractfile(m)
             left = m.size
-            try:
-                while left > 0:
+            while left > 0:
+                try:
                     chunk = src.read(min(_CHUNK, left))
-                    if not chunk:
-                        raise tarfile.ReadError("unexpected end of data")
-                    os.write(fd, chunk)
-                    left -= len(chunk)
-            except (tarfile.TarError, EOFError, OSError) as exc:
-                raise self.refuse(m.name, f"is truncated: {exc}") from None
+                except (tarfile.TarError, EOFError, OSError) as exc:
+                    raise self.refuse(m.name, f"is truncated: {exc}") from None
+                if not chunk:
+                    raise self.refuse(m.name, "is truncated: unexpected end of data")
+                view = memoryview(chunk)
+                while view:                     # a short write is not the end: write the rest
+                    try:
+                        view = view[os.write(fd, view):]
+                    except OSError as exc:      # ENOSPC, EIO, EDQUOT: this machine's, not the archive's
+                        raise syscalls.error("write", {"file": f"{self.label}: {m.name}"}, exc.errno) from None
+                left -= len(chunk)
             self.set_meta(fd, m, xattrs)
         finally:
             os.close(fd)

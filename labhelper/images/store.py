@@ -276,6 +276,11 @@ class Store:
                 os.makedirs(self.root, 0o755, exist_ok=True)
         for sub in ("blobs/sha256", "layers", "tmp"):
             os.close(self.open_dir(sub, create=True))
+        # Root's only: an image's files keep their owners and setuid bits, so a setuid-root
+        # binary of an unpacked layer must not be within reach of the machine's other users
+        # (Docker keeps /var/lib/docker 0710 for the same reason).
+        with self.open_root() as top:
+            os.fchmod(top, 0o700)
         with self.open_root() as top:
             for lock in (".lock", ".gc"):       # made now, so that a read-only look changes no file
                 os.close(os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=top))

@@ -242,3 +242,18 @@ def test_a_build_step_is_contained(store):
         except OSError:
             pass
     assert left == []                                           # ...and died with it: nothing writes later
+
+
+def test_a_folder_with_a_mount_inside_is_refused_as_a_layer_source(store, owner, host_folder):
+    from labhelper import mounts, syscalls
+    from labhelper.flags import MountFlags
+    src = mounts.make_dir(f"{store.root}-src", owner=owner)
+    os.makedirs(f"{src}/etc")
+    os.makedirs(f"{src}/data")
+    syscalls.mount(str(host_folder), f"{src}/data", None, MountFlags.MS_BIND)
+    try:
+        with pytest.raises(Refused, match="another mount"):
+            images.import_tree(store, src, "leaky")
+        assert "leaky" not in store.refs()
+    finally:
+        syscalls.umount2(f"{src}/data", 2)

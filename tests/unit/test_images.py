@@ -210,6 +210,11 @@ def hostile(sentinel):
                                      "l/.wh.precious.txt", "symlink"),
         "overlay-xattr": ([("f", tarfile.REGTYPE, {"SCHILY.xattr.trusted.overlay.redirect": "/etc"})], "f",
                           "trusted.overlay.redirect"),
+        "user-overlay-xattr": ([("f", tarfile.REGTYPE, {"SCHILY.xattr.user.overlay.opaque": "y"})], "f",
+                               "user.overlay.opaque"),
+        "time-nan": ([("t", tarfile.REGTYPE, {"mtime": "nan"})], "t", "no time"),
+        "time-huge": ([("t", tarfile.REGTYPE, {"mtime": "1e400"})], "t", "no time"),
+        "owner-huge": ([("o", tarfile.REGTYPE, {"uid": "99999999999"})], "o", "outside what the kernel"),
     }
 
 
@@ -444,3 +449,65 @@ def test_image_settings_are_checked_and_env_entries_replace_their_namesakes():
         with pytest.raises(Refused):
             image_mod._settings(bad)
     assert image_mod._settings({"Env": ["A=1"], "WorkingDir": "/srv"}) == {"Env": ["A=1"], "WorkingDir": "/srv"}
+
+
+def test_a_layer_that_inflates_past_the_limit_is_refused(lab, monkeypatch):
+    import gzip as gz
+    from labhelper.images import layers as layers_mod
+    base, _ = lab
+    monkeypatch.setattr(layers_mod, "MAX_LAYER_BYTES", 64 << 10)
+    big = tar_of(("f", tarfile.REGTYPE, b"\0" * (256 << 10)))
+    dest = base / "dest"
+    dest.mkdir()
+    with pytest.raises(Refused, match="inflates to more than"):
+        images.extract(io.BytesIO(gz.compress(big, mtime=0)), str(dest), within=(str(base),))
+    with pytest.raises(Refused, match="past"):
+        images.extract(io.BytesIO(big), str(dest), within=(str(base),))
+    with pytest.raises(Refused, match="inflates to more than"):
+        images.diff_id_of(io.BytesIO(gz.compress(big, mtime=0)))
+    assert os.listdir(dest) == [] or not (dest / "f").exists() or (dest / "f").stat().st_size < (256 << 10)
+
+
+def test_a_sparse_member_is_refused_before_its_holes_are_written(lab):
+    # 1 kB of archive that says "64 MiB of zeros": tarfile would write every one of them out.
+    base, sentinel = lab
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("s")
+        info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": "s",
+                            "GNU.sparse.realsize": str(64 << 20)}
+        sparse_map = b"1\n0\n0\n".ljust(512, b"\0")        # one region, at 0, of 0 bytes: the rest is a hole
+        info.size = len(sparse_map)
+        tar.addfile(info, io.BytesIO(sparse_map))
+    dest = base / "dest"
+    dest.mkdir()
+    with pytest.raises(Refused, match="'s' is a sparse file"):
+        images.extract(io.BytesIO(buf.getvalue()), str(dest), within=(str(base),))
+    assert os.listdir(dest) == []
+    with pytest.raises(Refused, match="damaged header"):      # a sparse map that is not there
+        bad = tar_of(("t", tarfile.REGTYPE, b"x"), ("s", tarfile.REGTYPE, {"GNU.sparse.major": "1",
+                     "GNU.sparse.minor": "0", "GNU.sparse.name": "s", "GNU.sparse.realsize": "1"}))
+        images.extract(io.BytesIO(bad), str(dest), within=(str(base),))
+
+
+def test_a_damaged_image_can_be_removed_and_does_not_stop_gc(lab):
+    base, _ = lab
+    store = store_of(base)
+    src = base / "tree"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc" / "a").write_text("a")
+    images.import_tree(store, str(src), "a:1", epoch=1)
+    (src / "etc" / "b").write_text("b")
+    images.import_tree(store, str(src), "b:1", epoch=1)
+    config = images.image(store, "a:1").config.digest
+    os.chmod(store.blob_path(config), 0o644)
+    with open(store.blob_path(config), "ab") as fh:         # damage a:1's config
+        fh.write(b" ")
+    with pytest.raises(LabError):
+        images.image(store, "a:1")
+    images.gc(store)                                         # not stopped by the damaged one
+    removed = images.rmi(store, "b:1")                       # b:1 goes whole, a:1 still listed
+    assert removed.names == ("b:1",) and [n for n in store.refs()] == ["a:1"]
+    assert images.rmi(store, "a:1").names == ("a:1",) and store.refs() == {}
+    with pytest.raises(Refused, match="no image named"):
+        images.rmi(store, "a:1")

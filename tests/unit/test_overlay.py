@@ -109,6 +109,12 @@ def test_origins_look_a_name_up_as_overlayfs_does(monkeypatch):
     # d/old: below an opaque folder of upper; gone/x: below a whiteout of its folder. Neither shows.
 
 
+def test_a_file_above_hides_a_folder_below(monkeypatch):
+    views = {"upper": {"a": "file"}, "lower": {"a": "dir", "a/b": "file", "c": "symlink", "c/x": "file"}}
+    monkeypatch.setattr(overlay, "listing", lambda folder: views[folder])
+    assert overlay.origins(["upper", "lower"]) == {"a": (0, "file"), "c": (1, "symlink"), }
+
+
 def test_the_stack_diagram_marks_where_each_file_comes_from(monkeypatch):
     from labhelper.teach import diagrams
     listings = [{"etc": "dir", "etc/motd": "whiteout", "d": "opaque"}, {"etc": "dir", "etc/motd": "file",
