@@ -85,8 +85,13 @@ def _check_mkdir(answer):
                      f"{type(answer).__name__}.")
     actual = _mkdir_syscall()
     if name == actual:
+        caveat = ""
+        if answer.strip().lower().startswith("sys_"):
+            caveat = (f" (accepted with a caveat: sys_{actual} is the kernel's C function that implements "
+                      f"the call; the system call itself is named {actual}, as strace and the man page "
+                      f"write it)")
         return right(f"`mkdir` asks the kernel with {actual}(2); the kernel's VFS then creates the "
-                     f"directory in the filesystem.")
+                     f"directory in the filesystem{caveat}.")
     if name in ("mkdir", "mkdirat"):
         return wrong("close: that is a real system call for creating directories, but not the one "
                      "this machine's mkdir program makes. Trace it and look.")
@@ -102,7 +107,7 @@ def _check_mkdir(answer):
 q1 = Exercise(
     "01.1",
     "Which system call does the `mkdir` program use to create a directory on this machine? "
-    "Answer with its name, e.g. 'openat'.",
+    "Answer with its name, e.g. 'openat' (case and a trailing `()` do not matter).",
     _check_mkdir,
     "Trace it in a temporary folder: `t = trace.trace('mkdir demo', cwd=tmpdir)`, then "
     "`t.find(path='demo')`, or look at `t.summary()` for a name that starts with mkdir.",
@@ -161,6 +166,14 @@ def _check_write(fn):
     if data != MESSAGE:
         if not data:
             return wrong("the file is still empty: your function wrote nothing to the fd it was given.")
+        if MESSAGE.startswith(data):
+            return wrong(f"the kernel wrote only the first {len(data)} of the message's {len(MESSAGE)} bytes: "
+                         f"write(2) writes as many bytes as its `count` argument (the third) says. Pass the "
+                         f"length of your bytes: `len(data)`.")
+        if data.startswith(MESSAGE):
+            return wrong(f"the kernel wrote {len(data)} bytes, more than the {len(MESSAGE)} of the message: "
+                         f"the `count` argument (the third) is larger than your buffer, so the kernel copied "
+                         f"whatever lay after it in memory. Pass the length of your bytes: `len(data)`.")
         return wrong(f"the file holds {len(data)} bytes that are not b'hello, kernel\\n' "
                      f"(check the text, and the newline at the end).")
     if result != len(MESSAGE):

@@ -8,6 +8,7 @@ cannot_check(...): "cannot check here", never "wrong".
 from __future__ import annotations
 
 import random
+import re
 
 from .. import kvm
 from ..kvm import guests
@@ -20,31 +21,42 @@ _LIMITS = {"timeout": 2.0, "max_exits": 20_000, "check": False}
 
 
 def _run_guest(source, prepare=None):
-    """Assemble and run a learner's real-mode guest. Returns (RunResult, None) or (None, CheckResult)."""
+    """Assemble and run a learner's real-mode guest.
+
+    Returns (RunResult, None, refused) or (None, CheckResult, []); ``refused`` lists the buffers the
+    paravirtual console refused to read (their messages say why)."""
     if not isinstance(source, str):
-        return None, wrong(f"the answer is the guest's assembly source, as a string, not {type(source).__name__}.")
+        return None, wrong(f"the answer is the guest's assembly source, as a string, not {type(source).__name__}."), []
     try:
         program = guests.assemble(source, mode="real", name="your guest")
     except guests.AssemblerError as exc:
-        return None, wrong(f"the assembler refused your guest: {exc.message}")
+        return None, wrong(f"the assembler refused your guest: {exc.message}"), []
     except RequirementError as exc:              # no GNU binutils here
-        return None, cannot_check(f"{exc.message}; compare your code with the solution instead.")
+        return None, cannot_check(f"{exc.message}; compare your code with the solution instead."), []
     ok, why = kvm.available()
     if not ok:
         return None, cannot_check(f"this check runs your guest in a real VM, and /dev/kvm is not usable here "
-                                  f"({why}). Compare your code with the solution instead.")
+                                  f"({why}). Compare your code with the solution instead."), []
     try:
         with kvm.Machine(program) as m:
             if prepare:
                 prepare(m)
-            return m.run(**_LIMITS), None
+            result = m.run(**_LIMITS)
+            pv = next((d for d in m.devices if getattr(d, "name", "") == "pv-console"), None)
+            return result, None, list(getattr(pv, "refused", []))
     except kvm.MemoryError_ as exc:
-        return None, wrong(f"your guest does not fit: {exc.message}")
+        return None, wrong(f"your guest does not fit: {exc.message}"), []
     except RequirementError as exc:              # e.g. not an x86 machine
-        return None, cannot_check(f"{exc.message}. Compare your code with the solution instead.")
+        return None, cannot_check(f"{exc.message}. Compare your code with the solution instead."), []
 
 
-def _stopped_badly(result):
+def _has_hlt(source: str) -> bool:
+    """Whether the source has a `hlt` instruction (outside comments)."""
+    return any(re.search(r"(^|[\s:;])hlt\b", line.split("#")[0].split("//")[0], re.IGNORECASE)
+               for line in source.splitlines())
+
+
+def _stopped_badly(result, source: str = ""):
     if result.stopped == "hlt":
         return None
     if result.stopped == "timeout":
@@ -52,7 +64,14 @@ def _stopped_badly(result):
                      "never ends, or code that runs on into data, does this)")
     if result.stopped == "exit limit":
         return wrong("your guest made more than 20000 exits without halting: is there an endless loop around an `out`?")
-    return wrong(f"your guest crashed the vCPU ({result.last.describe()}).")
+    if not _has_hlt(source):
+        return wrong(f"your guest has no `hlt`, so after its last instruction the vCPU ran on into whatever bytes "
+                     f"follow the program in memory (zeros, data), executing them as code, until it reached "
+                     f"something it could not run ({result.last.describe()}). A guest program must end with "
+                     f"`hlt`: it is how the guest says it is done, and the VMM sees it as the last exit.")
+    return wrong(f"your guest crashed the vCPU before it reached `hlt` ({result.last.describe()}): it ran "
+                 f"an instruction the vCPU could not carry out. Check that every jump lands on code, and that "
+                 f"data is never run as code.")
 
 
 # --- q1: add two numbers ------------------------------------------------------------------------
@@ -63,10 +82,10 @@ def _check_add(source) -> object:
     for a, b in cases:
         def put(m, a=a, b=b):
             m.write(0x600, a.to_bytes(2, "little") + b.to_bytes(2, "little"))
-        result, problem = _run_guest(source, put)
+        result, problem, _ = _run_guest(source, put)
         if problem is not None:
             return problem
-        bad = _stopped_badly(result)
+        bad = _stopped_badly(result, source)
         if bad is not None:
             return bad
         if not result.reports:
@@ -150,13 +169,18 @@ FAST_MESSAGE = "Paravirtualization: the guest and the host agree on a shortcut.\
 
 
 def _check_fast(source) -> object:
-    result, problem = _run_guest(source)
+    result, problem, refused = _run_guest(source)
     if problem is not None:
         return problem
-    bad = _stopped_badly(result)
+    bad = _stopped_badly(result, source)
     if bad is not None:
         return bad
     want = FAST_MESSAGE.encode()
+    if refused and not result.output:
+        return wrong(f"the console printed nothing because it refused your buffer ({refused[0]}). The VMM does "
+                     f"not trust the guest: it reads the buffer only if the address at {guests.MAILBOX:#x} and "
+                     f"the length at {guests.MAILBOX + 2:#x} describe bytes that lie inside guest memory. Put "
+                     f"your message's own address and length in the mailbox.")
     if result.output != want:
         return wrong(f"the console shows {result.output[:80]!r}, not ch02.FAST_MESSAGE.")
     if result.exits > 2:

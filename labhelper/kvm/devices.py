@@ -81,7 +81,8 @@ class PvConsole:
         try:
             text = machine.vm.read(address, length)   # checked: must lie inside guest memory
         except MemoryError_ as exc:
-            self.refused.append(f"buffer [{address:#x}, +{length}) refused: {exc.message}")
+            self.refused.append(f"buffer [{address:#x}, +{length}) refused: {exc.message}; the console "
+                                "reads only a buffer that lies inside guest memory, so it printed nothing")
             return
         self.output += text
         machine.output += text

@@ -113,3 +113,33 @@ def test_hints_and_solutions_say_something():
     for q in (ch01.q1, ch01.q2, ch01.q3, ch01.q4):
         assert q.hint().body and q.solution().body and q.id.startswith("01.")
         assert repr(q).startswith(f"Exercise {q.id}: ")
+
+
+def test_q2_wrong_count_points_at_the_count_argument():
+    def too_short(fd):
+        data = b"hello, kernel\n"
+        return syscalls.raw_syscall("write", fd, data, 5)
+
+    r = ch01.q2.check(too_short)
+    assert not r.ok and "count" in r.message and "third" in r.message and "len(data)" in r.message
+    assert "5 of the message's 14 bytes" in r.message
+    assert ch01.q2.check(my_write).ok          # the right count is still right
+
+
+def test_q2_count_larger_than_the_buffer():
+    def too_long(fd):
+        return os.write(fd, b"hello, kernel\n" + b"\0" * 6)
+
+    # Not a raw_syscall, but the bytes are what a too-large count writes: the count is named first.
+    r = ch01.q2.check(too_long)
+    assert not r.ok and "count" in r.message and "larger than your buffer" in r.message
+
+
+def test_q1_sys_prefix_is_accepted_with_its_caveat():
+    r = ch01.q1.check("sys_mkdir")
+    assert r.ok and "caveat" in r.message and "kernel's C function" in r.message
+    for plain in ("mkdir", "MKDIR", "mkdir()", " Mkdir() "):
+        r = ch01.q1.check(plain)
+        assert r.ok and "caveat" not in r.message, plain
+    assert not ch01.q1.check("sys_mkdirat").ok              # the prefix does not make a wrong name right
+    assert "case" in ch01.q1.task and "()" in ch01.q1.task

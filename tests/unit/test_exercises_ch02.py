@@ -57,3 +57,50 @@ def test_hints_and_solutions():
     for q in (ch02.q1, ch02.q2, ch02.q3):
         assert q.hint().body and q.solution().body and repr(q).startswith("Exercise 02.")
     assert "0x510" in ch02.q3.hint().body and "ADD_TWO" in ch02.q1.solution().body
+
+
+def _ran(monkeypatch, result, refused=()):
+    """Replace the VM run: the checks then judge `result` as if the guest had produced it."""
+    monkeypatch.setattr(ch02, "_run_guest", lambda source, prepare=None: (result, None, list(refused)))
+
+
+def test_q1_without_hlt_says_a_guest_must_end_with_hlt(monkeypatch):
+    from labhelper.kvm import exits
+    from labhelper.kvm.machine import RunResult
+    crashed = RunResult("KVM_EXIT_INTERNAL_ERROR", 3, {"IoOut": 1}, b"", (1234 + 4321,),
+                        exits.InternalError(1))
+    _ran(monkeypatch, crashed)
+    no_hlt = guests.ADD_TWO.replace("hlt", "")
+    r = ch02.q1.check(no_hlt)
+    assert not r.ok and "no `hlt`" in r.message and "must end with `hlt`" in r.message
+    assert "ran on into" in r.message and "KVM_INTERNAL_ERROR_EMULATION" in r.message
+    # With a hlt in the source (only in a comment does not count) the crash is described otherwise.
+    assert "no `hlt`" not in ch02.q1.check(guests.ADD_TWO).message
+    assert "no `hlt`" in ch02.q1.check(no_hlt + "    # hlt would go here\n").message
+    # The right answer, halting, is still right: the fake run reports the sum of what the check put in memory.
+    def halts_with_the_sum(source, prepare=None):
+        memory = {}
+        prepare(type("M", (), {"write": lambda self, addr, data: memory.update({addr: data})})())
+        a, b = int.from_bytes(memory[0x600][:2], "little"), int.from_bytes(memory[0x600][2:], "little")
+        return RunResult("hlt", 2, {"IoOut": 1, "Hlt": 1}, b"", ((a + b) & 0xFFFF,), exits.Hlt()), None, []
+    monkeypatch.setattr(ch02, "_run_guest", halts_with_the_sum)
+    assert ch02.q1.check(guests.ADD_TWO).ok
+
+
+def test_has_hlt():
+    assert ch02._has_hlt("    hlt\n") and ch02._has_hlt("done: HLT") and ch02._has_hlt("nop; hlt")
+    assert not ch02._has_hlt("    nop  # hlt\n") and not ch02._has_hlt("    mov ax, hltx\n")
+
+
+def test_q3_bad_mailbox_says_the_buffer_was_refused_and_why(monkeypatch):
+    from labhelper.kvm import exits
+    from labhelper.kvm.machine import RunResult
+    why = "buffer [0xff00, +512) refused: no memory slot covers guest address 0xff00 (+512)"
+    _ran(monkeypatch, RunResult("hlt", 2, {"IoOut": 1, "Hlt": 1}, b"", (), exits.Hlt()), [why])
+    r = ch02.q3.check("    hlt\n")
+    assert not r.ok and "refused your buffer" in r.message and why in r.message
+    assert "inside guest memory" in r.message and "printed nothing" in r.message
+    # The right answer is still right.
+    good = ch02.FAST_MESSAGE.encode()
+    _ran(monkeypatch, RunResult("hlt", 2, {"IoOut": 1, "Hlt": 1}, good, (), exits.Hlt()))
+    assert ch02.q3.check("    hlt\n").ok
