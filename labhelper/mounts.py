@@ -31,7 +31,7 @@ from .flags import MountFlags, UmountFlags
 from .procfs import Mount
 from .registry import fault_point, ledger
 
-__all__ = ["mounts_under", "tmpfs_size", "mount_tmpfs", "mount_on", "make_dir", "open_folder", "unmount", "detach", "is_ours", "remove_tree",
+__all__ = ["mounts_under", "tmpfs_size", "mount_tmpfs", "mount_on", "bind_file", "make_dir", "open_folder", "unmount", "detach", "is_ours", "remove_tree",
            "find_mounts", "remove_mount", "find_dirs", "remove_dir"]
 
 
@@ -125,6 +125,18 @@ def mount_on(fd: int, target: str, source: str, fstype: str, flags, data: str | 
         syscalls.mount(source, f"/proc/self/fd/{fd}", fstype, flags, data)
     except SyscallError as exc:
         raise exc.with_arguments(target=target) from None
+
+
+def bind_file(dir_fd: int, name: str, source: str, mode: int = 0o444) -> None:
+    """Bind-mount the file ``source`` (a path, or /proc/self/fd/N of an open file) on a new
+    empty file ``name`` in the open folder ``dir_fd``. The mount is made on /proc/self/fd of the
+    file just made, so no symlink swapped in at ``name`` can redirect it."""
+    os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd))
+    target = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        syscalls.mount(source, f"/proc/self/fd/{target}", None, MountFlags.MS_BIND)
+    finally:
+        os.close(target)
 
 
 def make_dir(path: str, owner: str | None = None) -> str:

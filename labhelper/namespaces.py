@@ -31,7 +31,7 @@ import socket
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
-from . import cgroups, marks, process, procfs, syscalls
+from . import cgroups, marks, mounts, process, procfs, syscalls
 from .errors import LabError, Refused, SyscallError
 from .flags import CloneFlags, MountFlags, Prctl
 from .mounts import unmount
@@ -595,13 +595,7 @@ def _bind_file(source_fd: int, folder: str, name: str) -> None:
     without following a symlink (the mount is made on /proc/self/fd of the file we made)."""
     dfd = marks.open_lab_dir(folder)
     try:
-        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444,
-                         dir_fd=dfd))
-        target = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-        try:
-            syscalls.mount(f"/proc/self/fd/{source_fd}", f"/proc/self/fd/{target}", None, MountFlags.MS_BIND)
-        finally:
-            os.close(target)
+        mounts.bind_file(dfd, name, f"/proc/self/fd/{source_fd}")
     finally:
         os.close(dfd)
 

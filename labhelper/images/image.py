@@ -366,12 +366,7 @@ def _minimal_dev(merged: str) -> None:
     dev = os.open(os.path.join(merged, "dev"), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         for name in STEP_DEVICES:
-            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666, dir_fd=dev))
-            target = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dev)
-            try:
-                syscalls.mount(f"/dev/{name}", f"/proc/self/fd/{target}", None, MountFlags.MS_BIND)
-            finally:
-                os.close(target)
+            mounts.bind_file(dev, name, f"/dev/{name}", 0o666)
     finally:
         os.close(dev)
 
