@@ -31,7 +31,8 @@ from .flags import MountFlags, UmountFlags
 from .procfs import Mount
 from .registry import fault_point, ledger
 
-__all__ = ["mounts_under", "tmpfs_size", "mount_tmpfs", "mount_on", "bind_file", "make_dir", "open_folder", "unmount", "detach", "is_ours", "remove_tree",
+__all__ = ["mounts_under", "tmpfs_size", "mount_tmpfs", "mount_on", "bind_file", "make_dir", "missing_folders",
+           "rmdir_empty", "open_folder", "unmount", "detach", "is_ours", "remove_tree",
            "find_mounts", "remove_mount", "find_dirs", "remove_dir"]
 
 
@@ -77,7 +78,7 @@ def mount_tmpfs(target: str, size: str = "1m", owner: str | None = None) -> Moun
         raise Refused(f"something is mounted on {target} already: a second mount would hide it",
                       hint="unmount it first (mounts.unmount), or choose another folder")
     name = os.path.basename(target)
-    made = _missing_folders(target)
+    made = missing_folders(target)
     with ledger().creating("mount", target, owner, data={"made": made}):
         fault_point("mount-recorded")
         try:
@@ -110,7 +111,7 @@ def mount_tmpfs(target: str, size: str = "1m", owner: str | None = None) -> Moun
             finally:
                 os.close(parent)
         except BaseException:
-            _rmdir_empty(made)                  # ...and none of the folders it made
+            rmdir_empty(made)                  # ...and none of the folders it made
             raise
     return found
 
@@ -143,13 +144,13 @@ def make_dir(path: str, owner: str | None = None) -> str:
     """Make the lab folder ``path`` (and what is missing above it), recorded in the ledger as a
     "dir": cleanup removes it, and everything in it, never through a symlink or a mount."""
     path = marks.lab_path(path, "make a folder")
-    above = [p for p in _missing_folders(path) if p != path]     # recorded first: removed with it, when empty
+    above = [p for p in missing_folders(path) if p != path]     # recorded first: removed with it, when empty
     with registry.ledger().creating("dir", path, owner, data={"made": above}):
         made: list[str] = []
         try:
             os.close(marks.open_lab_dir(path, create=True, made=made))
         except BaseException:
-            _rmdir_empty(made)
+            rmdir_empty(made)
             raise
     return path
 
@@ -171,7 +172,7 @@ def open_folder(path: str) -> int:
     return marks.open_lab_dir(path)          # ELOOP, ENOTDIR, ENOSYS...: the walk says what is wrong
 
 
-def _missing_folders(path: str) -> list[str]:
+def missing_folders(path: str) -> list[str]:
     """The folders from ``path`` up to its lab folder that do not exist yet, deepest last."""
     missing = []
     here = path
@@ -181,7 +182,7 @@ def _missing_folders(path: str) -> list[str]:
     return missing[::-1]
 
 
-def _rmdir_empty(paths) -> None:
+def rmdir_empty(paths) -> None:
     """Remove each of ``paths`` that is an empty folder, or an empty plain file (the mount point
     of a bind-mounted file), strictly below a lab folder, deepest first; leave the others (not
     empty, a mount point still, gone, not ours)."""
@@ -304,7 +305,7 @@ def _after_unmount(target: str, record, data: dict | None = None) -> None:
     # The mount point goes only if this mount's creation made it (its record lists it): a folder
     # that was there before (a container's root folder) stays. Without a record, it goes if empty.
     made = data.get("made")
-    _rmdir_empty(dict.fromkeys(made if made is not None else [target]))
+    rmdir_empty(dict.fromkeys(made if made is not None else [target]))
 
 
 # --- removing folders ---------------------------------------------------------------------------
@@ -463,4 +464,4 @@ def remove_dir(obj: marks.Obj, ledger: registry.Ledger) -> None:
     record = ledger.find("dir", obj.name)
     with ledger.removing("dir", obj.name):
         remove_tree(obj.name)
-        _rmdir_empty(record.data.get("made", []) if record else [])
+        rmdir_empty(record.data.get("made", []) if record else [])

@@ -178,7 +178,8 @@ def mount(target: str, lowers, upper: str | None = None, work: str | None = None
             os.close(_open_lower(lower))
     # The folders this mount makes, to remove again when empty; and the kernel's own scratch
     # folders in work ("work", and "index" where it is on), removed whole after the unmount.
-    made = _missing(target, upper, work)
+    made = list(dict.fromkeys(p for path in (target, upper, work) if path is not None
+                              for p in mounts.missing_folders(path)))
     scratch = [os.path.join(work, "work"), os.path.join(work, "index")] if work is not None else []
     record = {"made": made, "scratch": scratch, "fstype": "overlay"}
     with ledger().creating("mount", target, owner, data=record):
@@ -208,7 +209,7 @@ def mount(target: str, lowers, upper: str | None = None, work: str | None = None
                         mounts.remove_tree(folder)
                 raise
         except BaseException:
-            _rmdir_all(created)
+            mounts.rmdir_empty(created)
             raise
     return Overlay(target, lowers, upper, work, api, options, record)
 
@@ -306,34 +307,12 @@ def _as_list(lowers) -> list:
 
 
 def _open_lower(path: str) -> int:
-    """Open the lower folder ``path`` (a lab path, checked), reached without a symlink: one
-    openat2 call where the kernel has it, else mounts.open_folder's walk, which also says what
-    is wrong. Refused if it does not exist."""
+    """Open the lower folder ``path``, reached without a symlink (mounts.open_folder: one
+    openat2 call where the kernel has it). Refused if it does not exist."""
     try:
-        return syscalls.openat2(-100, path, marks.DIR_FLAGS, syscalls.RESOLVE_NO_SYMLINKS | syscalls.RESOLVE_NO_MAGICLINKS)
-    except SyscallError:
-        try:
-            return mounts.open_folder(path)
-        except FileNotFoundError:
-            raise Refused(f"the lower folder {path} does not exist") from None
-
-
-def _missing(*paths) -> list[str]:
-    """The folders from each path up to its lab folder that do not exist yet."""
-    out: list[str] = []
-    for path in paths:
-        here = path
-        while here is not None and marks.lab_dir_of(here) and here not in marks.LAB_DIRS and not os.path.lexists(here):
-            if here not in out:
-                out.append(here)
-            here = os.path.dirname(here)
-    return out
-
-
-def _rmdir_all(paths) -> None:
-    for path in sorted(paths, key=lambda p: p.count("/"), reverse=True):
-        with contextlib.suppress(OSError):
-            os.rmdir(path)
+        return mounts.open_folder(path)
+    except FileNotFoundError:
+        raise Refused(f"the lower folder {path} does not exist") from None
 
 
 def unmount(target: str) -> bool:

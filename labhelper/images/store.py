@@ -439,7 +439,7 @@ class Store:
     def refs(self) -> dict[str, Descriptor]:
         """Every image name and the manifest it names, from index.json."""
         with self.open_root() as top:
-            raw = _read_bounded(top, "index.json", f"{self.root}/index.json")
+            raw = read_bounded(top, "index.json", f"{self.root}/index.json")
         try:
             index = json.loads(raw)
             manifests = index["manifests"]
@@ -519,7 +519,8 @@ def _exists(dir_fd: int, name: str) -> bool:
         return False
 
 
-def _read_bounded(dir_fd: int, name: str, shown: str, limit: int = MAX_JSON) -> bytes:
+def read_bounded(dir_fd: int, name: str, shown: str, limit: int = MAX_JSON) -> bytes:
+    """A small plain file in an open folder, not through a symlink, at most ``limit`` bytes."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError as exc:
@@ -535,8 +536,3 @@ def _read_bounded(dir_fd: int, name: str, shown: str, limit: int = MAX_JSON) -> 
     if len(data) > limit:
         raise LabError(f"{shown} is larger than {limit} bytes")
     return data
-
-
-def read_bounded(dir_fd: int, name: str, shown: str, limit: int = MAX_JSON) -> bytes:
-    """A small plain file in an open folder, not through a symlink, at most ``limit`` bytes."""
-    return _read_bounded(dir_fd, name, shown, limit)

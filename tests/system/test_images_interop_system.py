@@ -129,6 +129,19 @@ def build_interop(store) -> images.Image:
     return images.build(store, "interop-base", "interop", run=["/bin/sh", "-c", SECOND])
 
 
+def unpacked_alike(store, layout: str, ref: str, name: str, bundle_name: str) -> tuple[str, str, dict]:
+    """umoci unpacks ``layout:ref`` and labhelper unpacks the image ``name`` of the store: the
+    two root filesystems must be the same. Returns (umoci's bundle, our folder, its snapshot)."""
+    bundle = f"{store.root}/tmp/{bundle_name}"
+    run("umoci", "unpack", "--image", f"{layout}:{ref}", bundle)
+    flat = f"{store.root}/tmp/flat"
+    images.unpack(store, name, flat)
+    theirs, ours = snapshot(f"{bundle}/rootfs"), snapshot(flat)
+    assert theirs == ours, {k: (theirs.get(k), ours.get(k)) for k in set(theirs) | set(ours)
+                            if theirs.get(k) != ours.get(k)}
+    return bundle, flat, ours
+
+
 def export(store, name: str = "interop") -> str:
     out = f"{store.root}/tmp/export-{name}"
     images.export(store, name, out, ref=REF)
@@ -147,13 +160,7 @@ def test_umoci_unpacks_our_export_to_the_files_labhelper_unpacks(store):
     assert members["etc/added-link"].islnk() and members["etc/added-link"].linkname == "etc/added"
     assert members["bin/added-symlink"].issym() and members["bin/suid-box"].mode == 0o4755
     layout = export(store)
-    bundle = f"{store.root}/tmp/bundle"
-    run("umoci", "unpack", "--image", f"{layout}:{REF}", bundle)
-    flat = f"{store.root}/tmp/flat"
-    images.unpack(store, "interop", flat)
-    theirs, ours = snapshot(f"{bundle}/rootfs"), snapshot(flat)
-    assert theirs == ours, {k: (theirs.get(k), ours.get(k)) for k in set(theirs) | set(ours)
-                            if theirs.get(k) != ours.get(k)}
+    bundle, _, _ = unpacked_alike(store, layout, REF, "interop", "bundle")
     # ...and that common result is the right one: whiteouts applied, the opaque folder holds only
     # the new content, modes and links kept.
     root = f"{bundle}/rootfs"
@@ -215,13 +222,7 @@ def test_we_import_a_layout_umoci_made_with_its_very_blobs(store):
     assert [layer.chain_id for layer in img.layers] == chain_ids(diff_ids)
     assert all(store.has_layer(c) for c in chain_ids(diff_ids))
     # And it unpacks to what umoci unpacks.
-    bundle = f"{store.root}/tmp/umoci-b3"
-    run("umoci", "unpack", "--image", f"{layout}:next2", bundle)
-    flat = f"{store.root}/tmp/flat"
-    images.unpack(store, "from-umoci", flat)
-    theirs, ours = snapshot(f"{bundle}/rootfs"), snapshot(flat)
-    assert theirs == ours, {k: (theirs.get(k), ours.get(k)) for k in set(theirs) | set(ours)
-                            if theirs.get(k) != ours.get(k)}
+    bundle, flat, ours = unpacked_alike(store, layout, "next2", "from-umoci", "umoci-b3")
     assert not os.path.lexists(f"{flat}/etc/gone") and sorted(os.listdir(f"{flat}/etc/conf.d")) == ["new"]
     assert stat.S_IMODE(os.lstat(f"{flat}/etc/app").st_mode) == 0o4755
     assert stat.S_IMODE(os.lstat(f"{flat}/etc/private").st_mode) == 0o600
