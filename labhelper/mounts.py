@@ -32,7 +32,7 @@ from .procfs import Mount
 from .registry import fault_point, ledger
 
 __all__ = ["mounts_under", "tmpfs_size", "mount_tmpfs", "mount_on", "bind_file", "make_dir", "missing_folders",
-           "rmdir_empty", "open_folder", "unmount", "detach", "is_ours", "remove_tree",
+           "rmdir_empty", "open_folder", "unmount", "record_on_mount", "detach", "is_ours", "remove_tree",
            "find_mounts", "remove_mount", "find_dirs", "remove_dir"]
 
 
@@ -249,16 +249,24 @@ def is_ours(path: str, table: list[Mount] | None = None) -> bool:
                for m in table)
 
 
-def unmount(target: str, record: bool = True, data: dict | None = None) -> bool:
+def unmount(target: str, record: bool = True, data: dict | None = None, in_ledger: bool = True) -> bool:
     """Unmount ``target`` and every mount below it (idempotent), and forget its record
     (``record=False``: leave the ledger alone). ``data``: the record's data, where the caller
-    kept it (then the ledger is not read again). Returns True if something was unmounted."""
+    kept it (then no record is read again); ``in_ledger=False`` with it: the record was the
+    mount's own source, gone with the mount. Returns True if something was unmounted."""
     if marks.lab_dir_of(target) is None:
         # unmount("/") would detach every mount of this machine, deepest first.
         raise Refused(f"refusing to unmount {target!r}: labhelper unmounts only below "
                       f"{' or '.join(marks.LAB_DIRS)}")
     target = os.path.normpath(target)
     registry.guard(f"unmount {target}")
+    found = None
+    if record and data is None:
+        # Its record: in the ledger, else on the mount itself (its source), read before it goes.
+        found = ledger().find("mount", target)
+        if found is None:
+            found = record_on_mount(target)
+            in_ledger = found is None
     # A lazy unmount of a mount point takes every mount below it along (the kernel detaches the
     # whole subtree); only a folder that is no mount point itself needs its mounts found one by
     # one, deepest first, in the mount table.
@@ -267,11 +275,29 @@ def unmount(target: str, record: bool = True, data: dict | None = None) -> bool:
         for m in mounts_under(target):
             done = detach(m.mountpoint) or done
     if record:
-        the_ledger = ledger()
-        made = the_ledger.find("mount", target) if data is None else None
-        _after_unmount(target, made, data)
-        the_ledger.remove("mount", target)
+        _after_unmount(target, found, data)
+        if in_ledger:
+            ledger().remove("mount", target)
     return done
+
+
+def record_on_mount(target: str, table: list[Mount] | None = None) -> registry.Record | None:
+    """The record the mount on ``target`` carries as its source (registry.as_mount_source; an
+    overlay keeps it there), with the scratch folders the kernel fills in an overlay's work
+    folder (the record of a mount that made no folder of its own), or None."""
+    table = procfs.mountinfo() if table is None else table
+    on_it = [m for m in table if m.mountpoint == target]
+    if not on_it:
+        return None
+    return _record_of_mount(on_it[-1])           # the top-most mount there
+
+
+def _record_of_mount(m: Mount) -> registry.Record | None:
+    if not m.source.startswith("labhelper:"):
+        return None
+    work = m.workdir
+    scratch = [f"{work}/work", f"{work}/index"] if work else []
+    return registry.from_mount_source(m.mountpoint, m.source, {"made": [], "scratch": scratch, "fstype": m.fstype})
 
 
 def _after_unmount(target: str, record, data: dict | None = None) -> None:
@@ -417,6 +443,10 @@ def find_mounts(scan: marks.Scan) -> list[marks.Obj]:
             continue
         if marks.lab_dir_of(m.mountpoint) or (m.upperdir and marks.lab_dir_of(m.upperdir)):
             found.append(marks.Obj("mount", m.mountpoint, m.fstype, where=(m.mountpoint,)))
+            # Its record, where it carries it as its source (an overlay): read with the ledger's.
+            record = _record_of_mount(m)
+            if record is not None and all(r.key != record.key for r in scan.records):
+                scan.records.append(record)
     return found
 
 
@@ -424,7 +454,7 @@ def remove_mount(obj: marks.Obj, ledger: registry.Ledger) -> None:
     """Unmount one mount of ours, then remove the folder it was on, the scratch folders its
     filesystem filled, and the folders its creation made (its record lists them), when they are
     ours and empty."""
-    record = ledger.find("mount", obj.name)
+    record = ledger.find("mount", obj.name) or record_on_mount(obj.name)
     with ledger.removing("mount", obj.name):
         detach(obj.name)
         _after_unmount(obj.name, record)

@@ -70,6 +70,7 @@ class Overlay:
     api: str
     options: tuple[str, ...]
     record: dict = field(default_factory=dict, repr=False, compare=False)   # what unmount removes
+    in_ledger: bool = field(default=True, repr=False, compare=False)   # else on the mount: its source
 
     def __enter__(self) -> "Overlay":
         return self
@@ -79,7 +80,7 @@ class Overlay:
 
     def unmount(self) -> bool:
         """Unmount this overlay (:func:`unmount`), with what its record says kept here."""
-        return mounts.unmount(self.target, data=self.record)
+        return mounts.unmount(self.target, data=self.record, in_ledger=self.in_ledger)
 
     def __repr__(self) -> str:
         layers = f"{len(self.lowers)} lower folder{'s' if len(self.lowers) != 1 else ''}"
@@ -182,24 +183,32 @@ def mount(target: str, lowers, upper: str | None = None, work: str | None = None
                               for p in mounts.missing_folders(path)))
     scratch = [os.path.join(work, "work"), os.path.join(work, "index")] if work is not None else []
     record = {"made": made, "scratch": scratch, "fstype": "overlay"}
-    with ledger().creating("mount", target, owner, data=record):
+    # Whose the mount is goes on the mount itself, as its source (registry.as_mount_source: no
+    # write, and never apart from the mount); the ledger keeps the record only of a mount that
+    # makes folders first (they must be found again if the mount never happens).
+    source = None if made else registry.as_mount_source(registry.new_record("mount", target, owner, record))
+    with (contextlib.nullcontext() if source else ledger().creating("mount", target, owner, data=record)):
         fault_point("overlay-recorded")
         created: list[str] = []
+        opened: list[int] = []          # upper and work, open: the new API takes them as they are
         try:
-            for folder in (upper, work):
-                if folder is not None:
-                    os.close(_open_or_make(folder, created))
-            fd = _open_or_make(target, created)
             try:
+                for folder in (upper, work):
+                    if folder is not None:
+                        opened.append(_open_or_make(folder, created))
+                fd = _open_or_make(target, created)
+                opened.append(fd)
                 if _is_mount_point(fd):
                     raise Refused(f"something is mounted on {target} already: a second mount would hide it",
                                   hint="unmount it first (overlay.unmount), or choose another folder")
                 if api == "fsconfig":
-                    _mount_fsconfig(fd, lowers, upper, work, options)
+                    _mount_fsconfig(fd, source or "overlay", lowers, upper, work, options, *opened[:-1])
                 else:
-                    mounts.mount_on(fd, target, "overlay", "overlay", MountFlags.MS_NOSUID | MountFlags.MS_NODEV, data)
+                    mounts.mount_on(fd, target, source or "overlay", "overlay", MountFlags.MS_NOSUID | MountFlags.MS_NODEV,
+                                    data)
             finally:
-                os.close(fd)
+                for each in opened:
+                    os.close(each)
             try:
                 fault_point("overlay")
             except BaseException:
@@ -211,7 +220,7 @@ def mount(target: str, lowers, upper: str | None = None, work: str | None = None
         except BaseException:
             mounts.rmdir_empty(created)
             raise
-    return Overlay(target, lowers, upper, work, api, options, record)
+    return Overlay(target, lowers, upper, work, api, options, record, in_ledger=source is None)
 
 
 def _open_or_make(path: str, created: list[str]) -> int:
@@ -224,7 +233,11 @@ def _open_or_make(path: str, created: list[str]) -> int:
 
 
 def _is_mount_point(fd: int) -> bool:
-    """Is the open folder ``fd`` the root of a mount? Then its mount id differs from its parent's."""
+    """Is the open folder ``fd`` the root of a mount? statx says so in one call (Linux 5.8);
+    else its mount id differs from its parent's."""
+    root = syscalls.statx_mount_root(fd)
+    if root is not None:
+        return root
     parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
     try:
         return procfs.mount_id(fd) != procfs.mount_id(parent)
@@ -235,36 +248,41 @@ def _is_mount_point(fd: int) -> bool:
 _layer_fds: bool | None = None     # does this kernel take a layer as an open folder? (asked once)
 
 
-def _add_lower(fs: int, lower: str) -> None:
-    """Hand one lower folder to the context: opened without following a symlink, then given as
-    that open folder (FSCONFIG_SET_FD, Linux 6.13: nothing is looked up again), or by its path
-    where the kernel takes only paths."""
+def _set_folder(fs: int, key: str, path: str, fd: int) -> None:
+    """Hand one folder of the overlay to the context: as the folder ``fd``, opened without
+    following a symlink (FSCONFIG_SET_FD, Linux 6.13: nothing is looked up again), or by its
+    path where the kernel takes only paths (then asked once, and remembered)."""
     global _layer_fds
+    if _layer_fds is not False:
+        try:
+            syscalls.fsconfig(fs, FsconfigCmd.FSCONFIG_SET_FD, key, None, fd)
+            _layer_fds = True
+            return
+        except SyscallError:
+            if _layer_fds:
+                raise
+            _layer_fds = False      # EINVAL: this overlayfs takes folders by path only
+    syscalls.fsconfig(fs, FsconfigCmd.FSCONFIG_SET_STRING, key, path)
+
+
+def _add_lower(fs: int, lower: str) -> None:
     fd = _open_lower(lower)
     try:
-        if _layer_fds is not False:
-            try:
-                syscalls.fsconfig(fs, FsconfigCmd.FSCONFIG_SET_FD, "lowerdir+", None, fd)
-                _layer_fds = True
-                return
-            except SyscallError:
-                if _layer_fds:
-                    raise
-                _layer_fds = False      # EINVAL: this overlayfs takes layers by path only
-        syscalls.fsconfig(fs, FsconfigCmd.FSCONFIG_SET_STRING, "lowerdir+", lower)
+        _set_folder(fs, "lowerdir+", lower, fd)
     finally:
         os.close(fd)
 
 
-def _mount_fsconfig(target_fd: int, lowers, upper, work, options) -> None:
+def _mount_fsconfig(target_fd: int, source: str, lowers, upper, work, options, upper_fd: int = -1,
+                    work_fd: int = -1) -> None:
     fs = syscalls.fsopen("overlay")
     try:
-        syscalls.fsconfig(fs, FsconfigCmd.FSCONFIG_SET_STRING, "source", "overlay")
+        syscalls.fsconfig(fs, FsconfigCmd.FSCONFIG_SET_STRING, "source", source)
         for lower in lowers:            # one call per layer: no page limit
             _add_lower(fs, lower)
         if upper is not None:
-            syscalls.fsconfig(fs, FsconfigCmd.FSCONFIG_SET_STRING, "upperdir", upper)
-            syscalls.fsconfig(fs, FsconfigCmd.FSCONFIG_SET_STRING, "workdir", work)
+            _set_folder(fs, "upperdir", upper, upper_fd)
+            _set_folder(fs, "workdir", work, work_fd)
         for option in options:
             key, _, value = option.partition("=")
             syscalls.fsconfig(fs, FsconfigCmd.FSCONFIG_SET_STRING, key, value)
@@ -306,9 +324,18 @@ def _as_list(lowers) -> list:
     return list(lowers)
 
 
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+_NO_LINKS = syscalls.RESOLVE_NO_SYMLINKS | syscalls.RESOLVE_NO_MAGICLINKS
+
+
 def _open_lower(path: str) -> int:
-    """Open the lower folder ``path``, reached without a symlink (mounts.open_folder: one
-    openat2 call where the kernel has it). Refused if it does not exist."""
+    """Open the lower folder ``path`` (a lab path, checked), reached without a symlink: one
+    openat2 call where the kernel has it, else mounts.open_folder's walk, which says what is in
+    the way. Refused if it does not exist."""
+    try:
+        return syscalls.openat2(-100, path, _FOLDER_FLAGS, _NO_LINKS)
+    except SyscallError:
+        pass
     try:
         return mounts.open_folder(path)
     except FileNotFoundError:

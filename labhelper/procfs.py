@@ -81,9 +81,17 @@ class Mount:
     @property
     def upperdir(self) -> str | None:
         """For an overlay mount, its upper directory (where writes land)."""
+        return self._super_option("upperdir")
+
+    @property
+    def workdir(self) -> str | None:
+        """For an overlay mount, its work directory (the kernel's scratch space)."""
+        return self._super_option("workdir")
+
+    def _super_option(self, key: str) -> str | None:
         for opt in self.super_options.split(","):
-            if opt.startswith("upperdir="):
-                return opt[len("upperdir="):]
+            if opt.startswith(key + "="):
+                return opt[len(key) + 1:]
         return None
 
     def __repr__(self) -> str:

@@ -30,6 +30,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import signal
 import stat
 import time
@@ -42,7 +43,7 @@ from .procfs import start_time
 from .process import is_same_process, lifetime_pid
 
 __all__ = ["Record", "Ledger", "ledger", "guard", "default_owner", "fault_point", "LEDGER_DIR", "new_record",
-           "put_on", "read_from", "ON_OBJECT"]
+           "put_on", "read_from", "ON_OBJECT", "as_mount_source", "from_mount_source"]
 
 _DURABLE_KINDS = ("dir",)      # objects that survive a reboot: their records are fsync'ed
 LEDGER_DIR = Path(os.environ.get("LABHELPER_LEDGER", "/run/labhelper/ledger"))
@@ -469,6 +470,37 @@ def read_from(path: str) -> Record | None:
     except (ValueError, KeyError, TypeError, RecursionError, _NotARecord):
         return None
     return record
+
+
+# A mount has a place of its own for a short text: its source, which the kernel keeps with the
+# mount and shows in /proc/PID/mountinfo and `findmnt` (a device for a disk; for overlayfs or
+# tmpfs, any name: Docker's overlays say "overlay"). Written with the mount itself, by the very
+# call that makes it, the record there can never be missing from the mount, nor outlive it, and
+# it costs no write at all (a ledger file costs two writes to /run's filesystem). It holds what
+# says whose the mount is, in at most 255 bytes (fsconfig's limit for a string):
+#     labhelper:OWNER:PID:PID_START:CREATED     e.g. labhelper:lab:4242:987654:1796070543
+_SOURCE = re.compile(r"labhelper:([A-Za-z0-9_][A-Za-z0-9._+,@=-]{0,63}):([0-9]{1,10}):([0-9]{1,20}|-):([0-9]{1,12})")
+
+
+def as_mount_source(record: Record) -> str | None:
+    """The source string for a mount that carries ``record`` itself, or None where the record
+    does not fit in one (an owner name with ':' or over 64 characters: the caller keeps the
+    record in the ledger instead)."""
+    start = "-" if record.pid_start is None else str(record.pid_start)
+    text = f"labhelper:{record.owner}:{record.pid}:{start}:{int(record.created)}"
+    return text if _SOURCE.fullmatch(text) else None
+
+
+def from_mount_source(mountpoint: str, source: str, data: dict | None = None) -> Record | None:
+    """The record a mount on ``mountpoint`` carries as its source (:func:`as_mount_source`), or
+    None: another source (a mount not made so, or not ours). ``data``: what the caller knows of
+    it from the mount itself (an overlay's scratch folders)."""
+    found = _SOURCE.fullmatch(source)
+    if found is None:
+        return None
+    owner, pid, start, created = found.groups()
+    return Record("mount", mountpoint, owner, int(pid), None if start == "-" else int(start), float(created),
+                  dict(data or {}))
 
 
 class _RecordExists(Exception):

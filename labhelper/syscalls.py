@@ -214,9 +214,9 @@ def fsconfig(fd: int, cmd: FsconfigCmd | int, key: str | None = None, value: str
     if _NR_FSCONFIG is None:
         _NR_FSCONFIG = ctypes.c_long(syscall_number("fsconfig"))
     # One call per layer when mounting an overlay: the error's arguments are made only on error.
-    result = _libc.syscall(_NR_FSCONFIG, ctypes.c_long(fd), ctypes.c_long(int(cmd)),
-                           None if key is None else key.encode(), None if value is None else value.encode(),
-                           ctypes.c_long(aux))
+    # fd, cmd and aux are C ints in the kernel's prototype: ctypes' default int conversion fits.
+    result = _libc.syscall(_NR_FSCONFIG, fd, int(cmd), None if key is None else key.encode(),
+                           None if value is None else value.encode(), aux)
     if result == -1:
         err = ctypes.get_errno()
         args = {"fd": fd, "cmd": FsconfigCmd(cmd).name}
@@ -283,6 +283,27 @@ def syncfs(fd: int) -> None:
 _AT_EMPTY_PATH = 0x1000          # include/uapi/linux/fcntl.h
 _STATX_MNT_ID = 0x1000           # include/uapi/linux/stat.h (Linux 5.8)
 _STX_MNT_ID_OFFSET = 0x90        # struct statx: __u64 stx_mnt_id, after the timestamps and devices
+
+
+_STATX_ATTR_MOUNT_ROOT = 0x2000  # stx_attributes: the file is the root of a mount (Linux 5.8)
+
+
+def statx_mount_root(fd: int) -> bool | None:
+    """Is the open folder ``fd`` the root of a mount (something is mounted on it)? One statx(2)
+    call (STATX_ATTR_MOUNT_ROOT); None where the kernel or libc cannot say (before Linux 5.8)."""
+    statx = getattr(_libc, "statx", None)
+    if statx is None:
+        return None
+    buf = ctypes.create_string_buffer(256)
+    if statx(ctypes.c_int(fd), b"", ctypes.c_int(_AT_EMPTY_PATH), ctypes.c_uint(0), buf) != 0:
+        return None
+    # struct statx: __u64 stx_attributes at 0x08, __u64 stx_attributes_mask at 0x38 (what this
+    # kernel can report: a bit outside it says nothing either way).
+    attributes = int.from_bytes(buf.raw[0x08:0x10], sys.byteorder)
+    known = int.from_bytes(buf.raw[0x38:0x40], sys.byteorder)
+    if not known & _STATX_ATTR_MOUNT_ROOT:
+        return None
+    return bool(attributes & _STATX_ATTR_MOUNT_ROOT)
 
 
 def statx_mount_id(fd: int) -> int | None:

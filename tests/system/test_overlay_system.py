@@ -159,8 +159,14 @@ def test_r19_host_folders_and_symlinks_to_them_are_refused_before_any_change(lab
 
 @pytest.mark.parametrize("step", ["overlay-recorded", "overlay"])
 @pytest.mark.parametrize("how", ["sigkill", "raise"])
-def test_r1_a_kill_at_each_step_then_the_owners_cleanup_leaves_nothing(lab, uid, step, how):
+@pytest.mark.parametrize("folders", ["made", "there"])
+def test_r1_a_kill_at_each_step_then_the_owners_cleanup_leaves_nothing(lab, uid, step, how, folders):
+    # folders "made": the mount makes its folders, so its record goes to the ledger first;
+    # "there": they exist (a container's root), and the record is the mount's own source.
     target = f"{lab}/merged"
+    if folders == "there":
+        for name in ("merged", "upper", "work"):
+            os.mkdir(f"{lab}/{name}")
     code = (f"from labhelper import overlay; overlay.mount({target!r}, [{lab + '/l1'!r}, {lab + '/l2'!r}], "
             f"{lab + '/upper'!r}, {lab + '/work'!r}, owner='systest-{uid}-ov'); print('not reached')")
     p = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, LABHELPER_FAULT=f"{step}:{how}"),
@@ -168,14 +174,59 @@ def test_r1_a_kill_at_each_step_then_the_owners_cleanup_leaves_nothing(lab, uid,
     assert "not reached" not in p.stdout
     if how == "sigkill":
         assert p.returncode == -signal.SIGKILL
-        assert registry.ledger().find("mount", target) is not None      # written before the mount
+        on_mount = [m for m in procfs.mountinfo() if m.mountpoint == target]
+        if folders == "made":
+            assert registry.ledger().find("mount", target) is not None      # written before the mount
+        elif step == "overlay":
+            assert on_mount and on_mount[-1].source.startswith(f"labhelper:systest-{uid}-ov:")
+        census = cleanup.census()
+        assert (bool(on_mount) or folders == "made") == any(o.owner == f"systest-{uid}-ov" for o in census.objects)
         result = cleanup.cleanup(owner=f"systest-{uid}-ov")
         assert result.ok, result.failures
     else:
         assert p.returncode == 1 and "FaultInjected" in p.stderr
     assert not any(x.mountpoint == target for x in procfs.mountinfo())
     assert registry.ledger().find("mount", target) is None
-    assert not os.path.exists(target) and not os.path.exists(f"{lab}/work")
+    assert not os.path.exists(f"{lab}/work/work")                          # the kernel's scratch, gone
+    # What the mount made goes with it; what was there before stays, for its owner to remove.
+    assert os.path.exists(target) == (folders == "there") and os.path.exists(f"{lab}/work") == (folders == "there")
+
+
+def test_the_record_is_the_mounts_own_source_and_the_census_reads_it(lab, uid):
+    # An overlay on folders that exist says whose it is in its source (findmnt shows it), and
+    # writes nothing to the ledger; one whose owner name cannot be a source keeps a ledger record.
+    for name in ("merged", "upper", "work", "m2", "u2", "w2"):
+        os.mkdir(f"{lab}/{name}")
+    files = set(os.listdir(registry.LEDGER_DIR))
+    ov = overlay.mount(f"{lab}/merged", [f"{lab}/l1", f"{lab}/l2"], f"{lab}/upper", f"{lab}/work",
+                       owner=f"systest-{uid}")
+    try:
+        m = next(m for m in procfs.mountinfo() if m.mountpoint == ov.target)
+        record = registry.from_mount_source(m.mountpoint, m.source)
+        assert record is not None and record.owner == f"systest-{uid}" and record.pid == os.getpid()
+        assert record.pid_start == registry.new_record("mount", ov.target).pid_start     # this very process
+        assert set(os.listdir(registry.LEDGER_DIR)) == files
+        found = subprocess.run(["findmnt", "-n", "-o", "SOURCE", ov.target], capture_output=True, text=True)
+        assert found.stdout.strip() == m.source
+        census = cleanup.census()
+        mine = [o for o in census.objects if o.kind == "mount" and o.name == ov.target]
+        assert [o.owner for o in mine] == [f"systest-{uid}"]
+        assert not any(o.kind == "ledger" for o in census.objects if o.owner == f"systest-{uid}")
+        # An owner with ':' does not fit in a source: its record goes to the ledger instead.
+        odd = overlay.mount(f"{lab}/m2", [f"{lab}/l1", f"{lab}/l2"], f"{lab}/u2", f"{lab}/w2",
+                            owner=f"systest-{uid}:odd")
+        try:
+            assert registry.ledger().find("mount", odd.target).owner == f"systest-{uid}:odd"
+            assert next(m for m in procfs.mountinfo() if m.mountpoint == odd.target).source == "overlay"
+        finally:
+            odd.unmount()
+        assert registry.ledger().find("mount", odd.target) is None
+    finally:
+        # The module's unmount (no record kept by the caller) reads the record off the mount
+        # before it goes: the scratch goes, the folders that were there stay.
+        assert overlay.unmount(ov.target) is True
+    assert not os.path.exists(f"{lab}/work/work") and os.path.isdir(ov.target) and os.path.isdir(f"{lab}/work")
+    assert set(os.listdir(registry.LEDGER_DIR)) == files
 
 
 def test_r5_cleanup_unmounts_first_and_leaves_another_owners_lower_folders_intact(uid):
@@ -207,3 +258,23 @@ def test_two_overlays_share_a_lower_folder_and_never_see_each_others_writes(lab)
             fh.write("changed in a\n")
         assert open(f"{b.target}/etc/hosts").read() == "127.0.0.1 localhost\n"
         assert open(f"{lab}/l2/etc/hosts").read() == "127.0.0.1 localhost\n"
+
+
+def test_a_second_overlay_on_a_mount_point_is_refused_and_changes_nothing(lab):
+    # statx's STATX_ATTR_MOUNT_ROOT says, in one call, that something is mounted there already.
+    # (The folders exist, so that no ledger record of the first mount refuses the second first.)
+    for name in ("merged", "upper", "work", "u2", "w2"):
+        os.mkdir(f"{lab}/{name}")
+    with overlay.mount(f"{lab}/merged", [f"{lab}/l1", f"{lab}/l2"], f"{lab}/upper", f"{lab}/work") as ov:
+        fd = os.open(ov.target, os.O_RDONLY | os.O_DIRECTORY)
+        inside = os.open(f"{ov.target}/etc", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            assert overlay._is_mount_point(fd) is True and overlay._is_mount_point(inside) is False
+        finally:
+            os.close(fd)
+            os.close(inside)
+        before = (cleanup.census().names(), procfs.mountinfo())
+        with pytest.raises(Refused, match="mounted on .* already"):
+            overlay.mount(ov.target, [f"{lab}/l1", f"{lab}/l2"], f"{lab}/u2", f"{lab}/w2")
+        assert (cleanup.census().names(), procfs.mountinfo()) == before
+        assert os.listdir(f"{lab}/u2") == [] and os.listdir(f"{lab}/w2") == []

@@ -219,6 +219,24 @@ def test_a_record_on_a_folder_is_read_back_and_junk_there_is_ignored(tmp_path, m
         assert registry.read_from(folder) is None, junk[:20]
 
 
+def test_a_record_as_a_mount_source_reads_back_and_other_sources_are_not_records():
+    record = registry.new_record("mount", "/var/lib/labhelper/ch06/rootfs", owner="ch06")
+    source = registry.as_mount_source(record)
+    assert source.startswith("labhelper:ch06:") and len(source.encode()) <= 255
+    back = registry.from_mount_source(record.name, source, {"made": []})
+    assert (back.kind, back.name, back.owner, back.pid, back.pid_start, back.data) == \
+        ("mount", record.name, "ch06", record.pid, record.pid_start, {"made": []})
+    assert back.key == record.key and abs(back.created - record.created) < 1
+    no_start = registry.Record("mount", record.name, "ch06", 5, None, 1.5)
+    assert registry.from_mount_source(record.name, registry.as_mount_source(no_start)).pid_start is None
+    # An owner that would make the source ambiguous, or too long, keeps its record in the ledger.
+    for owner in ("a:b", "x" * 65, "", "-dash", "sp ace"):
+        assert registry.as_mount_source(registry.Record("mount", record.name, owner, 5, 7, 1.0)) is None, owner
+    for other in ("overlay", "tmpfs", "/dev/sda1", "labhelper", "labhelper:lab:1:2", "labhelper:lab:x:2:3",
+                  "labhelper:lab:1:2:3:4", "labhelper:a:b:1:2:3", source + "\n"):
+        assert registry.from_mount_source(record.name, other) is None, other
+
+
 def test_a_record_is_made_only_on_a_disposable_machine(tmp_path, monkeypatch):
     monkeypatch.delenv("LABHELPER_DISPOSABLE")
     monkeypatch.setattr(registry.host, "DISPOSABLE_MARKER", tmp_path / "absent")
