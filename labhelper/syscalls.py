@@ -27,6 +27,7 @@ __all__ = [
     "pivot_root", "sethostname", "prctl", "ioctl", "ioctl_noarg", "address_of", "check", "error",
     "fsopen", "fsconfig", "fsmount", "move_mount", "MOVE_MOUNT_F_EMPTY_PATH", "MOVE_MOUNT_T_EMPTY_PATH",
     "openat2", "RESOLVE_NO_MAGICLINKS", "RESOLVE_NO_SYMLINKS", "RESOLVE_BENEATH", "RESOLVE_IN_ROOT", "syncfs",
+    "seccomp_filter", "statx_mount_root", "statx_mount_id", "bpf",
 ]
 
 # use_errno=True: ctypes saves errno right after each call, so threads cannot clobber it.
@@ -357,6 +358,42 @@ def prctl(option: Prctl | int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5
     if result == -1:
         check(result, "prctl", {"option": Prctl(option), "arg2": arg2})
     return result
+
+
+_NR_BPF = {"x86_64": 321, "aarch64": 280}
+
+
+def bpf(cmd: int, attr: bytes | bytearray, what: str) -> int:
+    """bpf(2): ``cmd`` with the union bpf_attr ``attr`` (the bytes of the struct the command
+    reads); its result (a new fd for BPF_PROG_LOAD). ``what`` names the command in an error."""
+    nr = _NR_BPF.get(_MACHINE)
+    if nr is None:
+        raise NotImplementedError(f"no bpf(2) number for {_MACHINE!r} in the course's table")
+    buf = ctypes.create_string_buffer(bytes(attr), len(attr))
+    result = _libc.syscall(ctypes.c_long(nr), ctypes.c_long(cmd), buf, ctypes.c_long(len(attr)))
+    if result == -1:
+        check(result, "bpf", {"cmd": what, "size": len(attr)})
+    return result
+
+
+class _SockFprog(ctypes.Structure):
+    """struct sock_fprog (include/uapi/linux/filter.h): a classic BPF program, by length and address."""
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+_SECCOMP_MODE_FILTER = 2     # include/uapi/linux/seccomp.h
+
+
+def seccomp_filter(program: bytes) -> None:
+    """prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog): attach the classic BPF ``program``
+    (8 bytes an instruction: struct sock_filter) to this thread, for ever. The kernel wants
+    no_new_privs set first (or CAP_SYS_ADMIN): a filter must never make a setuid program err."""
+    if not program or len(program) % 8:
+        raise ValueError(f"a classic BPF program is a whole number of 8-byte instructions, not {len(program)} bytes")
+    code = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.cast(code, ctypes.c_void_p))
+    check(_libc.prctl(int(Prctl.PR_SET_SECCOMP), _SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0), "prctl",
+          {"option": Prctl.PR_SET_SECCOMP, "arg2": "SECCOMP_MODE_FILTER", "arg3": f"<{len(program) // 8} instructions>"})
 
 
 # The same libc function without argument types: ctypes then converts plain ints with the least

@@ -34,7 +34,7 @@ __all__ = ["CONTROLLERS", "apply", "stats", "freeze", "frozen"]
 
 # The controllers a lab group uses on v1, by the name of a hierarchy's controller (cpu and
 # cpuacct usually share one: "cpu,cpuacct").
-CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "blkio", "freezer")
+CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "blkio", "freezer", "devices")
 
 
 def _folder(folders: dict[str, str], controller: str, what: str) -> str:

@@ -25,9 +25,9 @@ import struct
 import subprocess
 from dataclasses import dataclass, field
 
-from .. import marks, mounts, overlay, process, procfs, syscalls
+from .. import capabilities, marks, mounts, overlay, process, procfs, syscalls
 from ..errors import LabError, Refused, RequirementError
-from ..flags import CloneFlags, MountFlags, Prctl, UmountFlags
+from ..flags import CloneFlags, MountFlags, UmountFlags
 from . import layers
 from .store import (CONFIG_MEDIA_TYPE, LAYER_MEDIA_TYPES, MANIFEST_MEDIA_TYPE, MAX_JSON, Descriptor, Store,
                     check_digest, check_name)
@@ -335,13 +335,10 @@ def busybox_image(store: Store, name: str = "busybox", *, epoch: int | None = No
             store.remove_temp(tmp)
 
 
-# What a build step may do as root: Docker's default capability set (moby's
-# oci/caps/defaults.go). Everything else (CAP_SYS_ADMIN above all: mount, pivot_root, namespaces;
-# CAP_SYS_MODULE, CAP_SYS_PTRACE, CAP_SYS_RAWIO, CAP_SYS_TIME...) leaves the bounding set
-# before the step's program starts, so not even a setuid binary of the image gets it back.
-STEP_CAPS = {0: "CHOWN", 1: "DAC_OVERRIDE", 3: "FOWNER", 4: "FSETID", 5: "KILL", 6: "SETGID", 7: "SETUID",
-             8: "SETPCAP", 10: "NET_BIND_SERVICE", 13: "NET_RAW", 18: "SYS_CHROOT", 27: "MKNOD",
-             29: "AUDIT_WRITE", 31: "SETFCAP"}
+# What a build step may do as root: Docker's default capability set (capabilities.DOCKER_DEFAULT).
+# Everything else (CAP_SYS_ADMIN above all: mount, pivot_root, namespaces; CAP_SYS_MODULE,
+# CAP_SYS_PTRACE, CAP_SYS_RAWIO, CAP_SYS_TIME...) leaves the bounding set before the step's
+# program starts, so not even a setuid binary of the image gets it back.
 STEP_NAMESPACES = (CloneFlags.CLONE_NEWNS | CloneFlags.CLONE_NEWPID | CloneFlags.CLONE_NEWIPC |
                    CloneFlags.CLONE_NEWUTS | CloneFlags.CLONE_NEWNET | CloneFlags.CLONE_NEWCGROUP)
 
@@ -389,10 +386,7 @@ def _run_in_image(merged: str, run, change) -> tuple[int, str]:
     if change is not None:
         change()                        # the notebook's own Python function: trusted code
         return 0, ""
-    last = int(procfs.read_text("/proc/sys/kernel/cap_last_cap", "40").strip() or 40)
-    for cap in range(last + 1):
-        if cap not in STEP_CAPS:
-            syscalls.prctl(Prctl.PR_CAPBSET_DROP, cap)
+    capabilities.drop_bounding(capabilities.DOCKER_DEFAULT)
     done = subprocess.run(run, capture_output=True, text=True, env={"PATH": PATH, "HOME": "/root"},
                           stdin=devnull)
     return done.returncode, done.stdout + done.stderr

@@ -24,6 +24,8 @@ ORDER = [
     "procfs",       # reading /proc and /sys
     "host",         # facts about this machine; the safety guard's test
     "process",      # the fork boundary; processes as lab objects
+    "capabilities", # root's power in pieces: the bounding set a container keeps
+    "seccomp",      # a classic BPF filter of system calls
     "registry",     # the ledger, where the guard is enforced
     "mounts",       # concept modules, from here up: each makes and removes its own kinds
     "loop",         # loop devices (a file as a disk), for chapter 05's I/O limits
@@ -32,6 +34,8 @@ ORDER = [
     "namespaces",   # makes, looks at, joins and pins namespaces (in forked children)
     "overlay",      # overlayfs: layers, copy-up, whiteouts (chapter 06)
     "images",       # content-addressed image layers on overlay (chapter 06)
+    "rootfs",       # a container's root filesystem: busybox-static as an image, or host binaries
+    "container",    # run(): everything above composed, the way a runtime does it (chapter 07)
     "trace",
     "syscost",
     "kvm",

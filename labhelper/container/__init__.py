@@ -1,0 +1,22 @@
+"""A container by hand (chapter 07): `docker run` composed from the kernel's parts, the way a
+runtime such as runc or crun composes them.
+
+* ``config``   the request, checked whole before anything is made (names, limits, paths, volumes);
+* ``runtime``  the outside: a folder, an overlay root of the image's layers, a cgroup with limits
+               and device rules, the fork into new namespaces, the wait, the undo;
+* ``init``     the inside, PID 1 of the container: volumes, /proc, /dev, /sys, masked paths,
+               pivot_root, hostname, capabilities, seccomp, then execve.
+
+    from labhelper import container, images
+    store = images.Store()
+    images.busybox_image(store)
+    container.run("busybox", ["/bin/sh", "-c", "echo hello from $(hostname)"], name="web")
+"""
+from __future__ import annotations
+
+from .config import CONTAINERS, Config, Volume, check
+from .init import DEVICES, EXIT_CANNOT_RUN, EXIT_NOT_FOUND, EXIT_RUNTIME, MASKED, READ_ONLY, open_in_root
+from .runtime import NAMESPACES, Result, run
+
+__all__ = ["run", "Result", "Config", "Volume", "check", "CONTAINERS", "NAMESPACES", "DEVICES", "MASKED",
+           "READ_ONLY", "EXIT_RUNTIME", "EXIT_CANNOT_RUN", "EXIT_NOT_FOUND", "open_in_root"]

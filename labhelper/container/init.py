@@ -1,0 +1,275 @@
+"""The container's side of the fork: from a copy of Python to the container's first program.
+
+This runs in the process that becomes PID 1 of the container's PID namespace (runc calls it the
+container's init). It is already in the container's cgroup and in its new namespaces but one (the
+runtime's child made them and moved it into the cgroup: runtime.py); the cgroup namespace comes
+first here, so that it starts at the container's own cgroup. Each step below is one or two system calls, in the
+order a runtime must make them; a failed step ends the process with exit status 125 and says
+which step failed, through a pipe closed on exec (so an exec that succeeds says nothing):
+
+    0  unshare(CLONE_NEWCGROUP)  its cgroup is "/" from now on
+    1  setsid                    a session of its own, no controlling terminal of the host's
+    2  volumes                   each host folder bound at its destination, looked up *inside* the root
+    3  /proc                     a proc of the new PID namespace (it sees only the container)
+    4  /dev                      a small tmpfs with null, zero, full, random, urandom, tty; pts; shm; mqueue
+    5  /sys                      sysfs, read-only
+    6  masked, read-only paths   /proc/kcore and friends hidden; /proc/sys and friends read-only
+    7  pivot_root                the root becomes the image's; the host's is detached from the tree
+    8  hostname, loopback        the UTS namespace's name; lo up in the network namespace
+    9  working directory, user   chdir inside the new root; setgid/setuid if asked
+   10  capabilities              the bounding set cut to Docker's 14 (capabilities.DOCKER_DEFAULT)
+   11  no_new_privs, seccomp     the filter of system calls (seccomp.program), for ever
+   12  execve                    only fds 0, 1 and 2 cross it: nothing of the runtime leaks in
+
+Every path from the image (a volume's destination, the mount points /proc, /dev, /sys) is opened
+with openat2(RESOLVE_IN_ROOT) from the root folder: a symlink in the image, absolute or full of
+``..``, resolves inside the root, never on the host (the CVE-2019-19921 class); the runtime's own
+mount points must not be symlinks at all. After pivot_root, "/" *is* the root, so the working
+directory and the command are looked up inside it by the kernel itself.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import socket
+import struct
+
+from .. import capabilities, mounts, seccomp, syscalls
+from ..errors import Refused
+from ..flags import CloneFlags, MountFlags, Prctl, UmountFlags
+
+__all__ = ["main", "DEVICES", "MASKED", "READ_ONLY", "EXIT_RUNTIME", "EXIT_CANNOT_RUN", "EXIT_NOT_FOUND"]
+
+EXIT_RUNTIME = 125          # Docker's: the runtime failed before the command ran
+EXIT_CANNOT_RUN = 126       # the command exists but cannot be executed
+EXIT_NOT_FOUND = 127        # no such command
+
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+# Docker's masked paths (moby oci/defaults.go): kernel memory, keys and timing data of the host.
+MASKED = ("/proc/asound", "/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+          "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+          "/sys/devices/virtual/powercap")
+# ...and its read-only ones: kernel settings shared by the whole machine.
+READ_ONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+_NOSUID_NODEV_NOEXEC = MountFlags.MS_NOSUID | MountFlags.MS_NODEV | MountFlags.MS_NOEXEC
+_IN_ROOT = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+class StepFailed(Exception):
+    def __init__(self, step: str, error: str):
+        super().__init__(f"{step}: {error}")
+        self.step, self.error = step, error
+
+
+def _step(name: str, fn, *args):
+    try:
+        return fn(*args)
+    except StepFailed:
+        raise
+    except (OSError, Refused, ValueError) as exc:
+        raise StepFailed(name, str(exc)) from None
+
+
+def open_in_root(root_fd: int, path: str, *, directory: bool = True, no_symlinks: bool = False,
+                 create: bool = False) -> int:
+    """Open ``path`` (absolute, in the container) below the open root folder, resolved as if the
+    root were "/" (RESOLVE_IN_ROOT): an absolute symlink or ``..`` never leaves it. ``create``:
+    make the missing folders on the way (each one below a folder opened that way)."""
+    rel = path.lstrip("/") or "."
+    flags = _DIR if directory else os.O_RDONLY | os.O_NOFOLLOW
+    resolve = _IN_ROOT | (syscalls.RESOLVE_NO_SYMLINKS if no_symlinks else 0)
+    try:
+        return syscalls.openat2(root_fd, rel, flags, resolve)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT or not create:
+            if exc.errno == errno.ELOOP and no_symlinks:
+                raise Refused(f"{path} in the image is a symlink (or has one on the way): the runtime mounts "
+                              "there only on a real folder, never through a link it did not make") from None
+            raise
+    parent = open_in_root(root_fd, os.path.dirname(path), create=True, no_symlinks=no_symlinks)
+    try:
+        try:
+            os.mkdir(os.path.basename(path), 0o755, dir_fd=parent)
+        except FileExistsError:
+            pass
+        return syscalls.openat2(parent, os.path.basename(path), flags, resolve & ~syscalls.RESOLVE_IN_ROOT
+                                | syscalls.RESOLVE_BENEATH)
+    finally:
+        os.close(parent)
+
+
+def _volume(root_fd: int, volume: dict) -> None:
+    source = mounts.open_folder(volume["source"])         # a lab folder, no symlink on the way
+    try:
+        target = open_in_root(root_fd, volume["destination"], create=True)
+        try:
+            syscalls.mount(f"/proc/self/fd/{source}", f"/proc/self/fd/{target}", None,
+                           MountFlags.MS_BIND | MountFlags.MS_REC)
+        finally:
+            os.close(target)
+        if volume["read_only"]:
+            _remount_read_only(root_fd, volume["destination"], 0)
+    finally:
+        os.close(source)
+
+
+def _remount_read_only(root_fd: int, path: str, flags) -> None:
+    """A bind mount takes its flags from a second call (MS_REMOUNT | MS_BIND), made on the new
+    mount: the folder is opened again, since an fd opened before the bind still names the
+    folder below it."""
+    fd = open_in_root(root_fd, path, directory=False)
+    try:
+        syscalls.mount(None, f"/proc/self/fd/{fd}", None,
+                       MountFlags.MS_REMOUNT | MountFlags.MS_BIND | MountFlags.MS_RDONLY | flags)
+    finally:
+        os.close(fd)
+
+
+def _mount_at(root_fd: int, path: str, fstype: str, flags, data: str | None = None) -> None:
+    fd = open_in_root(root_fd, path, no_symlinks=True, create=True)
+    try:
+        mounts.mount_on(fd, path, fstype, fstype, flags, data)
+    finally:
+        os.close(fd)
+
+
+def _dev(root_fd: int) -> None:
+    # nodev on the tmpfs: a node made here with mknod (CAP_MKNOD is in the default set) cannot be
+    # opened; the bind-mounted host nodes keep the flags of the host's /dev, where they work.
+    _mount_at(root_fd, "/dev", "tmpfs", MountFlags.MS_NOSUID | MountFlags.MS_NODEV | MountFlags.MS_STRICTATIME,
+              "mode=755,size=65536k")
+    dev = open_in_root(root_fd, "/dev", no_symlinks=True)
+    try:
+        for name in DEVICES:
+            if os.path.exists(f"/dev/{name}"):
+                mounts.bind_file(dev, name, f"/dev/{name}", 0o666)
+        for name, mode in (("pts", 0o755), ("shm", 0o1777), ("mqueue", 0o1777)):
+            os.mkdir(name, mode, dir_fd=dev)
+        for name, target in (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+            os.symlink(target, name, dir_fd=dev)
+    finally:
+        os.close(dev)
+    # newinstance: the container's terminals are its own, numbered from 0, not the host's.
+    _mount_at(root_fd, "/dev/pts", "devpts", MountFlags.MS_NOSUID | MountFlags.MS_NOEXEC,
+              "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    _mount_at(root_fd, "/dev/shm", "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k")
+    _mount_at(root_fd, "/dev/mqueue", "mqueue", _NOSUID_NODEV_NOEXEC)
+
+
+def _mask(root_fd: int) -> None:
+    for path in MASKED:
+        try:
+            fd = open_in_root(root_fd, path, directory=False, no_symlinks=True)
+        except OSError:
+            continue                    # not on this kernel
+        try:
+            where = f"/proc/self/fd/{fd}"
+            if os.path.isdir(where):
+                syscalls.mount("tmpfs", where, "tmpfs", MountFlags.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
+            else:
+                syscalls.mount("/dev/null", where, None, MountFlags.MS_BIND)
+        finally:
+            os.close(fd)
+    for path in READ_ONLY:
+        try:
+            fd = open_in_root(root_fd, path, directory=False, no_symlinks=True)
+        except OSError:
+            continue
+        try:
+            where = f"/proc/self/fd/{fd}"
+            syscalls.mount(where, where, None, MountFlags.MS_BIND | MountFlags.MS_REC)
+        finally:
+            os.close(fd)
+        _remount_read_only(root_fd, path, _NOSUID_NODEV_NOEXEC)
+
+
+def _pivot(rootfs: str) -> None:
+    os.chdir(rootfs)
+    syscalls.pivot_root(".", ".")           # the old root is stacked on the new one...
+    syscalls.umount2(".", UmountFlags.MNT_DETACH)      # ...and detached: nothing of the host is left
+    os.chdir("/")
+
+
+def _loopback_up() -> None:
+    # SIOCGIFFLAGS / SIOCSIFFLAGS on any socket of this network namespace: set IFF_UP on "lo".
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        ifreq = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock.fileno(), 0x8913, ifreq))[1]
+        fcntl.ioctl(sock.fileno(), 0x8914, struct.pack("16sH14x", b"lo", flags | 0x1))
+
+
+def _workdir(path: str) -> None:
+    try:
+        os.chdir(path)
+    except FileNotFoundError:
+        os.makedirs(path, 0o755, exist_ok=True)     # as Docker does; "/" is the container's root now
+        os.chdir(path)
+
+
+def _user(uid: int, gid: int) -> None:
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+
+
+def main(spec: dict, rootfs: str, error_w: int) -> None:
+    """Set the container up and execve its command; never returns. ``spec``: the runtime's
+    plain description (runtime.py); ``error_w``: the pipe (O_CLOEXEC) for a step's failure."""
+    try:
+        # Its own cgroup namespace, made now that it is in the container's cgroup: that cgroup is
+        # "/" for everything in the container (/proc/self/cgroup, a cgroup2 mount).
+        _step("unshare the cgroup namespace", syscalls.unshare, CloneFlags.CLONE_NEWCGROUP)
+        _step("setsid", os.setsid)
+        root = _step("open the root", mounts.open_folder, rootfs)
+        for volume in spec["volumes"]:
+            _step(f"volume {volume['source']}:{volume['destination']}", _volume, root, volume)
+        _step("mount /proc", _mount_at, root, "/proc", "proc", _NOSUID_NODEV_NOEXEC)
+        _step("make /dev", _dev, root)
+        _step("mount /sys", _mount_at, root, "/sys", "sysfs", MountFlags.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
+        _step("mask /proc and /sys paths", _mask, root)
+        os.close(root)
+        _step("pivot_root", _pivot, rootfs)
+        _step("sethostname", syscalls.sethostname, spec["hostname"])
+        _step("bring lo up", _loopback_up)
+        _step(f"working directory {spec['workdir']}", _workdir, spec["workdir"])
+        if not spec["interactive"]:
+            null = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(null, 0)
+            os.close(null)
+        # Only fds 0-2 (and the error pipe, closed by the exec itself) cross into the command.
+        os.closerange(3, error_w)
+        os.closerange(error_w + 1, 1 << 20)
+        _step("capabilities", capabilities.drop_bounding, capabilities.DOCKER_DEFAULT)
+        if spec["user"] is not None:
+            _step(f"user {spec['user'][0]}:{spec['user'][1]}", _user, *spec["user"])
+        if spec["seccomp"]:
+            _step("seccomp", seccomp.attach)
+        else:
+            _step("no_new_privs", syscalls.prctl, Prctl.PR_SET_NO_NEW_PRIVS, 1)
+        command = spec["command"]
+        try:
+            os.execvpe(command[0], command, dict(e.split("=", 1) for e in spec["env"]))
+        except FileNotFoundError:
+            _report(error_w, "exec", f"{command[0]!r}: executable file not found in $PATH "
+                                     f"({dict(e.split('=', 1) for e in spec['env']).get('PATH', '')})")
+            os._exit(EXIT_NOT_FOUND)
+        except OSError as exc:
+            _report(error_w, "exec", f"{command[0]!r}: {os.strerror(exc.errno)} ({errno.errorcode.get(exc.errno)})")
+            os._exit(EXIT_CANNOT_RUN)
+    except StepFailed as failed:
+        _report(error_w, failed.step, failed.error)
+    except BaseException as exc:      # noqa: BLE001 - nothing may return into the runtime's code
+        _report(error_w, "setup", repr(exc))
+    os._exit(EXIT_RUNTIME)
+
+
+def _report(error_w: int, step: str, error: str) -> None:
+    try:
+        os.write(error_w, json.dumps({"step": step, "error": error}).encode()[:4000])
+    except OSError:
+        pass
