@@ -109,10 +109,18 @@ def new_api() -> bool:
     except SyscallError:
         return False            # no fsopen (before 5.2) or no overlayfs
     try:
-        syscalls.fsconfig(fd, FsconfigCmd.FSCONFIG_SET_STRING, "lowerdir+", "/")
-        return True
-    except SyscallError:
-        return False            # EINVAL: "lowerdir+" is unknown to this overlayfs
+        try:
+            syscalls.fsconfig(fd, FsconfigCmd.FSCONFIG_SET_STRING, "lowerdir+", "/")
+        except SyscallError:
+            return False        # EINVAL: "lowerdir+" is unknown to this overlayfs
+        # Before Linux 6.5 overlayfs parsed its options only at mount time: the kernel's legacy
+        # glue accepts any key here and fails at FSCONFIG_CMD_CREATE. A key no filesystem has
+        # tells the two apart: refused now only by an overlayfs that parses each parameter.
+        try:
+            syscalls.fsconfig(fd, FsconfigCmd.FSCONFIG_SET_STRING, "labhelper-probe", "1")
+            return False
+        except SyscallError:
+            return True
     finally:
         os.close(fd)
 

@@ -12,7 +12,7 @@ which step failed, through a pipe closed on exec (so an exec that succeeds says 
     2  volumes                   each host folder bound at its destination, looked up *inside* the root
     3  /proc                     a proc of the new PID namespace (it sees only the container)
     4  /dev                      a small tmpfs with null, zero, full, random, urandom, tty; pts; shm; mqueue
-    5  /sys                      sysfs, read-only
+    5  /sys                      sysfs, read-only; on cgroup v2 its own cgroup at /sys/fs/cgroup, read-only
     6  masked, read-only paths   /proc/kcore and friends hidden; /proc/sys and friends read-only
     7  pivot_root                the root becomes the image's; the host's is detached from the tree
     8  hostname, loopback        the UTS namespace's name; lo up in the network namespace
@@ -37,7 +37,7 @@ import socket
 import struct
 
 from .. import capabilities, mounts, seccomp, syscalls
-from ..errors import Refused
+from ..errors import LabError, Refused
 from ..flags import CloneFlags, MountFlags, Prctl, UmountFlags
 
 __all__ = ["main", "DEVICES", "MASKED", "READ_ONLY", "EXIT_RUNTIME", "EXIT_CANNOT_RUN", "EXIT_NOT_FOUND"]
@@ -56,7 +56,6 @@ READ_ONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-tri
 
 _NOSUID_NODEV_NOEXEC = MountFlags.MS_NOSUID | MountFlags.MS_NODEV | MountFlags.MS_NOEXEC
 _IN_ROOT = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
 
 class StepFailed(Exception):
@@ -70,7 +69,7 @@ def _step(name: str, fn, *args):
         return fn(*args)
     except StepFailed:
         raise
-    except (OSError, Refused, ValueError) as exc:
+    except (OSError, LabError, ValueError) as exc:
         raise StepFailed(name, str(exc)) from None
 
 
@@ -80,15 +79,16 @@ def open_in_root(root_fd: int, path: str, *, directory: bool = True, no_symlinks
     root were "/" (RESOLVE_IN_ROOT): an absolute symlink or ``..`` never leaves it. ``create``:
     make the missing folders on the way (each one below a folder opened that way)."""
     rel = path.lstrip("/") or "."
-    flags = _DIR if directory else os.O_RDONLY | os.O_NOFOLLOW
+    # A symlink at the end is followed too (inside the root), unless symlinks are refused.
+    flags = (os.O_RDONLY | os.O_DIRECTORY if directory else os.O_RDONLY) | (os.O_NOFOLLOW if no_symlinks else 0)
     resolve = _IN_ROOT | (syscalls.RESOLVE_NO_SYMLINKS if no_symlinks else 0)
     try:
         return syscalls.openat2(root_fd, rel, flags, resolve)
     except OSError as exc:
         if exc.errno != errno.ENOENT or not create:
-            if exc.errno == errno.ELOOP and no_symlinks:
-                raise Refused(f"{path} in the image is a symlink (or has one on the way): the runtime mounts "
-                              "there only on a real folder, never through a link it did not make") from None
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR) and no_symlinks:
+                raise Refused(f"{path} in the image is a symlink (or has one on the way), or not a folder: the "
+                              "runtime mounts there only on a real folder, never through a link") from None
             raise
     parent = open_in_root(root_fd, os.path.dirname(path), create=True, no_symlinks=no_symlinks)
     try:
@@ -96,8 +96,8 @@ def open_in_root(root_fd: int, path: str, *, directory: bool = True, no_symlinks
             os.mkdir(os.path.basename(path), 0o755, dir_fd=parent)
         except FileExistsError:
             pass
-        return syscalls.openat2(parent, os.path.basename(path), flags, resolve & ~syscalls.RESOLVE_IN_ROOT
-                                | syscalls.RESOLVE_BENEATH)
+        return syscalls.openat2(parent, os.path.basename(path), flags | os.O_NOFOLLOW,
+                                resolve & ~syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_BENEATH)
     finally:
         os.close(parent)
 
@@ -231,6 +231,10 @@ def main(spec: dict, rootfs: str, error_w: int) -> None:
         _step("mount /proc", _mount_at, root, "/proc", "proc", _NOSUID_NODEV_NOEXEC)
         _step("make /dev", _dev, root)
         _step("mount /sys", _mount_at, root, "/sys", "sysfs", MountFlags.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
+        if spec.get("cgroup2"):
+            # Its own cgroup, read-only, as Docker shows it on v2 (the namespace makes it the root).
+            _step("mount /sys/fs/cgroup", _mount_at, root, "/sys/fs/cgroup", "cgroup2",
+                  MountFlags.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
         _step("mask /proc and /sys paths", _mask, root)
         os.close(root)
         _step("pivot_root", _pivot, rootfs)

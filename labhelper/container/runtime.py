@@ -195,16 +195,25 @@ def run(image: str, command=None, *, store: images.Store | None = None, owner: s
     ``capture``: keep what it prints in Result.output (False: it goes to this process's fds 1, 2).
     """
     cfg = config.check(image, command, **options)
+    registry.guard(f"run a container of {cfg.image}")
     store = store or images.Store()
     img = _image(store, cfg.image)
     if not img.layers:
         raise Refused(f"the image {cfg.name!r} has no layers: nothing to make a root from")
     spec = _settings(cfg, img)
+    for volume in cfg.volumes:
+        # Each source opened now, as init will (a lab folder, no symlink on the way): a bad one
+        # is refused before anything is made.
+        try:
+            os.close(mounts.open_folder(volume.source))
+        except FileNotFoundError:
+            raise Refused(f"volume source {volume.source} does not exist", hint="make the folder first") from None
+        except (OSError, LabError) as exc:
+            raise Refused(f"volume source {volume.source}: {exc}") from None
     bundle = f"{config.CONTAINERS}/{cfg.name}"
     if os.path.lexists(bundle) or registry.ledger().find("dir", bundle) is not None:
         raise Refused(f"a container named {cfg.name!r} exists already ({bundle})",
                       hint="choose another name, or remove it (labhelper cleanup removes what a killed run left)")
-    registry.guard(f"run a container of {cfg.image}")
     started = time.monotonic()
     with contextlib.ExitStack() as undo:
         undo.enter_context(store.working())     # no garbage collection of its layers meanwhile
@@ -224,6 +233,7 @@ def run(image: str, command=None, *, store: images.Store | None = None, owner: s
         if cfg.limits:
             group.limit(**cfg.limits)
         devices.restrict(group.folders, group.version)
+        spec["cgroup2"] = group.version == 2
         fault_point("container-cgroup")
         child = process.spawn(_outer, group, spec, rootfs, capture, cfg.timeout,
                               unshare=NAMESPACES & ~CloneFlags.CLONE_NEWCGROUP)

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from labhelper import cgroups, cleanup, host, images, loop, marks, mounts, network, overlay, registry, syscalls
+from labhelper import cgroups, cleanup, container, host, images, loop, marks, mounts, network, overlay, registry, syscalls
 from labhelper.cleanup.inventory import function_of
 from labhelper.errors import NotDisposableError
 from labhelper.teach import lab
@@ -64,6 +64,7 @@ CALLS = {
     "loop.attach": lambda led: loop.attach(),
     "cgroups.group": lambda led: cgroups.group("guard"),
     "images.Store": lambda led: images.Store(f"{LAB}/images"),
+    "container.run": lambda led: container.run("busybox", ["true"]),
 }
 
 

@@ -2,6 +2,7 @@
 rules, said first), the one-page limit of mount(2)'s options, and how results read."""
 from __future__ import annotations
 
+import errno
 import os
 
 import pytest
@@ -153,3 +154,22 @@ def test_a_layer_goes_as_an_open_folder_where_the_kernel_takes_one_else_by_its_p
             assert calls == [(FsconfigCmd.FSCONFIG_SET_STRING, "lowerdir+", f"{LAB}/a"),
                              (FsconfigCmd.FSCONFIG_SET_STRING, "lowerdir+", f"{LAB}/b")] and overlay._layer_fds is False
     assert opened == [f"{LAB}/a", f"{LAB}/b"] * 2                  # each one opened (checked) every time
+
+
+@pytest.mark.parametrize("known, answer", [((), False),                              # no lowerdir+
+                                           (("lowerdir+", "labhelper-probe"), False),  # legacy glue: any key
+                                           (("lowerdir+",), True)])                    # parsed one by one
+def test_new_api_tells_a_parsing_overlayfs_from_the_legacy_glue_that_takes_any_key(monkeypatch, known, answer):
+    from labhelper import syscalls as sc
+    from labhelper.errors import SyscallError
+
+    def fsconfig(fd, cmd, key=None, value=None, aux=0):
+        if key not in known:
+            raise SyscallError("fsconfig", {"key": key}, errno.EINVAL)
+    monkeypatch.setattr(sc, "fsopen", lambda name: os.open("/dev/null", os.O_RDONLY))
+    monkeypatch.setattr(sc, "fsconfig", fsconfig)
+    overlay.new_api.cache_clear()
+    try:
+        assert overlay.new_api() is answer
+    finally:
+        overlay.new_api.cache_clear()

@@ -1,0 +1,237 @@
+"""labhelper.container against the real kernel (chapter 07): what a container is, seen from
+inside it, the limits and refusals the kernel enforces, hostile images and bad requests refused
+with nothing changed, and a kill at each step of run() cleaned up (R1, R3, R18, R19, R20, R21,
+R23). Marked ``cgroups``: the guest stage runs them again on pure cgroup v2."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+import capabilities
+from labhelper import capabilities as caps
+from labhelper import cgroups, cleanup, container, images, mounts, procfs, registry
+from labhelper.errors import LabError, Refused
+
+pytestmark = pytest.mark.cgroups
+
+
+@pytest.fixture(autouse=True)
+def _needs():
+    capabilities.need("overlay", "a container's root is an overlay")
+    capabilities.need("busybox", "the image is made from busybox-static")
+
+
+@pytest.fixture
+def bb(store):
+    images.busybox_image(store)
+    return store
+
+
+def run(store, *command, **options):
+    return container.run("busybox", list(command) if command else None, store=store, **options)
+
+
+def sh(store, line, **options):
+    return run(store, "/bin/sh", "-c", line, **options)
+
+
+def _census():
+    return cleanup.census().names()
+
+
+def test_hello_from_inside_its_own_namespaces_as_pid_1(bb):
+    before = _census()
+    r = sh(bb, "echo hello from $(hostname); echo pid $$; cat /proc/self/cgroup; ls /proc | grep -c '^[0-9]'",
+           name="hello", hostname="box")
+    assert r.exit_code == 0 and not r.error and not r.timed_out and not r.oom_killed, r
+    lines = r.output.splitlines()
+    assert lines[0] == "hello from box" and lines[1] == "pid 1"
+    assert all(line.endswith(":/") for line in lines[2:-1])     # its cgroup is its cgroup namespace's root
+    assert int(lines[-1]) <= 3                                  # it sees only its own processes
+    assert repr(r) == "Result(hello: exit 0)"
+    assert _census() == before and not os.path.exists(f"{container.CONTAINERS}/hello")
+
+
+def test_exit_codes_as_docker_reports_them(bb):
+    assert sh(bb, "exit 3").exit_code == 3
+    missing = run(bb, "no-such-command")
+    assert missing.exit_code == container.EXIT_NOT_FOUND == 127
+    assert "'no-such-command': executable file not found in $PATH" in missing.error
+    assert run(bb, "/etc/passwd").exit_code == container.EXIT_CANNOT_RUN == 126
+    # A signal N is 128+N: sh kills its own child with SIGKILL and exits with what the child got.
+    assert sh(bb, "sleep 5 & kill -9 $!; wait $!").exit_code == 137
+    slow = run(bb, "sleep", "30", timeout=0.5)
+    assert slow.exit_code == 137 and slow.timed_out and slow.seconds < 20
+
+
+def test_what_root_inside_keeps_and_what_it_cannot_do(bb):
+    r = sh(bb, "grep -E '^(CapBnd|CapEff|NoNewPrivs|Seccomp):' /proc/self/status; "
+               "unshare -n true 2>&1; mount -t tmpfs x /mnt 2>&1; echo 1 > /proc/sys/kernel/ostype 2>&1; "
+               "touch /sys/x 2>&1; echo end")
+    status = dict(line.split(":\t") for line in r.output.splitlines() if ":\t" in line)
+    assert caps.decode(status["CapBnd"]) == caps.decode(status["CapEff"])
+    assert set(caps.decode(status["CapBnd"])) == set(caps.DOCKER_DEFAULT) & set(caps.NAMES[:caps.last() + 1])
+    assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
+    assert "Operation not permitted" in r.output                     # unshare: the seccomp filter
+    assert "permission denied" in r.output                           # mount: no CAP_SYS_ADMIN, and seccomp
+    assert r.output.count("Read-only file system") == 2              # /proc/sys and /sys
+    assert r.output.rstrip().endswith("end")
+
+
+def test_only_the_harmless_devices_and_nothing_made_with_mknod(bb, owner, uid):
+    # mknod is allowed (CAP_MKNOD is in Docker's set); using the node is not: on a volume (a host
+    # folder, mounted without nodev) the cgroup's device rules say EPERM; in the root, nodev says
+    # EACCES first. /dev/null made the same way works: it is on the allowed list.
+    vol = mounts.make_dir(f"/var/lib/labhelper/test-vol-{uid}", owner=owner)
+    r = sh(bb, "mknod /data/kvm c 10 232 && cat /data/kvm 2>&1; mknod /data/null c 1 3 && echo x > /data/null "
+               "&& echo null-ok; mknod /kvm c 10 232 && cat /kvm 2>&1; ls /dev", volumes=[f"{vol}:/data"])
+    lines = r.output.splitlines()
+    assert "cat: can't open '/data/kvm': Operation not permitted" in lines
+    assert "null-ok" in lines
+    assert "cat: can't open '/kvm': Permission denied" in lines
+    assert set(container.DEVICES) <= set(lines) and "kvm" not in lines[lines.index("null-ok") + 2:]
+
+
+def test_masked_and_read_only_kernel_files(bb):
+    r = sh(bb, "for f in /proc/keys /proc/timer_list /proc/interrupts; do [ -e $f ] && wc -c < $f; done; "
+               "ls /sys/firmware | wc -l; grep -c . /proc/sys/kernel/ostype")
+    numbers = [int(x) for x in r.output.split()]
+    assert numbers[:-1] == [0] * (len(numbers) - 1)        # the masked ones read empty
+    assert numbers[-1] == 1                                # /proc/sys is readable, only not writable
+
+
+def test_limits_the_kernel_enforces(bb):
+    # On v2 the container sees its own cgroup, read-only, with its limit in it; v1 shows none.
+    seen = sh(bb, "cat /sys/fs/cgroup/memory.max 2>&1; echo x > /sys/fs/cgroup/memory.max 2>&1", memory="32m")
+    if cgroups.version() == 2:
+        assert seen.output.splitlines()[0] == str(32 << 20) and "Read-only file system" in seen.output
+    else:
+        assert "No such file or directory" in seen.output
+    oom = sh(bb, "x=a; while true; do x=$x$x; done", memory="16m")
+    assert oom.exit_code == 137 and oom.oom_killed and not oom.timed_out
+    bomb = sh(bb, "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do sleep 5 & done; echo started", pids=8)
+    assert bomb.exit_code != 0 and "can't fork" in bomb.output
+
+
+def test_volumes_read_write_and_read_only(bb, owner, uid):
+    vol = mounts.make_dir(f"/var/lib/labhelper/test-vol-{uid}", owner=owner)
+    with open(f"{vol}/f", "w") as fh:
+        fh.write("from the host\n")
+    rw = sh(bb, "cat /data/f; echo from the container > /data/g", volumes=[f"{vol}:/data"])
+    assert rw.exit_code == 0 and rw.output == "from the host\n"
+    assert open(f"{vol}/g").read() == "from the container\n"
+    ro = sh(bb, "cat /data/f; echo no > /data/h", volumes=[f"{vol}:/data:ro"])
+    assert ro.exit_code != 0 and "Read-only file system" in ro.output and not os.path.exists(f"{vol}/h")
+
+
+def test_workdir_user_env_and_the_image_settings(bb):
+    r = sh(bb, "pwd; id; echo $GREETING $PATH", workdir="/srv/../srv/app", user="1000:100",
+           env={"GREETING": "hi"})
+    assert r.output.splitlines() == ["/srv/app", "uid=1000 gid=100",
+                                     "hi /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+    up = sh(bb, "pwd", workdir="/../../..")            # '..' never climbs above the container's root
+    assert up.output == "/\n"
+    fds = sh(bb, "ls /proc/$$/fd; true")               # only 0, 1 and 2 crossed the exec
+    assert fds.output.split() == ["0", "1", "2"], fds.output
+
+
+def test_a_hostile_image_cannot_send_a_mount_or_a_write_to_the_host(bb, owner, uid):
+    # An image whose /proc is a link to the host's /proc (through ".."), and whose /data is an
+    # absolute link to /etc: the runtime refuses the first, and resolves the second inside the root.
+    def hostile():
+        os.rmdir("/proc")
+        os.symlink("../../../../proc", "/proc")
+    images.build(bb, "busybox", "evil-proc", change=hostile)
+
+    def data_to_etc():
+        os.symlink("/etc", "/data")
+    images.build(bb, "busybox", "evil-data", change=data_to_etc)
+    before = _census()
+    hostname = open("/etc/hostname").read()
+    with pytest.raises(LabError, match=r"mount /proc: /proc in the image is a symlink"):
+        container.run("evil-proc", ["true"], store=bb)
+    assert _census() == before
+    vol = mounts.make_dir(f"/var/lib/labhelper/test-vol-{uid}", owner=owner)
+    with open(f"{vol}/hostname", "w") as fh:
+        fh.write("not the host's\n")
+    r = container.run("evil-data", ["cat", "/etc/hostname"], store=bb, volumes=[f"{vol}:/data"])
+    assert r.output == "not the host's\n"              # the volume went on the image's own /etc
+    assert open("/etc/hostname").read() == hostname and not any(m.mountpoint == "/etc" for m in procfs.mountinfo())
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"volumes": ["/:/data"]}, "refusing to share as a volume '/'"),
+    ({"volumes": ["/etc:/data"]}, "refusing to share as a volume '/etc'"),
+    ({"volumes": ["/proc:/data"]}, "refusing to share as a volume '/proc'"),
+    ({"volumes": ["/run/labhelper/ledger:/data"]}, "holds the lab's own state"),
+    ({"volumes": ["/var/lib/labhelper/images:/data"]}, "holds the lab's own state"),
+    ({"workdir": "/proc/self/fd/3"}, "not in /proc"),
+    ({"workdir": "../../.."}, "must be an absolute path"),
+    ({"memory": "1k"}, "below the lab's floor"),
+    ({"pids": -1}, "0 or more"),
+    ({"cpus": 1000}, "more than the"),
+    ({"name": "../x"}, "is not a container name"),
+    ({"hostname": "-x"}, "hostname"),
+    ({"env": ["NOEQUALS"]}, "NAME=VALUE"),
+])
+def test_bad_requests_are_refused_and_change_nothing(bb, options, message):
+    before = _census()
+    with pytest.raises(Refused, match=message.replace("(", r"\(").replace(")", r"\)")):
+        run(bb, "true", **options)
+    assert _census() == before
+
+
+def test_a_missing_image_a_symlinked_volume_and_a_name_in_use(bb, owner, uid, tmp_path):
+    before = _census()
+    with pytest.raises(Refused, match="no image 'nope'"):
+        container.run("nope", ["true"], store=bb)
+    link = f"/var/lib/labhelper/test-link-{uid}"
+    os.symlink("/etc", link)
+    try:
+        with pytest.raises(Refused, match="it is a symlink"):
+            run(bb, "true", volumes=[f"{link}:/data"])
+    finally:
+        os.unlink(link)
+    assert _census() == before
+    mounts.make_dir(f"{container.CONTAINERS}/taken-{uid}", owner=owner)
+    with pytest.raises(Refused, match="exists already"):
+        run(bb, "true", name=f"taken-{uid}")
+
+
+@pytest.mark.parametrize("step", ["container-bundle", "container-rootfs", "container-cgroup"])
+@pytest.mark.parametrize("how", ["sigkill", "raise"])
+def test_r1_a_kill_at_each_step_of_run_then_cleanup_leaves_nothing(bb, uid, step, how):
+    before = _census()
+    code = (f"from labhelper import container, images; "
+            f"container.run('busybox', ['true'], store=images.Store({bb.root!r}), name='r1-{uid}', "
+            f"owner='systest-{uid}-r1'); print('not reached')")
+    p = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, LABHELPER_FAULT=f"{step}:{how}"),
+                       capture_output=True, text=True, start_new_session=True, timeout=120)
+    assert "not reached" not in p.stdout
+    if how == "sigkill":
+        assert p.returncode == -signal.SIGKILL
+        assert registry.ledger().find("dir", f"{container.CONTAINERS}/r1-{uid}") is not None
+        result = cleanup.cleanup(owner=f"systest-{uid}-r1")
+        assert result.ok, result.failures
+    else:
+        assert p.returncode == 1 and "FaultInjected" in p.stderr, p.stderr
+    assert _census() == before
+    assert not os.path.exists(f"{container.CONTAINERS}/r1-{uid}")
+    assert not any(f"r1-{uid}" in path for path in cgroups.tree_of())
+
+
+def test_a_root_filesystem_from_the_hosts_own_programs_when_busybox_is_missing(store):
+    from labhelper import rootfs
+    seen = []
+    img = rootfs.host_image(store, "host-tools", programs=("sh", "ls", "cat"),
+                            progress=lambda done, total, what: seen.append((done, total, what)))
+    assert seen == [(1, 3, "sh"), (2, 3, "ls"), (3, 3, "cat")] and len(img.layers) == 1
+    r = container.run("host-tools", ["sh", "-c", "ls /; cat /etc/passwd | head -1"], store=store)
+    assert r.exit_code == 0 and "root:x:0:0:root:/root:/bin/sh" in r.output and "proc" in r.output.split()
+    # The base image: made once (busybox-static here), then found in the store.
+    first = rootfs.base_image(store)
+    assert rootfs.base_image(store).manifest == first.manifest
