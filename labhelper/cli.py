@@ -1,4 +1,4 @@
-"""The `labhelper` command: doctor, census, cleanup, images.
+"""The `labhelper` command: doctor, census, cleanup, images, run.
 
     labhelper doctor [--json]                 what this machine offers the course (exit 1 if a
                                               required piece is missing)
@@ -9,6 +9,12 @@
                      import DIR REF [--name NAME] | rm NAME... | gc
                                               chapter 06's image store (docker images, image
                                               ls --tree, diff, history, save/load, rmi, prune)
+    labhelper run [--store DIR] [--name N] [--rm] [-i] [--hostname H] [--memory 64m] [--cpus 0.5]
+                  [--pids-limit 64] [--net none] [-v SRC:DST[:ro]]... [-e K=V]... [-w DIR]
+                  [--user UID[:GID]] [--timeout S] IMAGE [CMD...]
+                                              chapter 07's container, in the foreground, removed
+                                              when it ends; exits with its exit code (125: the
+                                              runtime failed or refused, 126, 127: as Docker)
 
 Exit status: 0 done, 1 something failed (or is missing), 2 refused or a clear error,
 3 an internal error (a bug: please report it). Warnings and errors go to stderr.
@@ -129,6 +135,32 @@ def _images_cmd(args) -> int:
     return 0
 
 
+# --- labhelper run ----------------------------------------------------------------------------------
+
+def _run_cmd(args) -> int:
+    from . import container, images, rootfs
+    try:
+        store = images.Store(args.store, owner="cli")
+        if args.image == "busybox" and not any(i.name == "busybox" for i in images.images(store)):
+            # Docker pulls a missing image; the course makes its base from busybox-static instead.
+            print("labhelper run: no image 'busybox' here yet: making it from busybox-static", file=sys.stderr)
+            rootfs.base_image(store, progress=_bar)
+        result = container.run(args.image, args.cmd or None, store=store, capture=False, name=args.name,
+                               hostname=args.hostname, env=args.env, workdir=args.workdir, user=args.user,
+                               memory=args.memory, cpus=args.cpus, pids=args.pids_limit, volumes=args.volume,
+                               net=args.net, timeout=args.timeout, interactive=args.interactive)
+    except LabError as exc:
+        print(f"labhelper run: {exc}", file=sys.stderr)
+        return container.EXIT_RUNTIME
+    if result.error:
+        print(f"labhelper run: {result.error}", file=sys.stderr)
+    if result.oom_killed:
+        print("labhelper run: the container was killed for lack of memory (OOM: its --memory limit)", file=sys.stderr)
+    if result.timed_out:
+        print(f"labhelper run: the container ran past --timeout {args.timeout:g} s and was killed", file=sys.stderr)
+    return result.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="labhelper", description="Docker vs virtualization, from the kernel up: "
                                      "check this machine, and list or remove the kernel objects the course made.")
@@ -165,6 +197,24 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("names", nargs="+")
     acts.add_parser("gc", help="remove blobs and layer folders no image uses")
     p.set_defaults(func=_images_cmd)
+    p = sub.add_parser("run", help="run a command in a new container, like `docker run --rm` (chapter 07)")
+    p.add_argument("--store", default="/var/lib/labhelper/images", help="the image store (a lab folder)")
+    p.add_argument("--name", help="the container's name (default: c-XXXXXXXX)")
+    p.add_argument("--rm", action="store_true", help="remove it when it ends (always, for now)")
+    p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open and give it to the container")
+    p.add_argument("--hostname", help="its host name (default: its name)")
+    p.add_argument("--memory", "-m", help="a memory limit, such as 64m")
+    p.add_argument("--cpus", type=float, help="a CPU limit in CPUs, such as 0.5")
+    p.add_argument("--pids-limit", type=int, help="at most this many processes")
+    p.add_argument("--net", default="none", help="its network: none (its own loopback only)")
+    p.add_argument("-v", "--volume", action="append", default=[], help="SRC:DST[:ro], SRC a lab folder")
+    p.add_argument("-e", "--env", action="append", default=[], help="K=V, set in its environment")
+    p.add_argument("-w", "--workdir", help="its working directory (made if missing)")
+    p.add_argument("--user", "-u", help="UID or UID:GID to run as")
+    p.add_argument("--timeout", type=float, default=3600.0, help="kill it after this many seconds (exit 137)")
+    p.add_argument("image")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command and its arguments (default: the image's)")
+    p.set_defaults(func=_run_cmd)
     return parser
 
 

@@ -15,10 +15,10 @@ def sh(cmd: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, shell=True, check=check, capture_output=True, text=True, timeout=60)
 
 
-def labhelper_cli(*args, env=None):
+def labhelper_cli(*args, env=None, input=None):
     e = dict(os.environ, **(env or {}))
     return subprocess.run([sys.executable, "-m", "labhelper", *args], capture_output=True, text=True,
-                          env=e, timeout=120)
+                          env=e, timeout=120, input=input, stdin=None if input is not None else subprocess.DEVNULL)
 
 
 def processes_running(argv: list[str]) -> list[int]:
