@@ -15,8 +15,9 @@ runtime such as runc or crun composes them.
 from __future__ import annotations
 
 from .config import CONTAINERS, Config, Volume, check
-from .init import DEVICES, EXIT_CANNOT_RUN, EXIT_NOT_FOUND, EXIT_RUNTIME, MASKED, READ_ONLY, open_in_root
-from .runtime import NAMESPACES, Result, run
+from .init import (DEVICES, EXIT_CANNOT_RUN, EXIT_NOT_FOUND, EXIT_RUNTIME, MASKED, READ_ONLY, Step, open_in_root,
+                   steps)
+from .runtime import NAMESPACES, Container, Result, create, run
 
-__all__ = ["run", "Result", "Config", "Volume", "check", "CONTAINERS", "NAMESPACES", "DEVICES", "MASKED",
-           "READ_ONLY", "EXIT_RUNTIME", "EXIT_CANNOT_RUN", "EXIT_NOT_FOUND", "open_in_root"]
+__all__ = ["run", "create", "Container", "Result", "Config", "Volume", "check", "CONTAINERS", "NAMESPACES", "DEVICES", "MASKED",
+           "READ_ONLY", "EXIT_RUNTIME", "EXIT_CANNOT_RUN", "EXIT_NOT_FOUND", "open_in_root", "steps", "Step"]

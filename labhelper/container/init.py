@@ -35,12 +35,13 @@ import json
 import os
 import socket
 import struct
+from typing import Callable, NamedTuple
 
 from .. import capabilities, mounts, seccomp, syscalls
 from ..errors import LabError, Refused
 from ..flags import CloneFlags, MountFlags, Prctl, UmountFlags
 
-__all__ = ["main", "DEVICES", "MASKED", "READ_ONLY", "EXIT_RUNTIME", "EXIT_CANNOT_RUN", "EXIT_NOT_FOUND"]
+__all__ = ["main", "steps", "Step", "DEVICES", "MASKED", "READ_ONLY", "EXIT_RUNTIME", "EXIT_CANNOT_RUN", "EXIT_NOT_FOUND"]
 
 EXIT_RUNTIME = 125          # Docker's: the runtime failed before the command ran
 EXIT_CANNOT_RUN = 126       # the command exists but cannot be executed
@@ -217,63 +218,129 @@ def _user(uid: int, gid: int) -> None:
     os.setuid(uid)
 
 
-def main(spec: dict, rootfs: str, error_w: int) -> None:
-    """Set the container up and execve its command; never returns. ``spec``: the runtime's
-    plain description (runtime.py); ``error_w``: the pipe (O_CLOEXEC) for a step's failure."""
-    try:
-        # Its own cgroup namespace, made now that it is in the container's cgroup: that cgroup is
-        # "/" for everything in the container (/proc/self/cgroup, a cgroup2 mount).
-        _step("unshare the cgroup namespace", syscalls.unshare, CloneFlags.CLONE_NEWCGROUP)
-        _step("setsid", os.setsid)
-        root = _step("open the root", mounts.open_folder, rootfs)
+def _stdin() -> None:
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+
+
+class Step(NamedTuple):
+    name: str       # what the notebook calls it
+    what: str       # the system calls it makes, in a few words
+    run: Callable[[], object]
+
+
+def steps(spec: dict, rootfs: str) -> list[Step]:
+    """The steps from a forked Python to the command, in order (the table above). The root folder
+    is opened by the first mount step and closed before pivot_root."""
+    state: dict = {}
+
+    def root() -> int:
+        if "root" not in state:
+            state["root"] = mounts.open_folder(rootfs)
+        return state["root"]
+
+    def volumes():
         for volume in spec["volumes"]:
-            _step(f"volume {volume['source']}:{volume['destination']}", _volume, root, volume)
-        _step("mount /proc", _mount_at, root, "/proc", "proc", _NOSUID_NODEV_NOEXEC)
-        _step("make /dev", _dev, root)
-        _step("mount /sys", _mount_at, root, "/sys", "sysfs", MountFlags.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
+            _step(f"volume {volume['source']}:{volume['destination']}", _volume, root(), volume)
+
+    def sys_():
+        _mount_at(root(), "/sys", "sysfs", MountFlags.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
         if spec.get("cgroup2"):
             # Its own cgroup, read-only, as Docker shows it on v2 (the namespace makes it the root).
-            _step("mount /sys/fs/cgroup", _mount_at, root, "/sys/fs/cgroup", "cgroup2",
-                  MountFlags.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
-        _step("mask /proc and /sys paths", _mask, root)
-        os.close(root)
-        _step("pivot_root", _pivot, rootfs)
-        _step("sethostname", syscalls.sethostname, spec["hostname"])
-        _step("bring lo up", _loopback_up)
-        _step(f"working directory {spec['workdir']}", _workdir, spec["workdir"])
-        if not spec["interactive"]:
-            null = os.open("/dev/null", os.O_RDONLY)
-            os.dup2(null, 0)
-            os.close(null)
+            _mount_at(root(), "/sys/fs/cgroup", "cgroup2", MountFlags.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
+
+    def pivot():
+        fd = state.pop("root", None)
+        if fd is not None:
+            os.close(fd)
+        _pivot(rootfs)
+
+    out = [
+        # Its own cgroup namespace, made now that it is in the container's cgroup: that cgroup is
+        # "/" for everything in the container (/proc/self/cgroup, a cgroup2 mount).
+        Step("cgroup namespace", "unshare(CLONE_NEWCGROUP)", lambda: syscalls.unshare(CloneFlags.CLONE_NEWCGROUP)),
+        Step("session", "setsid()", os.setsid),
+        Step("volumes", "openat2(RESOLVE_IN_ROOT), mount(MS_BIND)", volumes),
+        Step("/proc", "mount(\"proc\")", lambda: _mount_at(root(), "/proc", "proc", _NOSUID_NODEV_NOEXEC)),
+        Step("/dev", "mount(\"tmpfs\"), bind mounts of 6 devices, devpts, shm, mqueue", lambda: _dev(root())),
+        Step("/sys", "mount(\"sysfs\", MS_RDONLY)", sys_),
+        Step("masked paths", "bind /dev/null over files, read-only tmpfs over folders; read-only binds",
+             lambda: _mask(root())),
+        Step("pivot_root", "pivot_root(\".\", \".\"), umount2(\".\", MNT_DETACH)", pivot),
+        Step("hostname", "sethostname()", lambda: syscalls.sethostname(spec["hostname"])),
+        Step("loopback", "ioctl(SIOCSIFFLAGS, IFF_UP) on lo", _loopback_up),
+        Step("working directory", f"chdir({spec['workdir']!r})", lambda: _workdir(spec["workdir"])),
+        Step("capabilities", "prctl(PR_CAPBSET_DROP) for each capability Docker drops",
+             lambda: capabilities.drop_bounding(capabilities.DOCKER_DEFAULT)),
+    ]
+    if spec["user"] is not None:
+        out.append(Step("user", f"setgroups, setgid({spec['user'][1]}), setuid({spec['user'][0]})",
+                        lambda: _user(*spec["user"])))
+    if spec["seccomp"]:
+        out.append(Step("seccomp", "prctl(PR_SET_NO_NEW_PRIVS), prctl(PR_SET_SECCOMP, filter)", seccomp.attach))
+    else:
+        out.append(Step("no_new_privs", "prctl(PR_SET_NO_NEW_PRIVS)",
+                        lambda: syscalls.prctl(Prctl.PR_SET_NO_NEW_PRIVS, 1)))
+    if not spec["interactive"]:
+        out.append(Step("stdin", "/dev/null as fd 0", _stdin))
+    return out
+
+
+def _line(fd: int) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 1)
+        if not chunk:
+            return b""                   # the runtime is gone
+        data += chunk
+    return data.strip()
+
+
+def main(spec: dict, rootfs: str, error_w: int, control_r: int, reply_w: int) -> None:
+    """Set the container up and execve its command; never returns. ``spec``: the runtime's
+    plain description (runtime.py); ``error_w``: the pipe (O_CLOEXEC) for a step's failure.
+    Before each step a line is read from ``control_r``: "step" runs one and answers on
+    ``reply_w`` (a notebook going step by step), "start" runs the rest without asking."""
+    try:
+        asking = True
+        for step in steps(spec, rootfs) + [Step("exec", "execve(command)", lambda: None)]:
+            if asking:
+                order = _line(control_r)
+                if order not in (b"step", b"start"):
+                    os._exit(EXIT_RUNTIME)          # the runtime went away, or gave up
+                asking = order == b"step"
+            if step.name == "exec":
+                if asking:
+                    os.write(reply_w, json.dumps({"step": "exec"}).encode() + b"\n")
+                break
+            _step(step.name, step.run)
+            if asking:
+                os.write(reply_w, json.dumps({"step": step.name}).encode() + b"\n")
         # Only fds 0-2 (and the error pipe, closed by the exec itself) cross into the command.
         os.closerange(3, error_w)
         os.closerange(error_w + 1, 1 << 20)
-        _step("capabilities", capabilities.drop_bounding, capabilities.DOCKER_DEFAULT)
-        if spec["user"] is not None:
-            _step(f"user {spec['user'][0]}:{spec['user'][1]}", _user, *spec["user"])
-        if spec["seccomp"]:
-            _step("seccomp", seccomp.attach)
-        else:
-            _step("no_new_privs", syscalls.prctl, Prctl.PR_SET_NO_NEW_PRIVS, 1)
         command = spec["command"]
+        env = dict(e.split("=", 1) for e in spec["env"])
         try:
-            os.execvpe(command[0], command, dict(e.split("=", 1) for e in spec["env"]))
+            os.execvpe(command[0], command, env)
         except FileNotFoundError:
-            _report(error_w, "exec", f"{command[0]!r}: executable file not found in $PATH "
-                                     f"({dict(e.split('=', 1) for e in spec['env']).get('PATH', '')})")
+            _report(error_w, "exec", f"{command[0]!r}: executable file not found in $PATH ({env.get('PATH', '')})")
             os._exit(EXIT_NOT_FOUND)
         except OSError as exc:
             _report(error_w, "exec", f"{command[0]!r}: {os.strerror(exc.errno)} ({errno.errorcode.get(exc.errno)})")
             os._exit(EXIT_CANNOT_RUN)
     except StepFailed as failed:
         _report(error_w, failed.step, failed.error)
+        _report(reply_w, failed.step, failed.error, line=True)
     except BaseException as exc:      # noqa: BLE001 - nothing may return into the runtime's code
         _report(error_w, "setup", repr(exc))
+        _report(reply_w, "setup", repr(exc), line=True)
     os._exit(EXIT_RUNTIME)
 
 
-def _report(error_w: int, step: str, error: str) -> None:
+def _report(fd: int, step: str, error: str, line: bool = False) -> None:
     try:
-        os.write(error_w, json.dumps({"step": step, "error": error}).encode()[:4000])
+        os.write(fd, json.dumps({"step": step, "error": error[:3000]}).encode() + (b"\n" if line else b""))
     except OSError:
         pass

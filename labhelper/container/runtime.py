@@ -35,14 +35,14 @@ import signal
 import time
 from dataclasses import dataclass
 
-from .. import cgroups, images, marks, mounts, overlay, process, registry, syscalls
+from .. import cgroups, images, marks, mounts, overlay, process, procfs, registry, syscalls
 from ..cgroups import devices
 from ..errors import LabError, Refused
 from ..flags import CloneFlags, MountFlags, Prctl
 from ..registry import fault_point
 from . import config, init
 
-__all__ = ["run", "Result", "NAMESPACES", "OUTPUT_LIMIT"]
+__all__ = ["run", "create", "Container", "Result", "NAMESPACES", "OUTPUT_LIMIT"]
 
 NAMESPACES = (CloneFlags.CLONE_NEWNS | CloneFlags.CLONE_NEWUTS | CloneFlags.CLONE_NEWIPC | CloneFlags.CLONE_NEWNET
               | CloneFlags.CLONE_NEWPID | CloneFlags.CLONE_NEWCGROUP)
@@ -97,11 +97,12 @@ def _settings(cfg: config.Config, img: images.Image) -> dict:
                         for v in cfg.volumes]}
 
 
-def _outer(group: cgroups.Group, spec: dict, rootfs: str, capture: bool, timeout: float) -> dict:
+def _outer(group: cgroups.Group, spec: dict, rootfs: str, capture: bool, timeout: float, control_r: int,
+           reply_w: int) -> dict:
     """In the child, in the new namespaces but the cgroup's (spawn unshared them): start init,
-    move it into the container's cgroup before it goes on, collect its output until it ends or the
-    timeout, and report how it ended. This process stays outside the cgroup, as runc does: the
-    OOM killer, choosing in the cgroup, never picks the runtime instead of the container."""
+    move it into the container's cgroup before it goes on, say its pid, collect its output until it
+    ends (or ``timeout`` s after its execve), and report how it ended. This process stays outside
+    the cgroup, as runc does: the OOM killer, choosing in the cgroup, never picks it."""
     # Every mount this namespace makes stays in it, and nothing the host mounts later appears.
     syscalls.mount(None, "/", None, MountFlags.MS_REC | MountFlags.MS_PRIVATE)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -113,56 +114,63 @@ def _outer(group: cgroups.Group, spec: dict, rootfs: str, capture: bool, timeout
     if pid == 0:
         try:
             syscalls.prctl(Prctl.PR_SET_PDEATHSIG, signal.SIGKILL)   # the runtime gone: the container too
-            os.close(err_r)
-            os.close(go_w)
+            for fd in (err_r, go_w, out_r):
+                if fd >= 0:
+                    os.close(fd)
             if capture:
-                os.close(out_r)
                 os.dup2(out_w, 1)
                 os.dup2(out_w, 2)
             if os.read(go_r, 1) != b"1":        # in its cgroup now, or the runtime failed
                 os._exit(init.EXIT_RUNTIME)
             os.close(go_r)
-            init.main(spec, rootfs, err_w)
+            init.main(spec, rootfs, err_w, control_r, reply_w)
         finally:
             os._exit(init.EXIT_RUNTIME)
-    os.close(err_w)
-    os.close(go_r)
+    for fd in (err_w, go_r, out_w, control_r):
+        if fd >= 0:
+            os.close(fd)
     try:
         group.add(pid)              # in every hierarchy (v1), before init runs a single step
         os.write(go_w, b"1")
+        os.write(reply_w, json.dumps({"pid": pid}).encode() + b"\n")
     finally:
         os.close(go_w)
-    if capture:
-        os.close(out_w)
-    chunks, kept, timed_out = [], 0, False
-    deadline = time.monotonic() + timeout
-    while capture:
-        left = deadline - time.monotonic()
-        if left <= 0 and not timed_out:
+        os.close(reply_w)
+    # The error pipe ends (EOF) when init executes the command (O_CLOEXEC) or dies: the timeout
+    # counts from then, not while a notebook goes step by step.
+    chunks, kept, timed_out, error = [], 0, False, b""
+    watching = [err_r] + ([out_r] if capture else [])
+    deadline = None
+
+    def overdue() -> None:
+        nonlocal timed_out
+        if deadline is not None and time.monotonic() >= deadline and not timed_out:
             timed_out = True
             os.kill(pid, signal.SIGKILL)        # PID 1 gone: the kernel kills the whole namespace
-        ready, _, _ = select.select([out_r], [], [], max(left, 0.05) if not timed_out else 1.0)
-        if not ready:
-            continue
-        data = os.read(out_r, 65536)
-        if not data:
+
+    while watching:                     # the output ends when the namespace's last process does
+        overdue()
+        wait = 1.0 if deadline is None or timed_out else max(deadline - time.monotonic(), 0.01)
+        for fd in select.select(watching, [], [], wait)[0]:
+            data = os.read(fd, 65536)
+            if fd == err_r:
+                error += data
+                if not data:
+                    watching.remove(err_r)
+                    deadline = time.monotonic() + timeout
+            elif not data:
+                watching.remove(out_r)
+            else:
+                if kept < OUTPUT_LIMIT:
+                    chunks.append(data[:OUTPUT_LIMIT - kept])
+                kept += len(data)
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
             break
-        if kept < OUTPUT_LIMIT:
-            chunks.append(data[:OUTPUT_LIMIT - kept])
-        kept += len(data)
-    if not capture:
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            if time.monotonic() > deadline and not timed_out:
-                timed_out = True
-                os.kill(pid, signal.SIGKILL)
-            time.sleep(0.01)
-    else:
-        _, status = os.waitpid(pid, 0)
+        overdue()
+        time.sleep(0.005)
     code = os.waitstatus_to_exitcode(status)
-    error = os.read(err_r, 8192)
     output = b"".join(chunks).decode(errors="replace")
     if kept > OUTPUT_LIMIT:
         output += f"\n[... {kept - OUTPUT_LIMIT} more bytes not kept]"
@@ -175,8 +183,8 @@ def _image(store: images.Store, name: str) -> images.Image:
         return images.image(store, name)
     except LabError as exc:
         names = sorted(i.name for i in images.images(store))
-        raise Refused(f"no image {name!r} in the store {store.root}: {exc.message if hasattr(exc, 'message') else exc}",
-                      hint=f"images there: {', '.join(names) or 'none'}; make one with images.busybox_image(store)"
+        raise Refused(f"no image {name!r} in the store {store.root}: {getattr(exc, 'message', exc)}",
+                      hint=f"images there: {', '.join(names) or 'none'}; make one with rootfs.base_image(store)"
                       ) from None
 
 
@@ -184,22 +192,134 @@ def _remove_bundle(path: str) -> None:
     mounts.remove_dir(marks.Obj("dir", path, where=(path,)), registry.ledger())
 
 
-def run(image: str, command=None, *, store: images.Store | None = None, owner: str | None = None,
-        capture: bool = True, **options) -> Result:
-    """Run ``command`` (a list; default: the image's) in a new container of ``image`` and wait
-    for it, like ``docker run --rm``: everything made for it is removed again when it ends.
+def _read_line(fd: int, timeout: float) -> bytes:
+    data = b""
+    deadline = time.monotonic() + timeout
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise LabError(f"the container's init did not answer within {timeout:g} s")
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
 
-    ``options`` (config.check): name, hostname, env (["K=V"] or a dict), workdir, user ("UID:GID"),
-    memory ("64m"), cpus (0.5), pids (64), volumes (["SRC:DST[:ro]"], SRC a lab folder), timeout
-    (seconds: then SIGKILL, exit 137), interactive (stdin passed in), seccomp (True).
-    ``capture``: keep what it prints in Result.output (False: it goes to this process's fds 1, 2).
-    """
+
+class Container:
+    """A container made by :func:`create` and not yet ended: its init waits before each step
+    until told (:meth:`step`, :meth:`start`). What the notebook sees of it from outside: its pid
+    here (``pid``), the mounts of its namespace (:meth:`mounts`), its process status
+    (:meth:`status`). :meth:`remove` undoes everything (and kills what still runs)."""
+
+    def __init__(self, cfg: config.Config, spec: dict, rootfs: str, group: cgroups.Group, child: process.Child,
+                 control_w: int, reply_r: int, started: float):
+        self.name, self.config, self.spec, self.rootfs, self.group = cfg.name, cfg, spec, rootfs, group
+        self._child, self._control, self._reply, self._started = child, control_w, reply_r, started
+        self._undo = contextlib.ExitStack()
+        self.steps = [s.name for s in init.steps(spec, rootfs)] + ["exec"]
+        self.done: list[str] = []
+        self.result: Result | None = None
+        hello = json.loads(_read_line(reply_r, 30) or b"{}")
+        if "pid" not in hello:
+            raise LabError("the container's init did not start", hint="see the result of wait()")
+        self.pid: int = hello["pid"]
+
+    @property
+    def next(self) -> str | None:
+        return self.steps[len(self.done)] if len(self.done) < len(self.steps) else None
+
+    def step(self) -> str:
+        """Run init's next step; returns its name. A failed step is a LabError naming it (the
+        container is then gone: call remove())."""
+        if self.next is None or self._control < 0:
+            raise Refused(f"{self.name} has no step left: wait() for it")
+        os.write(self._control, b"step\n")
+        answer = json.loads(_read_line(self._reply, 60) or b'{"error": "init ended"}')
+        if "error" in answer:
+            raise LabError(f"step {answer.get('step', self.next)!r} failed: {answer['error']}")
+        self.done.append(answer["step"])
+        if answer["step"] == "exec":
+            self._close_control()
+        return answer["step"]
+
+    def start(self) -> None:
+        """Run every step left and the command (``runc start``)."""
+        if self._control >= 0:
+            os.write(self._control, b"start\n")
+            self._close_control()
+            self.done = list(self.steps)
+
+    def _close_control(self) -> None:
+        for attr in ("_control", "_reply"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, attr, -1)
+
+    def wait(self, timeout: float | None = None) -> Result:
+        """Wait until the command ends; its Result (started first if it was not)."""
+        if self.result is not None:
+            return self.result
+        self.start()
+        ended = self._child.wait(timeout if timeout is not None else self.config.timeout + 60)
+        stats = self.group.stats()
+        error = ended["error"]
+        if error is not None and ended["exit_code"] == init.EXIT_RUNTIME:
+            self.remove()
+            raise LabError(f"the container could not start: {error['step']}: {error['error']}",
+                           hint="nothing was left behind; see the step named")
+        oom = bool(stats.oom_kills) and ended["exit_code"] == 128 + signal.SIGKILL
+        self.result = Result(self.name, ended["exit_code"], ended["output"], error["error"] if error else "",
+                             ended["timed_out"], oom, time.monotonic() - self._started)
+        return self.result
+
+    def mounts(self) -> list:
+        """The mounts of the container's mount namespace, as its init sees them (its mountinfo)."""
+        return procfs.mountinfo(pid=self.pid)
+
+    def status(self) -> dict[str, str]:
+        """Its init's identity and limits now, from /proc/PID/status: Uid, NoNewPrivs, Seccomp, Cap*."""
+        keep = ("Uid", "Gid", "NoNewPrivs", "Seccomp", "CapEff", "CapBnd")
+        out = {}
+        for line in procfs.read_text(f"/proc/{self.pid}/status", "").splitlines():
+            key, _, value = line.partition(":")
+            if key in keep:
+                out[key] = value.strip()
+        return out
+
+    def remove(self) -> None:
+        """Kill what still runs in it, then undo every step of create (idempotent)."""
+        self._close_control()
+        if self.result is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.group.kill()
+            with contextlib.suppress(Exception):
+                self._child.wait(30)
+        self._undo.close()
+
+    def __enter__(self) -> "Container":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        where = f"next: {self.next}" if self.next else ("ended" if self.result else "running")
+        return f"Container({self.name}: {self.config.image}, pid {self.pid}, {len(self.done)}/{len(self.steps)} steps; {where})"
+
+
+def create(image: str, command=None, *, store: images.Store | None = None, owner: str | None = None,
+           capture: bool = True, **options) -> Container:
+    """Make a container of ``image`` and stop before its first step (``runc create``): its folder,
+    its overlay root, its cgroup, and its init, waiting. Go on with :meth:`Container.step`, or
+    :meth:`Container.start`; :meth:`Container.remove` undoes it all. Options as :func:`run`."""
     cfg = config.check(image, command, **options)
     registry.guard(f"run a container of {cfg.image}")
     store = store or images.Store()
     img = _image(store, cfg.image)
     if not img.layers:
-        raise Refused(f"the image {cfg.name!r} has no layers: nothing to make a root from")
+        raise Refused(f"the image {cfg.image!r} has no layers: nothing to make a root from")
     spec = _settings(cfg, img)
     for volume in cfg.volumes:
         # Each source opened now, as init will (a lab folder, no symlink on the way): a bad one
@@ -235,14 +355,34 @@ def run(image: str, command=None, *, store: images.Store | None = None, owner: s
         devices.restrict(group.folders, group.version)
         spec["cgroup2"] = group.version == 2
         fault_point("container-cgroup")
-        child = process.spawn(_outer, group, spec, rootfs, capture, cfg.timeout,
-                              unshare=NAMESPACES & ~CloneFlags.CLONE_NEWCGROUP)
-        ended = child.wait(cfg.timeout + 60)
-        stats = group.stats()
-    error = ended["error"]
-    if error is not None and ended["exit_code"] == init.EXIT_RUNTIME:
-        raise LabError(f"the container could not start: {error['step']}: {error['error']}",
-                       hint="nothing was left behind; see the step named")
-    oom = bool(stats.oom_kills) and ended["exit_code"] == 128 + signal.SIGKILL
-    return Result(cfg.name, ended["exit_code"], ended["output"], error["error"] if error else "",
-                  ended["timed_out"], oom, time.monotonic() - started)
+        control_r, control_w = os.pipe2(os.O_CLOEXEC)
+        reply_r, reply_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            child = process.spawn(_outer, group, spec, rootfs, capture, cfg.timeout, control_r, reply_w,
+                                  unshare=NAMESPACES & ~CloneFlags.CLONE_NEWCGROUP, keep_fds=(control_r, reply_w))
+        finally:
+            os.close(control_r)
+            os.close(reply_w)
+        undo.callback(child.kill)           # last in, first out: before the cgroup and the mount go
+        try:
+            box = Container(cfg, spec, rootfs, group, child, control_w, reply_r, started)
+        except BaseException:
+            os.close(control_w)
+            os.close(reply_r)
+            raise
+        box._undo = undo.pop_all()
+    return box
+
+
+def run(image: str, command=None, *, store: images.Store | None = None, owner: str | None = None,
+        capture: bool = True, **options) -> Result:
+    """Run ``command`` (a list; default: the image's) in a new container of ``image`` and wait
+    for it, like ``docker run --rm``: everything made for it is removed again when it ends.
+
+    ``options`` (config.check): name, hostname, env (["K=V"] or a dict), workdir, user ("UID:GID"),
+    memory ("64m"), cpus (0.5), pids (64), volumes (["SRC:DST[:ro]"], SRC a lab folder), timeout
+    (seconds after its start: then SIGKILL, exit 137), interactive (stdin passed in), seccomp (True).
+    ``capture``: keep what it prints in Result.output (False: it goes to this process's fds 1, 2).
+    """
+    with create(image, command, store=store, owner=owner, capture=capture, **options) as box:
+        return box.wait()

@@ -152,7 +152,7 @@ def test_a_hostile_image_cannot_send_a_mount_or_a_write_to_the_host(bb, owner, u
     images.build(bb, "busybox", "evil-data", change=data_to_etc)
     before = _census()
     hostname = open("/etc/hostname").read()
-    with pytest.raises(LabError, match=r"mount /proc: /proc in the image is a symlink"):
+    with pytest.raises(LabError, match=r"could not start: /proc: /proc in the image is a symlink"):
         container.run("evil-proc", ["true"], store=bb)
     assert _census() == before
     vol = mounts.make_dir(f"/var/lib/labhelper/test-vol-{uid}", owner=owner)
@@ -235,3 +235,46 @@ def test_a_root_filesystem_from_the_hosts_own_programs_when_busybox_is_missing(s
     # The base image: made once (busybox-static here), then found in the store.
     first = rootfs.base_image(store)
     assert rootfs.base_image(store).manifest == first.manifest
+
+
+def test_create_then_step_by_step_shows_the_state_after_each_step(bb):
+    # runc create / runc start: init waits before each step; the namespace's mounts and the
+    # process's status are looked at from outside between them.
+    before = _census()
+    with container.create("busybox", ["sh", "-c", "echo ran as $(id -u) on $(hostname)"], store=bb,
+                          name="stepper", user="1000:1000") as box:
+        assert box.steps[:2] == ["cgroup namespace", "session"] and box.steps[-1] == "exec" and "user" in box.steps
+        assert repr(box).startswith("Container(stepper: busybox, pid ") and "next: cgroup namespace" in repr(box)
+        seen = {}
+        while box.next:
+            name = box.step()
+            seen[name] = ({m.mountpoint for m in box.mounts()}, box.status())
+        # Before pivot_root the container's mounts are below its root folder, among the host's...
+        root = box.rootfs
+        assert f"{root}/proc" not in seen["session"][0] and f"{root}/proc" in seen["/proc"][0]
+        assert f"{root}/dev/pts" in seen["/dev"][0] and f"{root}/proc/sys" in seen["masked paths"][0]
+        assert "/sys/fs/cgroup" in seen["masked paths"][0]                 # (a host mount)
+        # ...after it, only the container's are left, at their own names.
+        after = seen["pivot_root"][0]
+        assert {"/", "/proc", "/dev/pts", "/proc/sys"} <= after and not any(p.startswith(root) for p in after)
+        assert ("/sys/fs/cgroup" in after) == (cgroups.version() == 2)
+        full = seen["working directory"][1]
+        assert caps.decode(full["CapBnd"]) != caps.decode(seen["capabilities"][1]["CapBnd"])
+        assert seen["user"][1]["Uid"].split()[0] == "1000" and seen["seccomp"][1]["Seccomp"] == "2"
+        with pytest.raises(Refused, match="no step left"):
+            box.step()
+        r = box.wait()
+        assert r.output == "ran as 1000 on stepper\n" and r.exit_code == 0
+    assert _census() == before
+
+
+def test_a_created_container_removed_before_its_start_leaves_nothing(bb):
+    before = _census()
+    box = container.create("busybox", ["true"], store=bb)
+    box.step()
+    box.step()
+    assert os.path.exists(f"/proc/{box.pid}")
+    box.remove()
+    box.remove()                                        # idempotent
+    assert _census() == before and not os.path.exists(f"/proc/{box.pid}/status") or \
+        procfs.read_text(f"/proc/{box.pid}/cmdline", "") == ""
