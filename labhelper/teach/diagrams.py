@@ -22,7 +22,7 @@ from .chapters import CHAPTERS, exists
 
 __all__ = ["Diagram", "fit_to_width", "digraph", "course_map", "layers_diagram", "LAYER_PATHS", "hypervisor_types",
            "nesting", "exit_round_trip", "emulated_vs_paravirtual", "namespaces_diagram", "network_diagram", "cgroup_tree",
-           "overlay_stack"]
+           "overlay_stack", "container_diagram"]
 
 
 @dataclass
@@ -436,3 +436,25 @@ def overlay_stack(names: list[str], listings: list[dict[str, str]], origins: dic
     source = "\n".join([f"digraph {_q(title)} {{", '  node [shape=plaintext, fontname="Helvetica", fontsize=11];',
                         f"  stack [label=<{table}>];", "}"])
     return Diagram(title, source)
+
+
+def container_diagram(name: str, image: str, pid: int, layers: int, limits: dict | None = None) -> Diagram:
+    """Chapter 07: what a container is made of, around its first process: the kernel's pieces
+    (namespaces, a cgroup, an overlay root, capabilities and a seccomp filter) each drawn as
+    what the process is given, and the runtime's processes that made it."""
+    lim = ", ".join(f"{k} {v}" for k, v in (limits or {}).items()) or "no limits"
+    nodes = {
+        "kernel": {"label": "the notebook's Python (runtime)\ncontainer.create / run", **_OS},
+        "child": {"label": "its child: unshare(mnt, uts, ipc, net, pid)\nwaits, collects the output", **_OS},
+        "init": {"label": f"PID 1 in the container\n(pid {pid} on the host)\nsetup steps, then execve",
+                 "fillcolor": "#dafbe1"},
+        "ns": {"label": "namespaces: mnt uts ipc net pid cgroup\n(chapters 03, 04)", **_HV},
+        "cg": {"label": f"cgroup ct-{name}\n{lim}; device rules\n(chapter 05)", **_HV},
+        "root": {"label": f"root: an overlay of {image}'s {layers} layer{'s' if layers != 1 else ''}\n"
+                          "+ a writable upper (chapter 06), pivot_root", **_HV},
+        "sec": {"label": "14 capabilities, no_new_privs,\na seccomp filter", **_HV},
+    }
+    edges = [("kernel", "child", {"label": "fork"}), ("child", "init", {"label": "fork"}),
+             ("init", "ns", {"label": "lives in"}), ("init", "cg", {"label": "limited by"}),
+             ("init", "root", {"label": "sees as /"}), ("init", "sec", {"label": "keeps"})]
+    return digraph(f"container {name}", nodes, edges, rankdir="LR")

@@ -30,7 +30,7 @@ from . import plots
 from .chapters import CHAPTERS, exists
 
 __all__ = ["Playground", "SyscallExplorer", "shown_table", "chapter_line", "explorer_commands", "chapter_explorer", "NamespaceExplorer", "look",
-           "Seen", "MemoryPlayground", "Outcome", "grow"]
+           "Seen", "MemoryPlayground", "Outcome", "grow", "Progress"]
 
 
 class Playground:
@@ -370,3 +370,38 @@ class MemoryPlayground(Playground):
 
     def __repr__(self) -> str:
         return "MemoryPlayground(limit and allocation sliders, a run button)"
+
+
+class Progress:
+    """A progress callback, ``progress(done, total, what)``, for a long step (chapter 07's base
+    image, an import): a bar under the cell in a notebook with a front end; nothing elsewhere
+    (nbval, scripts), where :attr:`steps` still records each call and ``repr`` says how it ended."""
+
+    def __init__(self, description: str):
+        self.description = description
+        self.steps: list[tuple[int, int, str]] = []
+        self._bar = None
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        self.steps.append((done, total, what))
+        if self._bar is None:
+            try:
+                import ipywidgets
+                from IPython import get_ipython
+                from IPython.display import display
+            except ImportError:
+                return
+            if get_ipython() is None:
+                return
+            self._bar = ipywidgets.IntProgress(min=0, max=max(total, 1), description=self.description,
+                                               layout={"width": "60%"})
+            display(self._bar)
+        self._bar.max = max(total, 1)
+        self._bar.value = done
+        self._bar.description = f"{self.description}: {what}"[:40]
+
+    def __repr__(self) -> str:
+        if not self.steps:
+            return f"{self.description}: nothing to do (already there)"
+        done, total, what = self.steps[-1]
+        return f"{self.description}: {done}/{total} ({what})"

@@ -19,7 +19,7 @@ $PY -m pytest -p no:cacheprovider -q -ra -m "kvm or cgroups or guest" \
 echo "== the notebooks that use them, under nbval"
 $PY -m pytest -p no:cacheprovider -q --nbval --nbval-current-env \
     --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/00-start-here.ipynb notebooks/02-hypervisors.ipynb \
-    notebooks/03-namespaces.ipynb notebooks/05-cgroups.ipynb || rc=1
+    notebooks/03-namespaces.ipynb notebooks/05-cgroups.ipynb notebooks/07-a-container-by-hand.ipynb || rc=1
 echo "== the census: nothing of the lab's may be left"
 left=$($PY -m labhelper census)
 echo "$left"
