@@ -5,6 +5,7 @@ R23). Marked ``cgroups``: the guest stage runs them again on pure cgroup v2."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -278,3 +279,46 @@ def test_a_created_container_removed_before_its_start_leaves_nothing(bb):
     box.remove()                                        # idempotent
     assert _census() == before and not os.path.exists(f"/proc/{box.pid}/status") or \
         procfs.read_text(f"/proc/{box.pid}/cmdline", "") == ""
+
+
+ESCAPE_C = r"""
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+/* The double-chroot escape: chroot into a folder below while the working directory stays above
+   it, climb "..", chroot("."). Against a chroot-only jail it reaches the host's root. */
+int main(void) {
+    mkdir("/tmp/deeper", 0755);
+    if (chroot("/tmp/deeper") != 0) { perror("chroot"); return 2; }
+    for (int i = 0; i < 100; i++) chdir("..");
+    if (chroot(".") != 0) { perror("chroot ."); return 2; }
+    puts(access("/var/lib/labhelper", F_OK) == 0 ? "ESCAPED" : "CONTAINED");
+    return 0;
+}
+"""
+
+
+def test_r8_the_double_chroot_escape_stays_inside_and_r12_a_setuid_program_gains_nothing(bb, owner, uid, tmp_path):
+    capabilities.need("gcc", "the escape is a small static C program")
+    tools = mounts.make_dir(f"/var/lib/labhelper/test-tools-{uid}", owner=owner)
+    (tmp_path / "escape.c").write_text(ESCAPE_C)
+    built = subprocess.run(["gcc", "-static", "-O1", "-o", f"{tools}/escape", str(tmp_path / "escape.c")],
+                           capture_output=True, text=True)
+    if built.returncode != 0:
+        pytest.skip(f"[n/a] no static libc to build the escape with: {built.stderr.strip()[:200]}")
+    # The same program escapes a plain chroot of the same tree (so the test can fail)...
+    jail = f"{tools}/jail"
+    images.unpack(bb, "busybox", jail)
+    os.makedirs(f"{jail}/tools")
+    os.link(f"{tools}/escape", f"{jail}/tools/escape")
+    plain = subprocess.run(["chroot", jail, "/tools/escape"], capture_output=True, text=True)
+    assert plain.stdout.strip() == "ESCAPED", plain
+    # ...and stays inside a container.
+    r = run(bb, "/tools/escape", volumes=[f"{tools}:/tools:ro"])
+    assert r.exit_code == 0 and r.output.strip() == "CONTAINED", r
+    # R12: a setuid-root program run by uid 1000 stays uid 1000 (no_new_privs ignores the bit).
+    os.makedirs(f"{tools}/suid")
+    shutil.copy2(f"{jail}/bin/busybox", f"{tools}/suid/busybox")
+    os.chmod(f"{tools}/suid/busybox", 0o4755)
+    r = run(bb, "/tools/suid/busybox", "id", "-u", volumes=[f"{tools}:/tools"], user="1000:1000")
+    assert r.output.strip() == "1000", r
