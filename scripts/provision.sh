@@ -40,7 +40,7 @@ PACKAGES=(
   nftables                           # chapter 04: the lab networks' firewall (nft), R16
   busybox-static                     # chapters 06-07: a root filesystem in one binary
   umoci skopeo                       # chapter 06: real OCI tools read the lab's images
-  runc                               # chapters 06 and 08: a real runtime runs the lab's images
+  runc crun                          # chapters 06-08: real runtimes run the lab's images; 07's benchmark
   util-linux procps kmod psmisc      # nsenter, unshare, lsns, ps, lsmod: to look from the outside
 )
 

@@ -33,7 +33,7 @@ import os
 import select
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from .. import cgroups, images, marks, mounts, overlay, process, procfs, registry, syscalls
 from ..cgroups import devices
@@ -61,6 +61,7 @@ class Result:
     timed_out: bool = False
     oom_killed: bool = False
     seconds: float = 0.0
+    timings: dict = field(default_factory=dict, repr=False, compare=False)   # seconds per phase (run())
 
     def __repr__(self) -> str:
         notes = [n for n, on in (("OOM-killed", self.oom_killed), ("timed out", self.timed_out)) if on]
@@ -217,6 +218,7 @@ class Container:
         self.name, self.config, self.spec, self.rootfs, self.group = cfg.name, cfg, spec, rootfs, group
         self._child, self._control, self._reply, self._started = child, control_w, reply_r, started
         self._undo = contextlib.ExitStack()
+        self._marks: list[tuple[str, float]] = [("check", started)]
         self.steps = [s.name for s in init.steps(spec, rootfs)] + ["exec"]
         self.done: list[str] = []
         self.result: Result | None = None
@@ -270,9 +272,15 @@ class Container:
             raise LabError(f"the container could not start: {error['step']}: {error['error']}",
                            hint="nothing was left behind; see the step named")
         oom = bool(stats.oom_kills) and ended["exit_code"] == 128 + signal.SIGKILL
+        self._marks.append(("init's steps, the command, its end", time.perf_counter()))
         self.result = Result(self.name, ended["exit_code"], ended["output"], error["error"] if error else "",
-                             ended["timed_out"], oom, time.monotonic() - self._started)
+                             ended["timed_out"], oom, time.perf_counter() - self._started)
         return self.result
+
+    @property
+    def timings(self) -> dict[str, float]:
+        """Seconds spent in each phase so far, in order (the first mark is the start)."""
+        return {name: t - self._marks[i][1] for i, (name, t) in enumerate(self._marks[1:])}
 
     def mounts(self) -> list:
         """The mounts of the container's mount namespace, as its init sees them (its mountinfo)."""
@@ -296,7 +304,10 @@ class Container:
                 self.group.kill()
             with contextlib.suppress(Exception):
                 self._child.wait(30)
-        self._undo.close()
+        if self._undo is not None:
+            self._undo.close()
+            self._undo = None
+            self._marks.append(("remove", time.perf_counter()))
 
     def __enter__(self) -> "Container":
         return self
@@ -314,6 +325,7 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
     """Make a container of ``image`` and stop before its first step (``runc create``): its folder,
     its overlay root, its cgroup, and its init, waiting. Go on with :meth:`Container.step`, or
     :meth:`Container.start`; :meth:`Container.remove` undoes it all. Options as :func:`run`."""
+    started = time.perf_counter()
     cfg = config.check(image, command, **options)
     registry.guard(f"run a container of {cfg.image}")
     store = store or images.Store()
@@ -334,20 +346,23 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
     if os.path.lexists(bundle) or registry.ledger().find("dir", bundle) is not None:
         raise Refused(f"a container named {cfg.name!r} exists already ({bundle})",
                       hint="choose another name, or remove it (labhelper cleanup removes what a killed run left)")
-    started = time.monotonic()
+    marks_ = [("check", started)]
     with contextlib.ExitStack() as undo:
         undo.enter_context(store.working())     # no garbage collection of its layers meanwhile
         images.ensure_layers(store, img)
         lowers = [store.layer_dir(layer.chain_id) for layer in reversed(img.layers)]
+        marks_.append(("check, the image", time.perf_counter()))
         mounts.make_dir(bundle, owner=owner)
         undo.callback(_remove_bundle, bundle)
         fault_point("container-bundle")
         rootfs = f"{bundle}/rootfs"
         for sub in ("upper", "work", "rootfs"):
             os.mkdir(f"{bundle}/{sub}", 0o755)
+        marks_.append(("folder", time.perf_counter()))
         root = overlay.mount(rootfs, lowers, f"{bundle}/upper", f"{bundle}/work", owner=owner)
         undo.callback(root.unmount)
         fault_point("container-rootfs")
+        marks_.append(("overlay root", time.perf_counter()))
         group = cgroups.group(f"ct-{cfg.name}", owner=owner)
         undo.callback(group.remove)
         if cfg.limits:
@@ -355,6 +370,7 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
         devices.restrict(group.folders, group.version)
         spec["cgroup2"] = group.version == 2
         fault_point("container-cgroup")
+        marks_.append(("cgroup and device rules", time.perf_counter()))
         control_r, control_w = os.pipe2(os.O_CLOEXEC)
         reply_r, reply_w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -371,6 +387,7 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
             os.close(reply_r)
             raise
         box._undo = undo.pop_all()
+    box._marks = marks_ + [("fork, namespaces, init in the cgroup", time.perf_counter())]
     return box
 
 
@@ -385,4 +402,5 @@ def run(image: str, command=None, *, store: images.Store | None = None, owner: s
     ``capture``: keep what it prints in Result.output (False: it goes to this process's fds 1, 2).
     """
     with create(image, command, store=store, owner=owner, capture=capture, **options) as box:
-        return box.wait()
+        result = box.wait()
+    return replace(result, timings=box.timings)

@@ -83,3 +83,18 @@ def test_cgroup_benchmark_compares_with_its_c_reference():
     assert rows[1].startswith("C: ") and re.search(rf" {RATIO}$", rows[1]), r.stdout
     assert re.search(rf" {RATIO} <= 1\.5x (ok|OVER)$", rows[2]), r.stdout
     assert rows[2].endswith("OVER") == (r.returncode == 1), r.stdout
+
+
+@pytest.mark.cgroups
+def test_container_benchmark_compares_with_crun_and_runc():
+    for cap in ("busybox", "overlay"):
+        capabilities.need(cap)
+    r = bench("container.py", "--rounds", "2", "--per-round", "2", timeout=300)
+    if r.returncode == 0 and r.stdout.startswith("skipped: "):
+        pytest.skip(f"[n/a] container.py says: {r.stdout.strip()}")
+    assert r.returncode in (0, 1), r.stderr                      # 1: a goal missed, not a broken script
+    rows = r.stdout.splitlines()
+    judged = [row for row in rows if row.startswith("labhelper / ")]
+    assert len(judged) == 2 and all(re.search(rf" {RATIO} <= (1\.0|0\.5)x (ok|OVER)$", row) for row in judged), r.stdout
+    assert any(row.strip().startswith("fork, namespaces, init in the cgroup") for row in rows), r.stdout
+    assert any(row.endswith("OVER") for row in judged) == (r.returncode == 1), r.stdout

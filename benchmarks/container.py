@@ -1,0 +1,138 @@
+"""Chapter 07's speed goal for a container start, measured side by side in one run (not a test):
+
+- ``/bin/true`` in a new container with all namespaces but the network's set up (pid, mount,
+  uts, ipc, net, cgroup), pivot_root, /proc, /dev, /sys and a cgroup: labhelper in-process
+  (``container.run``: the folder, the overlay root, the cgroup with its device rules, the fork,
+  init's steps, the wait, the removal) at most 1.0x crun's ``crun run`` and at most 0.5x runc's
+  ``runc run``, like for like: all three start from the same overlay root filesystem mount (for
+  crun and runc one overlay of the same busybox layer, mounted once, with a bundle made by
+  ``runc spec``: /proc, /dev, /sys, masked paths, a cgroup; labhelper also mounts its overlay and
+  writes its records each time, and adds seccomp and the device rules).
+- crun and runc are run by a shell in a loop of N starts, timed inside that shell (``date
+  +%s%N`` around the loop), so each of their starts includes a fork and an execve of the runtime,
+  as when Docker's containerd-shim starts one. crun 1.8 refuses a hybrid cgroup host; there its
+  shell runs in ``unshare -m`` after ``umount /sys/fs/cgroup/unified`` (v1 only then), once.
+- The sides rotate round by round; the figure per side is the median of its rounds, per start.
+  Below, labhelper's own time per phase (``Result.timings``), medians. Exit status 1 if a goal
+  is missed; "skipped:" when a runtime or busybox is missing.
+
+    LABHELPER_DISPOSABLE=1 .venv/bin/python benchmarks/container.py [--rounds N] [--per-round K]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from labhelper import cgroups, cleanup, container, images, mounts, overlay, procfs, rootfs  # noqa: E402
+
+
+def bundle_for(runtime: str, base: str, rootfs_path: str) -> str:
+    """A bundle (config.json from ``runc spec``) whose root is the shared overlay mount."""
+    folder = f"{base}/bundle-{runtime}"
+    os.makedirs(folder)
+    subprocess.run(["runc", "spec", "--bundle", folder], check=True)
+    with open(f"{folder}/config.json") as fh:
+        spec = json.load(fh)
+    spec["process"]["args"] = ["/bin/true"]
+    spec["process"]["terminal"] = False
+    spec["root"] = {"path": rootfs_path, "readonly": False}
+    spec["hostname"] = "bench"
+    with open(f"{folder}/config.json", "w") as fh:
+        json.dump(spec, fh)
+    return folder
+
+
+def shell_loop(runtime: str, bundle: str, count: int, prefix: str, hybrid: bool) -> float:
+    """Seconds per start of ``count`` starts of ``runtime run``, timed inside one shell."""
+    loop = (f'i=0; t0=$(date +%s%N); while [ $i -lt {count} ]; do '
+            f'{runtime} run --bundle {bundle} {prefix}-$i >/dev/null 2>&1 || exit 3; i=$((i+1)); done; '
+            f't1=$(date +%s%N); echo $((t1-t0))')
+    argv = ["sh", "-c", loop]
+    if runtime == "crun" and hybrid:
+        argv = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+                f"umount /sys/fs/cgroup/unified && {loop}"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise SystemExit(f"{runtime} failed (exit {done.returncode}): {done.stderr.strip()[:300]}")
+    return int(done.stdout.split()[-1]) / 1e9 / count
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--per-round", type=int, default=20)
+    args = parser.parse_args()
+    missing = [p for p in ("crun", "runc") if shutil.which(p) is None]
+    if missing:
+        print(f"skipped: {' and '.join(missing)} not installed (apt-get install crun runc): no peer to compare with")
+        return 0
+    owner = f"bench-container-{os.getpid()}"
+    base = mounts.make_dir(f"/var/lib/labhelper/bench-container-{os.getpid()}", owner=owner)
+    hybrid = cgroups.version() == 1 and any(m.mountpoint == "/sys/fs/cgroup/unified" for m in procfs.mountinfo())
+    try:
+        store = images.Store(f"{base}/images", owner=owner)
+        try:
+            img = rootfs.base_image(store)
+        except Exception as exc:           # noqa: BLE001 - no busybox and no host fallback
+            print(f"skipped: no base image: {exc}")
+            return 0
+        for sub in ("upper", "work", "rootfs"):
+            os.makedirs(f"{base}/shared/{sub}")
+        shared = overlay.mount(f"{base}/shared/rootfs", [store.layer_dir(img.layers[0].chain_id)],
+                               f"{base}/shared/upper", f"{base}/shared/work", owner=owner)
+        bundles = {rt: bundle_for(rt, base, shared.target) for rt in ("crun", "runc")}
+        prefix = f"lhbench-{os.getpid()}"
+
+        def ours(k: int) -> tuple[float, list[dict]]:
+            t0 = time.perf_counter()
+            phases = []
+            for _ in range(k):
+                r = container.run(img.name, ["/bin/true"], store=store, owner=owner)
+                if r.exit_code != 0:
+                    raise SystemExit(f"labhelper's container failed: {r}")
+                phases.append(r.timings)
+            return (time.perf_counter() - t0) / k, phases
+
+        sides = {"labhelper": [], "crun": [], "runc": []}
+        phases: list[dict] = []
+        ours(2)
+        for rt in ("crun", "runc"):
+            shell_loop(rt, bundles[rt], 2, f"{prefix}-warm", hybrid)
+        order = ["labhelper", "crun", "runc"]
+        for r in range(args.rounds):
+            for side in order[r % 3:] + order[:r % 3]:
+                if side == "labhelper":
+                    t, ph = ours(args.per_round)
+                    sides[side].append(t)
+                    phases += ph
+                else:
+                    sides[side].append(shell_loop(side, bundles[side], args.per_round, f"{prefix}-{r}", hybrid))
+        shared.unmount()
+    finally:
+        cleanup.cleanup(owner=owner)
+    med = {k: statistics.median(v) for k, v in sides.items()}
+    to_crun, to_runc = med["labhelper"] / med["crun"], med["labhelper"] / med["runc"]
+    ok_crun, ok_runc = to_crun <= 1.0, to_runc <= 0.5
+    print(f"{'measure':44} {'median':>9}  ratio")
+    print(f"{'runc run (a shell loop)':44} {med['runc'] * 1e3:7.2f}ms")
+    print(f"{'crun run (a shell loop)':44} {med['crun'] * 1e3:7.2f}ms")
+    print(f"{'labhelper container.run (in-process)':44} {med['labhelper'] * 1e3:7.2f}ms")
+    print(f"{'labhelper / crun':44} {'':9}  {to_crun:.2f}x <= 1.0x {'ok' if ok_crun else 'OVER'}")
+    print(f"{'labhelper / runc':44} {'':9}  {to_runc:.2f}x <= 0.5x {'ok' if ok_runc else 'OVER'}")
+    print("where labhelper's time goes (median per phase):")
+    for name in phases[0]:
+        print(f"  {name:42} {statistics.median(p[name] for p in phases) * 1e3:7.2f}ms")
+    print(f"({args.rounds} rounds of {args.per_round} starts each; cgroup v{cgroups.version()}"
+          f"{', crun in a mount namespace without the v2 hierarchy' if hybrid else ''})")
+    return 0 if ok_crun and ok_runc else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
