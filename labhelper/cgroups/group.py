@@ -140,7 +140,15 @@ class Group:
         tree.kill(self.path, timeout)
 
     def remove(self) -> None:
-        """Kill what is inside, then remove the group's cgroups and their records (idempotent)."""
+        """Kill what is inside, then remove the group's cgroups and their records (idempotent).
+        Most often its processes have ended already: then one rmdir(2) per folder does it, and
+        there is nothing to freeze or kill."""
+        try:
+            for folder in self._all():
+                tree.remove(folder, if_empty=True)
+            return
+        except tree.Busy:
+            pass
         self.kill()
         for folder in self._all():
             tree.remove(folder)

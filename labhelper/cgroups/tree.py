@@ -146,12 +146,19 @@ def kill(path: str, timeout: float = 5.0) -> None:
         time.sleep(0.01)
 
 
-def remove(path: str, timeout: float = 5.0) -> None:
+class Busy(Exception):
+    """remove(..., if_empty=True) met a cgroup that still has processes or children."""
+
+
+def remove(path: str, timeout: float = 5.0, if_empty: bool = False) -> None:
     """Kill what is inside the cgroup at ``path``, then remove it, its children first, and its
-    record (idempotent)."""
+    record (idempotent). ``if_empty``: only if nothing is inside (one rmdir); else Busy, and
+    nothing changed."""
     path = marks.cgroup_path(path)
 
     def empty_it() -> None:
+        if if_empty:
+            raise Busy(path)
         for sub in _children(path):
             remove(sub, timeout)
         kill(path, timeout)
