@@ -15,6 +15,9 @@
                                               chapter 07's container, in the foreground, removed
                                               when it ends; exits with its exit code (125: the
                                               runtime failed or refused, 126, 127: as Docker)
+    labhelper run -d ... | ps [-a] | logs [-f] NAME | exec NAME CMD... | stop [-t S] NAME... |
+              rm [-f] NAME... | inspect NAME
+                                              detached containers, each under its own supervisor
 
 Exit status: 0 done, 1 something failed (or is missing), 2 refused or a clear error,
 3 an internal error (a bug: please report it). Warnings and errors go to stderr.
@@ -145,10 +148,15 @@ def _run_cmd(args) -> int:
             # Docker pulls a missing image; the course makes its base from busybox-static instead.
             print("labhelper run: no image 'busybox' here yet: making it from busybox-static", file=sys.stderr)
             rootfs.base_image(store, progress=_bar)
-        result = container.run(args.image, args.cmd or None, store=store, capture=False, name=args.name,
-                               hostname=args.hostname, env=args.env, workdir=args.workdir, user=args.user,
-                               memory=args.memory, cpus=args.cpus, pids=args.pids_limit, volumes=args.volume,
-                               net=args.net, timeout=args.timeout, interactive=args.interactive)
+        options = dict(name=args.name, hostname=args.hostname, env=args.env, workdir=args.workdir, user=args.user,
+                       memory=args.memory, cpus=args.cpus, pids=args.pids_limit, volumes=args.volume, net=args.net)
+        if args.detach:
+            if args.interactive:
+                raise Refused("-d and -i together: a detached container has no stdin to be given")
+            print(container.detach(args.image, args.cmd or None, store=store, timeout=args.timeout, **options))
+            return 0
+        result = container.run(args.image, args.cmd or None, store=store, capture=False, timeout=args.timeout,
+                               interactive=args.interactive, **options)
     except LabError as exc:
         print(f"labhelper run: {exc}", file=sys.stderr)
         return container.EXIT_RUNTIME
@@ -158,6 +166,56 @@ def _run_cmd(args) -> int:
         print("labhelper run: the container was killed for lack of memory (OOM: its --memory limit)", file=sys.stderr)
     if result.timed_out:
         print(f"labhelper run: the container ran past --timeout {args.timeout:g} s and was killed", file=sys.stderr)
+    return result.exit_code
+
+
+def _ps_cmd(args) -> int:
+    from . import container
+    rows = container.ps(all_=args.all)
+    print(f"{'NAME':16} {'IMAGE':12} {'COMMAND':30} STATUS")
+    for row in rows:
+        print(repr(row))
+    return 0
+
+
+def _logs_cmd(args) -> int:
+    from . import container
+    print(container.logs(args.name, follow=args.follow, timeout=args.timeout), end="")
+    return 0
+
+
+def _stop_cmd(args) -> int:
+    from . import container
+    for name in args.names:
+        container.stop(name, timeout=args.time)
+        print(name)
+    return 0
+
+
+def _rm_cmd(args) -> int:
+    from . import container
+    for name in args.names:
+        container.rm(name, force=args.force)
+        print(name)
+    return 0
+
+
+def _inspect_cmd(args) -> int:
+    from . import container
+    print(json.dumps(container.inspect(args.name), indent=2, sort_keys=True))
+    return 0
+
+
+def _exec_cmd(args) -> int:
+    from . import container
+    try:
+        result = container.exec_(args.name, args.cmd, capture=False, user=args.user, workdir=args.workdir,
+                                 env=args.env)
+    except LabError as exc:
+        print(f"labhelper exec: {exc}", file=sys.stderr)
+        return container.EXIT_RUNTIME
+    if result.error:
+        print(f"labhelper exec: {result.error}", file=sys.stderr)
     return result.exit_code
 
 
@@ -200,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a command in a new container, like `docker run --rm` (chapter 07)")
     p.add_argument("--store", default="/var/lib/labhelper/images", help="the image store (a lab folder)")
     p.add_argument("--name", help="the container's name (default: c-XXXXXXXX)")
-    p.add_argument("--rm", action="store_true", help="remove it when it ends (always, for now)")
+    p.add_argument("--rm", action="store_true", help="remove it when it ends (always, without -d)")
+    p.add_argument("-d", "--detach", action="store_true", help="run it in the background under a supervisor; "
+                   "print its name (then: ps, logs, exec, stop, rm)")
     p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open and give it to the container")
     p.add_argument("--hostname", help="its host name (default: its name)")
     p.add_argument("--memory", "-m", help="a memory limit, such as 64m")
@@ -215,6 +275,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command and its arguments (default: the image's)")
     p.set_defaults(func=_run_cmd)
+    p = sub.add_parser("ps", help="the detached containers, like `docker ps`")
+    p.add_argument("-a", "--all", action="store_true", help="the ended ones too")
+    p.set_defaults(func=_ps_cmd)
+    p = sub.add_parser("logs", help="what a detached container printed")
+    p.add_argument("-f", "--follow", action="store_true", help="wait until it ends")
+    p.add_argument("--timeout", type=float, default=3600.0, help="follow at most this long")
+    p.add_argument("name")
+    p.set_defaults(func=_logs_cmd)
+    p = sub.add_parser("stop", help="SIGTERM, then SIGKILL after -t seconds")
+    p.add_argument("-t", "--time", type=float, default=10.0)
+    p.add_argument("names", nargs="+")
+    p.set_defaults(func=_stop_cmd)
+    p = sub.add_parser("rm", help="remove ended containers (-f: running ones too)")
+    p.add_argument("-f", "--force", action="store_true")
+    p.add_argument("names", nargs="+")
+    p.set_defaults(func=_rm_cmd)
+    p = sub.add_parser("inspect", help="a detached container's state, as JSON")
+    p.add_argument("name")
+    p.set_defaults(func=_inspect_cmd)
+    p = sub.add_parser("exec", help="run a command in a running container, like `docker exec`")
+    p.add_argument("--user", "-u")
+    p.add_argument("-w", "--workdir")
+    p.add_argument("-e", "--env", action="append", default=[])
+    p.add_argument("name")
+    p.add_argument("cmd", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_exec_cmd)
     return parser
 
 

@@ -37,7 +37,7 @@ from . import marks, procfs, syscalls
 from .errors import ChildError, ChildTimeout
 from .flags import CloneFlags, Prctl
 
-__all__ = ["run_in_child", "spawn", "Child", "is_same_process", "RemoteTraceback", "lifetime_pid",
+__all__ = ["run_in_child", "spawn", "Child", "is_same_process", "RemoteTraceback", "lifetime_pid", "own_lifetime",
            "find_processes", "remove_process"]
 
 # In a child made by spawn(): the pid of the process whose life the child's work belongs to (the
@@ -48,6 +48,13 @@ _lifetime_pid: int | None = None
 
 def lifetime_pid() -> int:
     return _lifetime_pid or os.getpid()
+
+
+def own_lifetime() -> None:
+    """From now on, what this process makes belongs to its own life, not its parent's: for a
+    daemon that outlives the notebook kernel that started it (a detached container's supervisor)."""
+    global _lifetime_pid
+    _lifetime_pid = os.getpid()
 
 
 class RemoteTraceback(Exception):

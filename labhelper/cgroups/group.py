@@ -222,6 +222,34 @@ def group(name: str, owner: str | None = None) -> Group:
         raise
 
 
+def existing(name: str) -> Group | None:
+    """The lab group ``name`` that another process made (a detached container's supervisor), as
+    a Group to look at, join or remove; None if it is not there."""
+    marks.plain_name(name, "group name")
+    table = procfs.mountinfo()
+    ver = version(table)
+    if ver == 2:
+        path = os.path.join(lab_root(delegation.base(delegation.v2_mount(table))), name)
+        if not os.path.isdir(path):
+            return None
+        return Group(name, 2, {"track": path, **{c: path for c in v2.WANTED}})
+    folders: dict[str, str] = {}
+    for h in host.cgroup_info().hierarchies:
+        path = os.path.join(lab_root(h.mountpoint), name)
+        if h.version == 1 and os.path.isdir(path):
+            for c in h.controllers:
+                if c in v1.CONTROLLERS:
+                    folders[c] = path
+    track = os.path.join(lab_root(tree.hierarchy(table)), name)
+    if os.path.isdir(track):
+        folders["track"] = track
+    elif folders:
+        folders["track"] = next(iter(folders.values()))
+    else:
+        return None
+    return Group(name, 1, folders)
+
+
 def tree_of(mount: str | None = None) -> dict[str, list[int]]:
     """The lab's cgroups in one hierarchy (the tracking one by default): {folder: its pids}."""
     mount = mount or (delegation.base(delegation.v2_mount(procfs.mountinfo())) if version() == 2 else tree.hierarchy())

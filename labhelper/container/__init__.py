@@ -5,7 +5,9 @@ runtime such as runc or crun composes them.
 * ``runtime``  the outside: a folder, an overlay root of the image's layers, a cgroup with limits
                and device rules, the fork into new namespaces, the wait, the undo;
 * ``init``     the inside, PID 1 of the container: volumes, /proc, /dev, /sys, masked paths,
-               pivot_root, hostname, capabilities, seccomp, then execve.
+               pivot_root, hostname, capabilities, seccomp, then execve;
+* ``supervisor`` detached containers (``docker run -d``): a daemon per container that reaps it
+               and keeps its exit code and output; ps, logs, stop, rm, inspect; exec.
 
     from labhelper import container, images
     store = images.Store()
@@ -18,6 +20,7 @@ from .config import CONTAINERS, Config, Volume, check
 from .init import (DEVICES, EXIT_CANNOT_RUN, EXIT_NOT_FOUND, EXIT_RUNTIME, MASKED, READ_ONLY, Step, open_in_root,
                    steps)
 from .runtime import NAMESPACES, Container, Result, create, run
+from .supervisor import Info, detach, exec_, inspect, logs, ps, rm, stop
 
-__all__ = ["run", "create", "Container", "Result", "Config", "Volume", "check", "CONTAINERS", "NAMESPACES", "DEVICES", "MASKED",
+__all__ = ["run", "create", "Container", "Result", "detach", "ps", "logs", "stop", "rm", "inspect", "exec_", "Info", "Config", "Volume", "check", "CONTAINERS", "NAMESPACES", "DEVICES", "MASKED",
            "READ_ONLY", "EXIT_RUNTIME", "EXIT_CANNOT_RUN", "EXIT_NOT_FOUND", "open_in_root", "steps", "Step"]

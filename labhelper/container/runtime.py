@@ -42,11 +42,12 @@ from ..flags import CloneFlags, MountFlags, Prctl
 from ..registry import fault_point
 from . import config, init
 
-__all__ = ["run", "create", "Container", "Result", "NAMESPACES", "OUTPUT_LIMIT"]
+__all__ = ["run", "create", "Container", "Result", "NAMESPACES", "OUTPUT_LIMIT", "LOG", "group_name", "find_image"]
 
 NAMESPACES = (CloneFlags.CLONE_NEWNS | CloneFlags.CLONE_NEWUTS | CloneFlags.CLONE_NEWIPC | CloneFlags.CLONE_NEWNET
               | CloneFlags.CLONE_NEWPID | CloneFlags.CLONE_NEWCGROUP)
 OUTPUT_LIMIT = 1 << 20          # bytes of output kept (the rest is counted, not kept)
+LOG = "container.log"           # a detached container's output, in its folder
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -99,7 +100,7 @@ def _settings(cfg: config.Config, img: images.Image) -> dict:
 
 
 def _outer(group: cgroups.Group, spec: dict, rootfs: str, capture: bool, timeout: float, control_r: int,
-           reply_w: int) -> dict:
+           reply_w: int, log: str | None = None) -> dict:
     """In the child, in the new namespaces but the cgroup's (spawn unshared them): start init,
     move it into the container's cgroup before it goes on, say its pid, collect its output until it
     ends (or ``timeout`` s after its execve), and report how it ended. This process stays outside
@@ -121,6 +122,12 @@ def _outer(group: cgroups.Group, spec: dict, rootfs: str, capture: bool, timeout
             if capture:
                 os.dup2(out_w, 1)
                 os.dup2(out_w, 2)
+            elif log is not None:
+                # A detached container's output: its log file, appended to, as it comes.
+                fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+                os.dup2(fd, 1)
+                os.dup2(fd, 2)
+                os.close(fd)
             if os.read(go_r, 1) != b"1":        # in its cgroup now, or the runtime failed
                 os._exit(init.EXIT_RUNTIME)
             os.close(go_r)
@@ -179,7 +186,8 @@ def _outer(group: cgroups.Group, spec: dict, rootfs: str, capture: bool, timeout
             "error": json.loads(error) if error else None}
 
 
-def _image(store: images.Store, name: str) -> images.Image:
+def find_image(store: images.Store, name: str) -> images.Image:
+    """The image ``name`` of ``store``; Refused, naming the images there, if it is not one."""
     try:
         return images.image(store, name)
     except LabError as exc:
@@ -187,6 +195,11 @@ def _image(store: images.Store, name: str) -> images.Image:
         raise Refused(f"no image {name!r} in the store {store.root}: {getattr(exc, 'message', exc)}",
                       hint=f"images there: {', '.join(names) or 'none'}; make one with rootfs.base_image(store)"
                       ) from None
+
+
+def group_name(name: str) -> str:
+    """The lab cgroup of the container ``name``."""
+    return f"ct-{name}"
 
 
 def _remove_bundle(path: str) -> None:
@@ -218,6 +231,7 @@ class Container:
         self.name, self.config, self.spec, self.rootfs, self.group = cfg.name, cfg, spec, rootfs, group
         self._child, self._control, self._reply, self._started = child, control_w, reply_r, started
         self._undo = contextlib.ExitStack()
+        self._keep: dict | None = None
         self._marks: list[tuple[str, float]] = [("check", started)]
         self.steps = [s.name for s in init.steps(spec, rootfs)] + ["exec"]
         self.done: list[str] = []
@@ -296,9 +310,12 @@ class Container:
                 out[key] = value.strip()
         return out
 
-    def remove(self) -> None:
-        """Kill what still runs in it, then undo every step of create (idempotent)."""
+    def remove(self, keep_folder: bool = False) -> None:
+        """Kill what still runs in it, then undo every step of create (idempotent); with
+        ``keep_folder``, its folder stays (a detached container's log, state and upper layer)."""
         self._close_control()
+        if keep_folder and self._keep is not None:
+            self._keep["folder"] = True
         if self.result is None:
             with contextlib.suppress(ProcessLookupError):
                 self.group.kill()
@@ -321,7 +338,7 @@ class Container:
 
 
 def create(image: str, command=None, *, store: images.Store | None = None, owner: str | None = None,
-           capture: bool = True, **options) -> Container:
+           capture: bool = True, log: bool = False, **options) -> Container:
     """Make a container of ``image`` and stop before its first step (``runc create``): its folder,
     its overlay root, its cgroup, and its init, waiting. Go on with :meth:`Container.step`, or
     :meth:`Container.start`; :meth:`Container.remove` undoes it all. Options as :func:`run`."""
@@ -329,7 +346,7 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
     cfg = config.check(image, command, **options)
     registry.guard(f"run a container of {cfg.image}")
     store = store or images.Store()
-    img = _image(store, cfg.image)
+    img = find_image(store, cfg.image)
     if not img.layers:
         raise Refused(f"the image {cfg.image!r} has no layers: nothing to make a root from")
     spec = _settings(cfg, img)
@@ -353,7 +370,8 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
         lowers = [store.layer_dir(layer.chain_id) for layer in reversed(img.layers)]
         marks_.append(("check, the image", time.perf_counter()))
         mounts.make_dir(bundle, owner=owner)
-        undo.callback(_remove_bundle, bundle)
+        keep = {"folder": False}            # a detached container's folder stays until `rm`
+        undo.callback(lambda: None if keep["folder"] else _remove_bundle(bundle))
         fault_point("container-bundle")
         rootfs = f"{bundle}/rootfs"
         for sub in ("upper", "work", "rootfs"):
@@ -363,7 +381,7 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
         undo.callback(root.unmount)
         fault_point("container-rootfs")
         marks_.append(("overlay root", time.perf_counter()))
-        group = cgroups.group(f"ct-{cfg.name}", owner=owner)
+        group = cgroups.group(group_name(cfg.name), owner=owner)
         undo.callback(group.remove)
         if cfg.limits:
             group.limit(**cfg.limits)
@@ -374,7 +392,8 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
         control_r, control_w = os.pipe2(os.O_CLOEXEC)
         reply_r, reply_w = os.pipe2(os.O_CLOEXEC)
         try:
-            child = process.spawn(_outer, group, spec, rootfs, capture, cfg.timeout, control_r, reply_w,
+            child = process.spawn(_outer, group, spec, rootfs, capture and not log, cfg.timeout, control_r, reply_w,
+                                  f"{bundle}/{LOG}" if log else None,
                                   unshare=NAMESPACES & ~CloneFlags.CLONE_NEWCGROUP, keep_fds=(control_r, reply_w))
         finally:
             os.close(control_r)
@@ -387,6 +406,7 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
             os.close(reply_r)
             raise
         box._undo = undo.pop_all()
+        box._keep = keep
     box._marks = marks_ + [("fork, namespaces, init in the cgroup", time.perf_counter())]
     return box
 
