@@ -9,8 +9,8 @@
                      import DIR REF [--name NAME] | rm NAME... | gc
                                               chapter 06's image store (docker images, image
                                               ls --tree, diff, history, save/load, rmi, prune)
-    labhelper run [--store DIR] [--name N] [--rm] [-i] [--hostname H] [--memory 64m] [--cpus 0.5]
-                  [--pids-limit 64] [--net none] [-v SRC:DST[:ro]]... [-e K=V]... [-w DIR]
+    labhelper run [--store DIR] [--name N] [--rm] [-d] [-i] [--hostname H] [--memory 64m] [--cpus 0.5]
+                  [--pids-limit 64] [--net none|bridge --network BRIDGE] [-v SRC:DST[:ro]]... [-e K=V]... [-w DIR]
                   [--user UID[:GID]] [--timeout S] IMAGE [CMD...]
                                               chapter 07's container, in the foreground, removed
                                               when it ends; exits with its exit code (125: the
@@ -148,8 +148,10 @@ def _run_cmd(args) -> int:
             # Docker pulls a missing image; the course makes its base from busybox-static instead.
             print("labhelper run: no image 'busybox' here yet: making it from busybox-static", file=sys.stderr)
             rootfs.base_image(store, progress=_bar)
+        net = "bridge" if args.network else args.net
         options = dict(name=args.name, hostname=args.hostname, env=args.env, workdir=args.workdir, user=args.user,
-                       memory=args.memory, cpus=args.cpus, pids=args.pids_limit, volumes=args.volume, net=args.net)
+                       memory=args.memory, cpus=args.cpus, pids=args.pids_limit, volumes=args.volume, net=net,
+                       network=args.network)
         if args.detach:
             if args.interactive:
                 raise Refused("-d and -i together: a detached container has no stdin to be given")
@@ -266,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", "-m", help="a memory limit, such as 64m")
     p.add_argument("--cpus", type=float, help="a CPU limit in CPUs, such as 0.5")
     p.add_argument("--pids-limit", type=int, help="at most this many processes")
-    p.add_argument("--net", default="none", help="its network: none (its own loopback only)")
+    p.add_argument("--net", default="none", help="its network: none (its own loopback only), or bridge")
+    p.add_argument("--network", help="the lab bridge to attach it to (implies --net bridge)")
     p.add_argument("-v", "--volume", action="append", default=[], help="SRC:DST[:ro], SRC a lab folder")
     p.add_argument("-e", "--env", action="append", default=[], help="K=V, set in its environment")
     p.add_argument("-w", "--workdir", help="its working directory (made if missing)")

@@ -53,6 +53,7 @@ class Config:
     limits: dict = field(default_factory=dict)      # memory, cpu, pids: checked (cgroups.check)
     volumes: tuple[Volume, ...] = ()
     net: str = "none"
+    network: str | None = None             # with net="bridge": the lab bridge's name (network.bridge)
     timeout: float = 60.0
     interactive: bool = False
     seccomp: bool = True
@@ -113,7 +114,7 @@ def new_name() -> str:
 
 def check(image: str, command=None, *, name: str | None = None, hostname: str | None = None, env=None,
           workdir: str | None = None, user=None, memory=None, cpus=None, pids=None, volumes=(), net: str = "none",
-          timeout: float = 60.0, interactive: bool = False, seccomp: bool = True) -> Config:
+          network: str | None = None, timeout: float = 60.0, interactive: bool = False, seccomp: bool = True) -> Config:
     """The whole request, checked; Refused (nothing made) for anything wrong."""
     if not isinstance(image, str) or not image:
         raise Refused(f"an image is named by a string, not {image!r}")
@@ -152,9 +153,17 @@ def check(image: str, command=None, *, name: str | None = None, hostname: str | 
     dests = [v.destination for v in vols]
     if len(set(dests)) != len(dests):
         raise Refused(f"two volumes share a destination: {sorted(d for d in dests if dests.count(d) > 1)[0]}")
-    if net not in ("none",):
-        raise Refused(f"net {net!r}: 'none' (a network namespace with its own loopback only)")
+    if net not in ("none", "bridge"):
+        raise Refused(f"net {net!r}: 'none' (a network namespace with its own loopback only) or 'bridge' (a veth "
+                      "to a lab bridge: network=NAME)")
+    if net == "bridge":
+        if not network:
+            raise Refused("net='bridge' needs the lab bridge to attach to: network='NAME' (make one with "
+                          "network.bridge(NAME))")
+        marks.plain_name(network, "bridge name")
+    elif network is not None:
+        raise Refused(f"network={network!r} is for net='bridge'")
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT:
         raise Refused(f"timeout {timeout!r}: seconds, more than 0 and at most a day")
     return Config(image, command, name, hostname, tuple(entries), workdir, parse_user(user), limits, vols, net,
-                  float(timeout), bool(interactive), bool(seccomp))
+                  network, float(timeout), bool(interactive), bool(seccomp))

@@ -35,7 +35,7 @@ import signal
 import time
 from dataclasses import dataclass, field, replace
 
-from .. import cgroups, images, marks, mounts, overlay, process, procfs, registry, syscalls
+from .. import cgroups, images, marks, mounts, network, overlay, process, procfs, registry, syscalls
 from ..cgroups import devices
 from ..errors import LabError, Refused
 from ..flags import CloneFlags, MountFlags, Prctl
@@ -100,13 +100,18 @@ def _settings(cfg: config.Config, img: images.Image) -> dict:
 
 
 def _outer(group: cgroups.Group, spec: dict, rootfs: str, capture: bool, timeout: float, control_r: int,
-           reply_w: int, log: str | None = None) -> dict:
+           reply_w: int, log: str | None = None, netns_fd: int = -1) -> dict:
     """In the child, in the new namespaces but the cgroup's (spawn unshared them): start init,
     move it into the container's cgroup before it goes on, say its pid, collect its output until it
     ends (or ``timeout`` s after its execve), and report how it ended. This process stays outside
     the cgroup, as runc does: the OOM killer, choosing in the cgroup, never picks it."""
     # Every mount this namespace makes stays in it, and nothing the host mounts later appears.
     syscalls.mount(None, "/", None, MountFlags.MS_REC | MountFlags.MS_PRIVATE)
+    if netns_fd >= 0:
+        # --net bridge: the network namespace was made and wired to the bridge first (a veth, an
+        # address, a route), as CNI does for Kubernetes: join it instead of a new, empty one.
+        syscalls.setns(netns_fd, CloneFlags.CLONE_NEWNET)
+        os.close(netns_fd)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
     out_r = out_w = -1
@@ -232,6 +237,7 @@ class Container:
         self._child, self._control, self._reply, self._started = child, control_w, reply_r, started
         self._undo = contextlib.ExitStack()
         self._keep: dict | None = None
+        self.address: str | None = None          # with net="bridge": its address on the bridge
         self._marks: list[tuple[str, float]] = [("check", started)]
         self.steps = [s.name for s in init.steps(spec, rootfs)] + ["exec"]
         self.done: list[str] = []
@@ -389,12 +395,27 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
         spec["cgroup2"] = group.version == 2
         fault_point("container-cgroup")
         marks_.append(("cgroup and device rules", time.perf_counter()))
+        netns_fd, address = -1, None
+        if cfg.net == "bridge":
+            ns = network.create(group_name(cfg.name), owner=owner)
+            undo.callback(network.remove_ns, ns)
+            # The veth's host end is a recorded link: deleted (with its record) before the
+            # namespace goes, which would take the pair along but leave the record.
+            undo.callback(network.delete_link, network.port_name(ns, cfg.network))
+            address = network.attach(ns, cfg.network, owner=owner)
+            netns_fd = network.netns.open_ns(ns)
+            undo.callback(os.close, netns_fd)
+            fault_point("container-network")
+            marks_.append(("network namespace on the bridge", time.perf_counter()))
         control_r, control_w = os.pipe2(os.O_CLOEXEC)
         reply_r, reply_w = os.pipe2(os.O_CLOEXEC)
         try:
+            flags = NAMESPACES & ~CloneFlags.CLONE_NEWCGROUP
+            if netns_fd >= 0:
+                flags &= ~CloneFlags.CLONE_NEWNET
             child = process.spawn(_outer, group, spec, rootfs, capture and not log, cfg.timeout, control_r, reply_w,
-                                  f"{bundle}/{LOG}" if log else None,
-                                  unshare=NAMESPACES & ~CloneFlags.CLONE_NEWCGROUP, keep_fds=(control_r, reply_w))
+                                  f"{bundle}/{LOG}" if log else None, netns_fd, unshare=flags,
+                                  keep_fds=(control_r, reply_w) + ((netns_fd,) if netns_fd >= 0 else ()))
         finally:
             os.close(control_r)
             os.close(reply_w)
@@ -407,6 +428,7 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
             raise
         box._undo = undo.pop_all()
         box._keep = keep
+        box.address = address
     box._marks = marks_ + [("fork, namespaces, init in the cgroup", time.perf_counter())]
     return box
 

@@ -100,6 +100,7 @@ def _supervise(write_fd: int, image: str, command, store_root: str, owner: str |
         os._exit(1)
     folder = f"{config.CONTAINERS}/{name}"
     state = {"name": name, "image": image, "command": box.spec["command"], "env": box.spec["env"],
+             "address": box.address,
              "supervisor": os.getpid(),
              "supervisor_start": procfs.start_time(os.getpid()), "pid": box.pid, "status": "running",
              "exit_code": None, "oom_killed": False, "started": time.time(), "finished": None}
@@ -113,8 +114,12 @@ def _supervise(write_fd: int, image: str, command, store_root: str, owner: str |
                      error=result.error, finished=time.time())
     except BaseException as exc:          # noqa: BLE001 - said in the state
         state.update(status="exited", exit_code=init.EXIT_RUNTIME, error=str(exc), finished=time.time())
-    _write_state(folder, state)
-    box.remove(keep_folder=True)
+    # Its mount, cgroup and network go first; "exited" is written once they are gone, so that
+    # whoever waits for it (stop, rm) finds nothing half removed.
+    try:
+        box.remove(keep_folder=True)
+    finally:
+        _write_state(folder, state)
     os._exit(0)
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import os
 
-from .. import container, images, mounts, rootfs
+from .. import container, images, mounts, network, rootfs
 from ..errors import LabError
 from . import Exercise, right, wrong
 
-__all__ = ["q1", "q2", "EX1", "PROBES", "prepare_q1"]
+__all__ = ["q1", "q2", "q3", "EX1", "PROBES", "prepare_q1", "prepare_q3", "BRIDGE", "SERVER"]
 
 EX1 = "/var/lib/labhelper/ch07/ex1"
 _GREETING = "hello from inside\n"
@@ -134,4 +134,66 @@ q2 = Exercise(
     "kernel log (no CAP_SYSLOG, seccomp), a higher priority (no CAP_SYS_NICE), a kernel setting (read-only "
     "/proc/sys). `{name: name in ('chown a file', 'make a device node', 'ping over loopback') for name in "
     "ch07.PROBES}`.",
+)
+
+
+# --- q3: two containers talking -------------------------------------------------------------------------
+
+BRIDGE, SERVER, PORT = "ch07ex3", "ex3-server", 7000
+_SAYS = "says hi"
+
+
+def prepare_q3(store=None, bridge: str = BRIDGE, server: str = SERVER, owner: str = "ch07") -> str:
+    """Make exercise 3's lab bridge and start its server container on it (detached): on port
+    7000 it answers each connection with one line. Returns the server's name."""
+    store = _store(store)
+    if not any(link.name == network.host_name(bridge) for link in network.list_links()):
+        network.bridge(bridge, owner=owner)
+    try:
+        state = container.inspect(server)
+        if state["running"]:
+            return server
+        container.rm(server)
+    except LabError:
+        pass
+    return container.detach("busybox", ["sh", "-c", f"while true; do echo \"$(hostname) {_SAYS}\" | "
+                                                    f"nc -l -p {PORT}; done"],
+                            store=store, name=server, net="bridge", network=bridge, owner=owner)
+
+
+def _check_talk(answer, store=None, bridge: str = BRIDGE, server: str = SERVER) -> object:
+    if not isinstance(answer, list) or not answer or not all(isinstance(a, str) for a in answer):
+        return wrong("answer with the client container's command, as a list: ['nc', ADDRESS, PORT].")
+    try:
+        state = container.inspect(server)
+    except LabError:
+        return wrong(f"the server {server!r} is not there: run the exercise's first cell (ch07.prepare_q3()).")
+    if not state["running"]:
+        return wrong(f"the server {server!r} is not running any more: run ch07.prepare_q3() again.")
+    try:
+        result = container.run("busybox", answer, store=_store(store), net="bridge", network=bridge, timeout=10,
+                               owner="ch07")
+    except LabError as exc:
+        return wrong(f"the client container could not start: {exc.message}")
+    if f"{server} {_SAYS}" in result.output:
+        return right(f"the client reached {server} at {state['address'].split('/')[0]}:{PORT} through the bridge "
+                     f"{network.host_name(bridge)}: two network namespaces, one veth each, one bridge between them.")
+    text = " ".join(answer)
+    if "127.0.0.1" in text or "localhost" in text:
+        return wrong("127.0.0.1 inside a container is its own loopback, not the server's: use the server's "
+                     "address on the bridge.")
+    said = result.output.strip().splitlines()[-1] if result.output.strip() else f"nothing (exit {result.exit_code})"
+    return wrong(f"the server's greeting did not arrive; the client printed: {said[:200]}")
+
+
+q3 = Exercise(
+    "07.3",
+    f"A server container, `{SERVER}`, listens on port {PORT} of its address on the lab bridge `{BRIDGE}`. Give the "
+    "command of a second container, on the same bridge, that prints what the server says: "
+    "`ch07.q3.check(['...', ...], store)` runs it with `net='bridge', network=ch07.BRIDGE`.",
+    _check_talk,
+    f"The server's address: `container.inspect('{SERVER}')['address']` (without the /24). busybox has `nc ADDRESS "
+    "PORT`, which prints what the other end sends.",
+    f"`['nc', container.inspect('{SERVER}')['address'].split('/')[0], '{PORT}']`. Each container has its own network "
+    "namespace; a veth pair joins each to the bridge, which forwards between them like a switch (chapter 04).",
 )

@@ -42,6 +42,7 @@ _LAZY = {
     "attach": "links", "bridge": "links", "down": "links", "free_subnet": "links", "host_name": "links",
     "route": "links", "route_to": "links", "gateway_of": "links", "routes": "links", "up": "links", "veth": "links",
     "add_address": ("links", "address"), "delete_link": ("links", "delete"), "list_links": ("links", "links"),
+    "port_name": ("links", "port_name"),
     "Cable": "readback", "Space": "readback", "Topology": "readback",
 }
 
@@ -60,7 +61,7 @@ __all__ = [
     # namespaces
     "create", "remove_ns", "names", "full_name", "require", "socket_in", "run_in", "ping",
     # links, addresses, routes
-    "veth", "bridge", "attach", "gateway_of", "up", "down", "add_address", "route", "delete_link", "host_name",
+    "veth", "bridge", "attach", "port_name", "gateway_of", "up", "down", "add_address", "route", "delete_link", "host_name",
     "list_links", "addresses", "routes", "route_to", "free_subnet", "LAB_POOL", "Link", "Address", "Route",
     # the firewall
     "open_port", "close_port", "nat",

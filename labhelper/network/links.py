@@ -468,6 +468,12 @@ def gateway_of(bridge_name) -> ipaddress.IPv4Interface | None:
     raise Refused(f"there is no bridge {link!r} on this host")
 
 
+def port_name(container, bridge_name) -> str:
+    """The host end of the veth that :func:`attach` makes between ``container`` and the bridge."""
+    ns, link = netns.full_name(container), host_name(bridge_name)
+    return marks.ifname(f"{link[len(marks.PREFIX):]}-{ns[len(marks.PREFIX):]}")
+
+
 def attach(container, bridge_name, name: str = "eth0", cidr: str | None = "auto",
            owner: str | None = None) -> str:
     """Connect the namespace ``container`` to the bridge, as `docker run --network` does: a veth
@@ -478,7 +484,7 @@ def attach(container, bridge_name, name: str = "eth0", cidr: str | None = "auto"
     ns = netns.full_name(container)
     inner = inner_name(name)
     link = host_name(bridge_name)
-    port = marks.ifname(f"{link[len(marks.PREFIX):]}-{ns[len(marks.PREFIX):]}")
+    port = port_name(container, bridge_name)
     guard(f"attach {ns} to {link}")
     gw = gateway_of(link)
     netns.require(ns)

@@ -58,8 +58,8 @@ CHAPTERS: tuple[Chapter, ...] = (
             "Docker's kernel features", (*_LIVE, "cgroups")),
     Chapter("06", "union-filesystems", "overlayfs, copy-up, whiteouts; image layers; docker diff",
             "Docker's kernel features", (*_LIVE, "overlayfs")),
-    Chapter("07", "a-container-by-hand", "chroot and its escape; pivot_root; /proc, /dev; capabilities",
-            "Docker's kernel features", (*_LIVE, "namespaces", "cgroups", "overlayfs")),
+    Chapter("07", "a-container-by-hand", "chroot and its escape; pivot_root; docker run step by step; seccomp",
+            "Docker's kernel features", (*_LIVE, "namespaces", "cgroups", "overlayfs", "nft")),
     Chapter("08", "containers-vs-vms", "The seed's question answered with measurements", "the comparison",
             (*_LIVE, "namespaces", "cgroups", "overlayfs", "kvm")),
 )

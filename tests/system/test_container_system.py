@@ -322,3 +322,26 @@ def test_r8_the_double_chroot_escape_stays_inside_and_r12_a_setuid_program_gains
     os.chmod(f"{tools}/suid/busybox", 0o4755)
     r = run(bb, "/tools/suid/busybox", "id", "-u", volumes=[f"{tools}:/tools"], user="1000:1000")
     assert r.output.strip() == "1000", r
+
+
+def test_net_bridge_two_containers_talk_and_none_reaches_nothing(bb, uid, network_owner):
+    from labhelper import network
+    before = _census()
+    bridge = network.bridge(f"b{uid}")
+    try:
+        server = container.detach("busybox", ["sh", "-c", "while true; do echo pong | nc -l -p 7000; done"],
+                                  store=bb, name=f"pong-{uid}", net="bridge", network=f"b{uid}")
+        address = container.inspect(server)["address"]
+        gateway = str(network.gateway_of(f"b{uid}"))
+        assert address.endswith("/24") and address != gateway
+        r = sh(bb, f"ip -4 addr show eth0 | grep -c inet; ip route | grep -c default; nc {address.split('/')[0]} 7000",
+               net="bridge", network=f"b{uid}")
+        assert r.output.split() == ["1", "1", "pong"], r.output
+        alone = sh(bb, f"nc -w 1 {address.split('/')[0]} 7000; echo rc=$?")
+        assert "rc=1" in alone.output and "pong" not in alone.output
+        with pytest.raises(Refused, match="needs the lab bridge"):
+            run(bb, "true", net="bridge")
+        container.rm(server, force=True)
+    finally:
+        network.delete_link(bridge)
+    assert _census() == before

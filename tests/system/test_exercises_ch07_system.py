@@ -56,3 +56,24 @@ def test_q2_what_root_inside_can_do(store):
     assert check({k: "yes" for k in seen}).ok is False                           # not booleans
     # The solution's one-liner is right.
     assert check({n: n in ("chown a file", "make a device node", "ping over loopback") for n in ch07.PROBES}).ok
+
+
+def test_q3_two_containers_talking(store, uid, network_owner):
+    from labhelper import container
+    bridge, server = f"t{uid}", f"srv-{uid}"
+    before = cleanup.census().names()
+    ch07.prepare_q3(store, bridge=bridge, server=server, owner=network_owner)
+    try:
+        address = container.inspect(server)["address"].split("/")[0]
+        check = lambda answer: ch07.q3.checker(answer, store, bridge, server)  # noqa: E731
+        assert "as a list" in check(f"nc {address} 7000").message
+        assert "own loopback" in check(["nc", "127.0.0.1", "7000"]).message
+        assert "did not arrive" in check(["nc", address, "7001"]).message
+        result = check(["nc", address, "7000"])
+        assert result.ok is True, result
+        assert ch07.prepare_q3(store, bridge=bridge, server=server, owner=network_owner) == server   # idempotent
+    finally:
+        container.rm(server, force=True)
+        cleanup.cleanup(owner=network_owner)
+        cleanup.cleanup(owner="ch07")
+    assert cleanup.census().names() == before
