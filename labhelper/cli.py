@@ -18,6 +18,8 @@
     labhelper run -d ... | ps [-a] | logs [-f] NAME | exec NAME CMD... | stop [-t S] NAME... |
               rm [-f] NAME... | inspect NAME
                                               detached containers, each under its own supervisor
+    labhelper build [--store DIR] -f DOCKERFILE -t NAME [CONTEXT]
+                                              an image from FROM, RUN, COPY, ENV, WORKDIR, CMD
 
 Exit status: 0 done, 1 something failed (or is missing), 2 refused or a clear error,
 3 an internal error (a bug: please report it). Warnings and errors go to stderr.
@@ -171,6 +173,16 @@ def _run_cmd(args) -> int:
     return result.exit_code
 
 
+def _build_cmd(args) -> int:
+    from . import images, rootfs
+    store = images.Store(args.store, owner="cli")
+    if not any(i.name == "busybox" for i in images.images(store)):
+        rootfs.base_image(store, progress=_bar)         # the course's base, as `run` makes it
+    img = images.build_file(store, args.file, args.tag, args.context)
+    print(f"{img.name}: {len(img.layers)} layers, manifest {img.manifest.digest}")
+    return 0
+
+
 def _ps_cmd(args) -> int:
     from . import container
     rows = container.ps(all_=args.all)
@@ -278,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command and its arguments (default: the image's)")
     p.set_defaults(func=_run_cmd)
+    p = sub.add_parser("build", help="build an image from a Dockerfile (FROM, RUN, COPY, ENV, WORKDIR, CMD)")
+    p.add_argument("--store", default="/var/lib/labhelper/images", help="the image store (a lab folder)")
+    p.add_argument("-f", "--file", required=True, help="the Dockerfile")
+    p.add_argument("-t", "--tag", required=True, help="the new image's name")
+    p.add_argument("context", nargs="?", help="the folder COPY reads from (default: the Dockerfile's)")
+    p.set_defaults(func=_build_cmd)
     p = sub.add_parser("ps", help="the detached containers, like `docker ps`")
     p.add_argument("-a", "--all", action="store_true", help="the ended ones too")
     p.set_defaults(func=_ps_cmd)

@@ -24,6 +24,7 @@ from .image import (History, Image, Layer, Removed, architecture, build, busybox
                     ensure_layers, gc, image, images, import_tree, rmi, unpack)
 from .layers import (KEPT_XATTRS, OPAQUE_MARKER, WHITEOUT_PREFIX, Extracted, LayerBlob, chain_id, chain_ids,
                      diff_id_of, extract, write_layer)
+from .dockerfile import build_file
 from .oci import export, import_layout
 from .store import (CONFIG_MEDIA_TYPE, DEFAULT_ROOT, INDEX_MEDIA_TYPE, LAYER_GZIP_MEDIA_TYPE, LAYER_MEDIA_TYPE,
                     MANIFEST_MEDIA_TYPE, REF_NAME, Descriptor, Store, check_digest, check_name)
@@ -36,4 +37,4 @@ __all__ = ["Store", "Descriptor", "DEFAULT_ROOT", "REF_NAME", "INDEX_MEDIA_TYPE"
            "Image", "Layer", "History", "Removed", "architecture", "image", "images", "build", "commit",
            "import_tree", "busybox_rootfs", "busybox_image", "ensure_layers", "unpack", "rmi", "gc",
            "Tree", "LayerNode", "tree", "diff", "history", "HistoryLine", "Sizes", "sizes", "disk_usage", "human",
-           "export", "import_layout"]
+           "export", "import_layout", "build_file"]

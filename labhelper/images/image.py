@@ -368,7 +368,7 @@ def _minimal_dev(merged: str) -> None:
         os.close(dev)
 
 
-def _run_in_image(merged: str, run, change) -> tuple[int, str]:
+def _run_in_image(merged: str, run, change, env: dict | None = None, workdir: str = "/") -> tuple[int, str]:
     """In the forked child, in namespaces of its own (STEP_NAMESPACES): make every mount
     private (nothing the step mounts reaches the host), make the merged folder the root with
     pivot_root and detach the old root (unlike chroot, nothing of the host is left above it to
@@ -387,8 +387,10 @@ def _run_in_image(merged: str, run, change) -> tuple[int, str]:
         change()                        # the notebook's own Python function: trusted code
         return 0, ""
     capabilities.drop_bounding(capabilities.DOCKER_DEFAULT)
-    done = subprocess.run(run, capture_output=True, text=True, env={"PATH": PATH, "HOME": "/root"},
-                          stdin=devnull)
+    if workdir != "/":
+        os.makedirs(workdir, exist_ok=True)             # inside the image: "/" is its root now
+    done = subprocess.run(run, capture_output=True, text=True, env={"PATH": PATH, "HOME": "/root", **(env or {})},
+                          stdin=devnull, cwd=workdir)
     return done.returncode, done.stdout + done.stderr
 
 
@@ -421,7 +423,11 @@ def build(store: Store, base: str | None, name: str, run=None, change=None, *, c
             for folder in (upper, work):
                 os.mkdir(folder)        # the build's, not the mount's: a step that changes nothing leaves it empty
             with overlay.mount(merged, lowers, upper, work, layer=True, owner=owner):
-                code, output = process.run_in_child(_run_in_image, merged, run, change, unshare=STEP_NAMESPACES,
+                # A step sees the environment and working directory the image gives (ENV, WORKDIR).
+                given = parent.settings if parent is not None else {}
+                env = dict(e.split("=", 1) for e in given.get("Env", []))
+                code, output = process.run_in_child(_run_in_image, merged, run, change, env,
+                                                    given.get("WorkingDir") or "/", unshare=STEP_NAMESPACES,
                                                     timeout=timeout)
             if code != 0:
                 raise LabError(f"the build step {run!r} exited with {code}; no image was made:\n{output.rstrip()}")
