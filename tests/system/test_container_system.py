@@ -203,13 +203,16 @@ def test_a_missing_image_a_symlinked_volume_and_a_name_in_use(bb, owner, uid, tm
         run(bb, "true", name=f"taken-{uid}")
 
 
-@pytest.mark.parametrize("step", ["container-bundle", "container-rootfs", "container-cgroup"])
+@pytest.mark.parametrize("step", ["container-bundle", "container-rootfs", "container-cgroup", "container-network"])
 @pytest.mark.parametrize("how", ["sigkill", "raise"])
-def test_r1_a_kill_at_each_step_of_run_then_cleanup_leaves_nothing(bb, uid, step, how):
+def test_r1_a_kill_at_each_step_of_run_then_cleanup_leaves_nothing(bb, uid, step, how, network_owner):
+    from labhelper import network
+    bridge = network.bridge(f"r{uid}") if step == "container-network" else None
     before = _census()
+    net = f", net='bridge', network='r{uid}'" if bridge else ""
     code = (f"from labhelper import container, images; "
             f"container.run('busybox', ['true'], store=images.Store({bb.root!r}), name='r1-{uid}', "
-            f"owner='systest-{uid}-r1'); print('not reached')")
+            f"owner='systest-{uid}-r1'{net}); print('not reached')")
     p = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, LABHELPER_FAULT=f"{step}:{how}"),
                        capture_output=True, text=True, start_new_session=True, timeout=120)
     assert "not reached" not in p.stdout
@@ -223,6 +226,8 @@ def test_r1_a_kill_at_each_step_of_run_then_cleanup_leaves_nothing(bb, uid, step
     assert _census() == before
     assert not os.path.exists(f"{container.CONTAINERS}/r1-{uid}")
     assert not any(f"r1-{uid}" in path for path in cgroups.tree_of())
+    if bridge:
+        network.delete_link(bridge)
 
 
 def test_a_root_filesystem_from_the_hosts_own_programs_when_busybox_is_missing(store):
