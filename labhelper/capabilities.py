@@ -15,6 +15,8 @@ of other processes, no clock, no raw I/O).
 """
 from __future__ import annotations
 
+import functools
+
 from . import procfs, syscalls
 from .flags import Prctl
 
@@ -65,11 +67,16 @@ def of(pid: int | str = "self", proc: str = "/proc") -> dict[str, tuple[str, ...
     return sets
 
 
+@functools.cache
+def _last_here() -> int:
+    return last()
+
+
 def drop_bounding(keep=DOCKER_DEFAULT) -> None:
     """Drop every capability but ``keep`` from this process's bounding set (PR_CAPBSET_DROP, one
     call each: the kernel has no call for the whole set). For ever: needs CAP_SETPCAP, which is
     why it is done while still root with every capability, just before executing the program."""
     kept = {number(name) for name in keep}
-    for cap in range(last() + 1):
+    for cap in range(_last_here() + 1):
         if cap not in kept:
             syscalls.prctl(Prctl.PR_CAPBSET_DROP, cap)

@@ -22,6 +22,7 @@ for ever).
 from __future__ import annotations
 
 import errno as _errno
+import functools
 import platform
 import struct
 from dataclasses import dataclass
@@ -186,12 +187,17 @@ def disassemble(insns: list[Insn]) -> str:
     return "\n".join(f"{n:3}: {_text(i)}" for n, i in enumerate(insns))
 
 
+@functools.cache
+def _default() -> bytes:
+    return encode(program())        # the same for every container: built once per process
+
+
 def attach(insns: list[Insn] | None = None) -> None:
     """Set no_new_privs and attach the filter (default: :func:`program`) to this process, for
     ever: call it in a forked child (a container's init, just before execve), never in a
     notebook kernel."""
     syscalls.prctl(Prctl.PR_SET_NO_NEW_PRIVS, 1)
-    syscalls.seccomp_filter(encode(insns if insns is not None else program()))
+    syscalls.seccomp_filter(encode(insns) if insns is not None else _default())
 
 
 def mode(pid: int | str = "self", proc: str = "/proc") -> int:

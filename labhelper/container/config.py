@@ -43,7 +43,7 @@ class Volume:
 
 @dataclass(frozen=True)
 class Config:
-    image: str
+    image: str | None                       # None: a root folder given as it is (rootfs)
     command: tuple[str, ...] | None         # None: the image's own (Entrypoint + Cmd)
     name: str
     hostname: str
@@ -57,6 +57,7 @@ class Config:
     timeout: float = 60.0
     interactive: bool = False
     seccomp: bool = True
+    rootfs: str | None = None               # a lab folder to use as the root as it is (runc's bundle)
     extra: dict = field(default_factory=dict, compare=False)
 
 
@@ -114,9 +115,21 @@ def new_name() -> str:
 
 def check(image: str, command=None, *, name: str | None = None, hostname: str | None = None, env=None,
           workdir: str | None = None, user=None, memory=None, cpus=None, pids=None, volumes=(), net: str = "none",
-          network: str | None = None, timeout: float = 60.0, interactive: bool = False, seccomp: bool = True) -> Config:
-    """The whole request, checked; Refused (nothing made) for anything wrong."""
-    if not isinstance(image, str) or not image:
+          network: str | None = None, timeout: float = 60.0, interactive: bool = False, seccomp: bool = True,
+          rootfs: str | None = None) -> Config:
+    """The whole request, checked; Refused (nothing made) for anything wrong. ``rootfs``: run in
+    this lab folder as it is (what runc does with a bundle's rootfs), instead of an image's layers
+    (then ``image`` is None, and the command must be given)."""
+    if rootfs is not None:
+        if image is not None:
+            raise Refused("give an image, or a rootfs folder to use as it is, not both")
+        rootfs = marks.lab_path(rootfs, "use as a container's root")
+        for reserved in RESERVED:
+            if marks.is_under(rootfs, reserved) and not marks.is_under(rootfs, CONTAINERS):
+                raise Refused(f"refusing to use {rootfs} as a root: it holds the lab's own state ({reserved})")
+        if command is None:
+            raise Refused("a rootfs folder has no image settings: give the command")
+    elif not isinstance(image, str) or not image:
         raise Refused(f"an image is named by a string, not {image!r}")
     if command is not None:
         if isinstance(command, str):
@@ -166,4 +179,4 @@ def check(image: str, command=None, *, name: str | None = None, hostname: str | 
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT:
         raise Refused(f"timeout {timeout!r}: seconds, more than 0 and at most a day")
     return Config(image, command, name, hostname, tuple(entries), workdir, parse_user(user), limits, vols, net,
-                  network, float(timeout), bool(interactive), bool(seccomp))
+                  network, float(timeout), bool(interactive), bool(seccomp), rootfs)

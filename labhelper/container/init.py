@@ -190,6 +190,14 @@ def _mask(root_fd: int) -> None:
 
 
 def _pivot(rootfs: str) -> None:
+    # pivot_root wants the new root to be a mount point: a plain folder (a root given as it is,
+    # not an overlay) is bound onto itself first, in this namespace only.
+    fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not syscalls.statx_mount_root(fd):
+            syscalls.mount(rootfs, rootfs, None, MountFlags.MS_BIND | MountFlags.MS_REC)
+    finally:
+        os.close(fd)
     os.chdir(rootfs)
     syscalls.pivot_root(".", ".")           # the old root is stacked on the new one...
     syscalls.umount2(".", UmountFlags.MNT_DETACH)      # ...and detached: nothing of the host is left

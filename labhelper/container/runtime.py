@@ -71,14 +71,14 @@ class Result:
         return f"Result({self.name}: exit {self.exit_code}{extra}{said})"
 
 
-def _settings(cfg: config.Config, img: images.Image) -> dict:
+def _settings(cfg: config.Config, img: images.Image | None) -> dict:
     """The plain spec init.main reads: the request merged with the image's own settings, as
     Docker merges them (ENTRYPOINT + the command or CMD; ENV, then -e over it; WORKDIR)."""
-    s = img.settings or {}
+    s = (img.settings or {}) if img is not None else {}
     entry = list(s.get("Entrypoint") or [])
     command = entry + (list(cfg.command) if cfg.command is not None else list(s.get("Cmd") or []))
     if not command:
-        raise Refused(f"no command: the image {img.name!r} has no CMD or ENTRYPOINT; give one")
+        raise Refused(f"no command: the image {img.name if img else None!r} has no CMD or ENTRYPOINT; give one")
     env = {}
     for entry_ in list(s.get("Env") or []) + list(cfg.env):
         key, _, value = entry_.partition("=")
@@ -285,13 +285,13 @@ class Container:
             return self.result
         self.start()
         ended = self._child.wait(timeout if timeout is not None else self.config.timeout + 60)
-        stats = self.group.stats()
         error = ended["error"]
         if error is not None and ended["exit_code"] == init.EXIT_RUNTIME:
             self.remove()
             raise LabError(f"the container could not start: {error['step']}: {error['error']}",
                            hint="nothing was left behind; see the step named")
-        oom = bool(stats.oom_kills) and ended["exit_code"] == 128 + signal.SIGKILL
+        # Killed by SIGKILL: by the OOM killer, if the cgroup counted one (else a kill, the timeout).
+        oom = ended["exit_code"] == 128 + signal.SIGKILL and bool(self.group.stats().oom_kills)
         self._marks.append(("init's steps, the command, its end", time.perf_counter()))
         self.result = Result(self.name, ended["exit_code"], ended["output"], error["error"] if error else "",
                              ended["timed_out"], oom, time.perf_counter() - self._started)
@@ -350,11 +350,21 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
     :meth:`Container.start`; :meth:`Container.remove` undoes it all. Options as :func:`run`."""
     started = time.perf_counter()
     cfg = config.check(image, command, **options)
-    registry.guard(f"run a container of {cfg.image}")
-    store = store or images.Store()
-    img = find_image(store, cfg.image)
-    if not img.layers:
-        raise Refused(f"the image {cfg.image!r} has no layers: nothing to make a root from")
+    registry.guard(f"run a container of {cfg.image or cfg.rootfs}")
+    if cfg.rootfs is not None:
+        # A root folder given as it is (runc's bundle): no image, no layers, no folder of its own.
+        if log:
+            raise Refused("a detached container needs an image (its folder keeps its log and its layer)")
+        try:
+            os.close(mounts.open_folder(cfg.rootfs))
+        except FileNotFoundError:
+            raise Refused(f"the root folder {cfg.rootfs} does not exist") from None
+        img = None
+    else:
+        store = store or images.Store()
+        img = find_image(store, cfg.image)
+        if not img.layers:
+            raise Refused(f"the image {cfg.image!r} has no layers: nothing to make a root from")
     spec = _settings(cfg, img)
     for volume in cfg.volumes:
         # Each source opened now, as init will (a lab folder, no symlink on the way): a bad one
@@ -366,27 +376,31 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
         except (OSError, LabError) as exc:
             raise Refused(f"volume source {volume.source}: {exc}") from None
     bundle = f"{config.CONTAINERS}/{cfg.name}"
-    if os.path.lexists(bundle) or registry.ledger().find("dir", bundle) is not None:
+    if img is not None and (os.path.lexists(bundle) or registry.ledger().find("dir", bundle) is not None):
         raise Refused(f"a container named {cfg.name!r} exists already ({bundle})",
                       hint="choose another name, or remove it (labhelper cleanup removes what a killed run left)")
     marks_ = [("check", started)]
+    keep = {"folder": False}                # a detached container's folder stays until `rm`
     with contextlib.ExitStack() as undo:
-        undo.enter_context(store.working())     # no garbage collection of its layers meanwhile
-        images.ensure_layers(store, img)
-        lowers = [store.layer_dir(layer.chain_id) for layer in reversed(img.layers)]
-        marks_.append(("check, the image", time.perf_counter()))
-        mounts.make_dir(bundle, owner=owner)
-        keep = {"folder": False}            # a detached container's folder stays until `rm`
-        undo.callback(lambda: None if keep["folder"] else _remove_bundle(bundle))
-        fault_point("container-bundle")
-        rootfs = f"{bundle}/rootfs"
-        for sub in ("upper", "work", "rootfs"):
-            os.mkdir(f"{bundle}/{sub}", 0o755)
-        marks_.append(("folder", time.perf_counter()))
-        root = overlay.mount(rootfs, lowers, f"{bundle}/upper", f"{bundle}/work", owner=owner)
-        undo.callback(root.unmount)
-        fault_point("container-rootfs")
-        marks_.append(("overlay root", time.perf_counter()))
+        if img is None:
+            rootfs = cfg.rootfs
+            marks_.append(("check", time.perf_counter()))
+        else:
+            undo.enter_context(store.working())     # no garbage collection of its layers meanwhile
+            images.ensure_layers(store, img)
+            lowers = [store.layer_dir(layer.chain_id) for layer in reversed(img.layers)]
+            marks_.append(("check, the image", time.perf_counter()))
+            mounts.make_dir(bundle, owner=owner)
+            undo.callback(lambda: None if keep["folder"] else _remove_bundle(bundle))
+            fault_point("container-bundle")
+            rootfs = f"{bundle}/rootfs"
+            for sub in ("upper", "work", "rootfs"):
+                os.mkdir(f"{bundle}/{sub}", 0o755)
+            marks_.append(("folder", time.perf_counter()))
+            root = overlay.mount(rootfs, lowers, f"{bundle}/upper", f"{bundle}/work", owner=owner)
+            undo.callback(root.unmount)
+            fault_point("container-rootfs")
+            marks_.append(("overlay root", time.perf_counter()))
         group = cgroups.group(group_name(cfg.name), owner=owner)
         undo.callback(group.remove)
         if cfg.limits:
@@ -437,6 +451,7 @@ def run(image: str, command=None, *, store: images.Store | None = None, owner: s
         capture: bool = True, **options) -> Result:
     """Run ``command`` (a list; default: the image's) in a new container of ``image`` and wait
     for it, like ``docker run --rm``: everything made for it is removed again when it ends.
+    ``image=None, rootfs=FOLDER``: in that lab folder as it is, as runc runs a bundle.
 
     ``options`` (config.check): name, hostname, env (["K=V"] or a dict), workdir, user ("UID:GID"),
     memory ("64m"), cpus (0.5), pids (64), volumes (["SRC:DST[:ro]"], SRC a lab folder), timeout

@@ -131,6 +131,8 @@ def detach(image: str, command=None, *, store: images.Store | None = None, owner
     options.setdefault("timeout", config.MAX_TIMEOUT)
     cfg = config.check(image, command, **options)
     registry.guard(f"run a container of {cfg.image}")
+    if cfg.rootfs is not None:
+        raise Refused("a detached container needs an image (its folder keeps its log and its layer)")
     store = store or images.Store()
     runtime.find_image(store, cfg.image)        # a missing image is refused here, before the fork
     if os.path.lexists(_folder(cfg.name)):

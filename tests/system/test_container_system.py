@@ -350,3 +350,25 @@ def test_net_bridge_two_containers_talk_and_none_reaches_nothing(bb, uid, networ
     finally:
         network.delete_link(bridge)
     assert _census() == before
+
+
+def test_a_root_folder_given_as_it_is(bb, owner, uid):
+    # runc's bundle: a folder (not a mount point: bound onto itself in the container's namespace).
+    before = _census()
+    folder = mounts.make_dir(f"/var/lib/labhelper/test-rootfs-{uid}", owner=owner)
+    images.unpack(bb, "busybox", f"{folder}/rootfs")
+    r = container.run(None, ["sh", "-c", "echo hi > /written; ls /"], rootfs=f"{folder}/rootfs")
+    assert r.exit_code == 0 and "proc" in r.output.split(), r
+    assert open(f"{folder}/rootfs/written").read() == "hi\n"          # no layer of its own: written in place
+    for kwargs, message in (({"rootfs": "/"}, "labhelper does that only below"),
+                            ({"rootfs": f"{folder}/nope"}, "does not exist"),
+                            ({"rootfs": "/var/lib/labhelper/images"}, "lab's own state")):
+        with pytest.raises(Refused, match=message):
+            container.run(None, ["true"], **kwargs)
+    with pytest.raises(Refused, match="not both"):
+        container.run("busybox", ["true"], rootfs=f"{folder}/rootfs")
+    with pytest.raises(Refused, match="give the command"):
+        container.run(None, None, rootfs=f"{folder}/rootfs")
+    with pytest.raises(Refused, match="needs an image"):
+        container.detach(None, ["true"], rootfs=f"{folder}/rootfs")
+    assert _census() - {("dir", folder)} == before
