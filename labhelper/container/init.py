@@ -41,7 +41,7 @@ from .. import capabilities, mounts, seccomp, syscalls
 from ..errors import LabError, Refused
 from ..flags import CloneFlags, MountFlags, Prctl, UmountFlags
 
-__all__ = ["main", "steps", "Step", "DEVICES", "MASKED", "READ_ONLY", "EXIT_RUNTIME", "EXIT_CANNOT_RUN", "EXIT_NOT_FOUND"]
+__all__ = ["main", "steps", "Step", "execute", "become", "DEVICES", "MASKED", "READ_ONLY", "EXIT_RUNTIME", "EXIT_CANNOT_RUN", "EXIT_NOT_FOUND"]
 
 EXIT_RUNTIME = 125          # Docker's: the runtime failed before the command ran
 EXIT_CANNOT_RUN = 126       # the command exists but cannot be executed
@@ -220,7 +220,8 @@ def _workdir(path: str) -> None:
         os.chdir(path)
 
 
-def _user(uid: int, gid: int) -> None:
+def become(uid: int, gid: int) -> None:
+    """Drop to ``uid``:``gid`` with no supplementary groups (after the capabilities are cut)."""
     os.setgroups([])
     os.setgid(gid)
     os.setuid(uid)
@@ -284,7 +285,7 @@ def steps(spec: dict, rootfs: str) -> list[Step]:
     ]
     if spec["user"] is not None:
         out.append(Step("user", f"setgroups, setgid({spec['user'][1]}), setuid({spec['user'][0]})",
-                        lambda: _user(*spec["user"])))
+                        lambda: become(*spec["user"])))
     if spec["seccomp"]:
         out.append(Step("seccomp", "prctl(PR_SET_NO_NEW_PRIVS), prctl(PR_SET_SECCOMP, filter)", seccomp.attach))
     else:
@@ -325,19 +326,7 @@ def main(spec: dict, rootfs: str, error_w: int, control_r: int, reply_w: int) ->
             _step(step.name, step.run)
             if asking:
                 os.write(reply_w, json.dumps({"step": step.name}).encode() + b"\n")
-        # Only fds 0-2 (and the error pipe, closed by the exec itself) cross into the command.
-        os.closerange(3, error_w)
-        os.closerange(error_w + 1, 1 << 20)
-        command = spec["command"]
-        env = dict(e.split("=", 1) for e in spec["env"])
-        try:
-            os.execvpe(command[0], command, env)
-        except FileNotFoundError:
-            _report(error_w, "exec", f"{command[0]!r}: executable file not found in $PATH ({env.get('PATH', '')})")
-            os._exit(EXIT_NOT_FOUND)
-        except OSError as exc:
-            _report(error_w, "exec", f"{command[0]!r}: {os.strerror(exc.errno)} ({errno.errorcode.get(exc.errno)})")
-            os._exit(EXIT_CANNOT_RUN)
+        execute(spec["command"], spec["env"], error_w)
     except StepFailed as failed:
         _report(error_w, failed.step, failed.error)
         _report(reply_w, failed.step, failed.error, line=True)
@@ -345,6 +334,24 @@ def main(spec: dict, rootfs: str, error_w: int, control_r: int, reply_w: int) ->
         _report(error_w, "setup", repr(exc))
         _report(reply_w, "setup", repr(exc), line=True)
     os._exit(EXIT_RUNTIME)
+
+
+def execute(command: list[str], env: list[str], error_w: int) -> None:
+    """The last step (also ``docker exec``'s): only fds 0-2, and the error pipe that the exec
+    itself closes, cross into ``command``, looked up in the PATH of ``env``. Never returns: a
+    command not found ends the process with 127, one that cannot be executed with 126, said on
+    ``error_w`` first."""
+    os.closerange(3, error_w)
+    os.closerange(error_w + 1, 1 << 20)
+    variables = dict(e.split("=", 1) for e in env)
+    try:
+        os.execvpe(command[0], command, variables)
+    except FileNotFoundError:
+        _report(error_w, "exec", f"{command[0]!r}: executable file not found in $PATH ({variables.get('PATH', '')})")
+        os._exit(EXIT_NOT_FOUND)
+    except OSError as exc:
+        _report(error_w, "exec", f"{command[0]!r}: {os.strerror(exc.errno)} ({errno.errorcode.get(exc.errno)})")
+        os._exit(EXIT_CANNOT_RUN)
 
 
 def _report(fd: int, step: str, error: str, line: bool = False) -> None:

@@ -275,24 +275,12 @@ def _exec_in(pidfd: int, spec: dict, capture: bool) -> dict:
             os.chdir(spec["workdir"])
             capabilities.drop_bounding(capabilities.DOCKER_DEFAULT)
             if spec["user"] is not None:
-                os.setgroups([])
-                os.setgid(spec["user"][1])
-                os.setuid(spec["user"][0])
+                init.become(*spec["user"])
             seccomp.attach()
-            os.closerange(3, err_w)
-            os.closerange(err_w + 1, 1 << 20)
-            env = dict(e.split("=", 1) for e in spec["env"])
-            try:
-                os.execvpe(spec["command"][0], spec["command"], env)
-            except FileNotFoundError:
-                os.write(err_w, f"{spec['command'][0]!r}: executable file not found in $PATH".encode())
-                os._exit(init.EXIT_NOT_FOUND)
-            except OSError as exc:
-                os.write(err_w, f"{spec['command'][0]!r}: {os.strerror(exc.errno)}".encode())
-                os._exit(init.EXIT_CANNOT_RUN)
+            init.execute(spec["command"], spec["env"], err_w)
         except BaseException as exc:         # noqa: BLE001
             with contextlib.suppress(OSError):
-                os.write(err_w, repr(exc).encode())
+                os.write(err_w, json.dumps({"step": "exec", "error": repr(exc)}).encode())
         finally:
             os._exit(init.EXIT_RUNTIME)
     os.close(out_w)
@@ -305,7 +293,8 @@ def _exec_in(pidfd: int, spec: dict, capture: bool) -> dict:
         chunks.append(data)
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
-    error = os.read(err_r, 4096).decode(errors="replace")
+    said = os.read(err_r, 8192)
+    error = json.loads(said)["error"] if said else ""
     return {"exit_code": 128 - code if code < 0 else code, "output": b"".join(chunks).decode(errors="replace"),
             "error": error}
 
