@@ -85,7 +85,6 @@ def test_cgroup_benchmark_compares_with_its_c_reference():
     assert rows[2].endswith("OVER") == (r.returncode == 1), r.stdout
 
 
-@pytest.mark.cgroups
 def test_container_benchmark_compares_with_crun_and_runc():
     for cap in ("busybox", "overlay"):
         capabilities.need(cap)

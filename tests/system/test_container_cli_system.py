@@ -10,8 +10,6 @@ import capabilities
 from labhelper import cleanup, images, mounts
 from systest import labhelper_cli
 
-pytestmark = pytest.mark.cgroups
-
 
 @pytest.fixture
 def store_dir(uid):

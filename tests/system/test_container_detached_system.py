@@ -1,5 +1,6 @@
 """Detached containers (chapter 07): a supervisor per container that outlives the process that
-started it, and ps, logs, exec, stop, rm and inspect talking to it; R4 (nothing escapes cleanup)."""
+started it, and ps, logs, exec, stop, rm and inspect talking to it; R4 (nothing escapes cleanup).
+The two marked ``cgroups`` run again in the guest stage (a supervisor's own cgroup on v2)."""
 from __future__ import annotations
 
 import os
@@ -15,8 +16,6 @@ from labhelper import capabilities as caps
 from labhelper import cleanup, container, images, process
 from labhelper.errors import Refused
 from systest import labhelper_cli
-
-pytestmark = pytest.mark.cgroups
 
 LOOP = "trap 'echo got TERM; exit 5' TERM; echo started; while true; do sleep 0.05; done"
 
@@ -36,6 +35,7 @@ def _until(condition, seconds=10.0):
         time.sleep(0.02)
 
 
+@pytest.mark.cgroups
 def test_run_detached_then_ps_logs_exec_stop_rm(bb, uid):
     before = cleanup.census().names()
     name = container.detach("busybox", ["sh", "-c", LOOP], store=bb, name=f"d-{uid}", memory="64m")
@@ -77,6 +77,7 @@ def test_stop_kills_what_ignores_sigterm_and_rm_force(bb, uid):
     assert cleanup.census().names() == before
 
 
+@pytest.mark.cgroups
 def test_the_supervisor_outlives_its_starter_and_r4_cleanup_ends_it(bb, uid):
     # The process that started it is killed (a Jupyter restart): the container runs on; the
     # starter's leftovers cleanup (lab.start's) leaves it, being its supervisor's; a full cleanup

@@ -1,7 +1,9 @@
 """labhelper.container against the real kernel (chapter 07): what a container is, seen from
 inside it, the limits and refusals the kernel enforces, hostile images and bad requests refused
 with nothing changed, and a kill at each step of run() cleaned up (R1, R3, R18, R19, R20, R21,
-R23). Marked ``cgroups``: the guest stage runs them again on pure cgroup v2."""
+R23). The tests marked ``cgroups`` run again in the guest stage, on pure cgroup v2: those whose
+outcome depends on the cgroup version (the cgroup namespace, limits, device rules, what the
+container sees of its cgroup); the others do the same on both."""
 from __future__ import annotations
 
 import os
@@ -16,9 +18,6 @@ import capabilities
 from labhelper import capabilities as caps
 from labhelper import cgroups, cleanup, container, images, mounts, procfs, registry
 from labhelper.errors import LabError, Refused
-
-pytestmark = pytest.mark.cgroups
-
 
 @pytest.fixture(autouse=True)
 def _needs():
@@ -44,6 +43,7 @@ def _census():
     return cleanup.census().names()
 
 
+@pytest.mark.cgroups
 def test_hello_from_inside_its_own_namespaces_as_pid_1(bb):
     before = _census()
     r = sh(bb, "echo hello from $(hostname); echo pid $$; cat /proc/self/cgroup; ls /proc | grep -c '^[0-9]'",
@@ -83,6 +83,7 @@ def test_what_root_inside_keeps_and_what_it_cannot_do(bb):
     assert r.output.rstrip().endswith("end")
 
 
+@pytest.mark.cgroups
 def test_only_the_harmless_devices_and_nothing_made_with_mknod(bb, owner, uid):
     # mknod is allowed (CAP_MKNOD is in Docker's set); using the node is not: on a volume (a host
     # folder, mounted without nodev) the cgroup's device rules say EPERM; in the root, nodev says
@@ -105,6 +106,7 @@ def test_masked_and_read_only_kernel_files(bb):
     assert numbers[-1] == 1                                # /proc/sys is readable, only not writable
 
 
+@pytest.mark.cgroups
 def test_limits_the_kernel_enforces(bb):
     # On v2 the container sees its own cgroup, read-only, with its limit in it; v1 shows none.
     seen = sh(bb, "cat /sys/fs/cgroup/memory.max 2>&1; echo x > /sys/fs/cgroup/memory.max 2>&1", memory="32m")
@@ -243,6 +245,7 @@ def test_a_root_filesystem_from_the_hosts_own_programs_when_busybox_is_missing(s
     assert rootfs.base_image(store).manifest == first.manifest
 
 
+@pytest.mark.cgroups
 def test_create_then_step_by_step_shows_the_state_after_each_step(bb):
     # runc create / runc start: init waits before each step; the namespace's mounts and the
     # process's status are looked at from outside between them.

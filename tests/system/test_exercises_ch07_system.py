@@ -10,8 +10,6 @@ import capabilities
 from labhelper import cleanup
 from labhelper.exercises import ch07
 
-pytestmark = pytest.mark.cgroups
-
 
 @pytest.fixture(autouse=True)
 def _needs():
