@@ -42,7 +42,7 @@ from ..flags import CloneFlags, MountFlags, Prctl
 from ..registry import fault_point
 from . import config, init
 
-__all__ = ["run", "create", "Container", "Result", "NAMESPACES", "OUTPUT_LIMIT", "LOG", "group_name", "find_image"]
+__all__ = ["run", "create", "Container", "Result", "NAMESPACES", "OUTPUT_LIMIT", "LOG", "group_name", "find_image", "remove_folder"]
 
 NAMESPACES = (CloneFlags.CLONE_NEWNS | CloneFlags.CLONE_NEWUTS | CloneFlags.CLONE_NEWIPC | CloneFlags.CLONE_NEWNET
               | CloneFlags.CLONE_NEWPID | CloneFlags.CLONE_NEWCGROUP)
@@ -207,8 +207,11 @@ def group_name(name: str) -> str:
     return f"ct-{name}"
 
 
-def _remove_bundle(path: str) -> None:
+def remove_folder(path: str) -> None:
+    """Remove a container's folder (recorded), and the folder of all containers once it is empty:
+    whichever container made that one, the last to go removes it."""
     mounts.remove_dir(marks.Obj("dir", path, where=(path,)), registry.ledger())
+    mounts.rmdir_empty([config.CONTAINERS])
 
 
 def _read_line(fd: int, timeout: float) -> bytes:
@@ -391,7 +394,7 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
             lowers = [store.layer_dir(layer.chain_id) for layer in reversed(img.layers)]
             marks_.append(("check, the image", time.perf_counter()))
             mounts.make_dir(bundle, owner=owner)
-            undo.callback(lambda: None if keep["folder"] else _remove_bundle(bundle))
+            undo.callback(lambda: None if keep["folder"] else remove_folder(bundle))
             fault_point("container-bundle")
             rootfs = f"{bundle}/rootfs"
             for sub in ("upper", "work", "rootfs"):

@@ -239,7 +239,7 @@ def rm(name: str, force: bool = False) -> None:
     group = cgroups.existing(runtime.group_name(name))
     if group is not None:
         group.remove()
-    mounts.remove_dir(marks.Obj("dir", folder, where=(folder,)), registry.ledger())
+    runtime.remove_folder(folder)
     supervisor = cgroups.existing(_supervisor_group(name))
     if supervisor is not None:
         supervisor.remove()

@@ -118,3 +118,16 @@ def test_the_cli_verbs(bb, uid):
     assert any(line.startswith(name) and "Exited (5)" in line for line in cli("ps", "-a").stdout.splitlines())
     assert cli("rm", name).returncode == 0
     assert cli("inspect", name).returncode == 2
+
+
+def test_the_folder_of_all_containers_goes_with_the_last_of_them(bb, uid):
+    # Whichever container made /var/lib/labhelper/containers, the last one removed takes it along.
+    assert not os.path.exists(container.CONTAINERS), "a container is left from elsewhere"
+    first = container.detach("busybox", ["sleep", "60"], store=bb, name=f"one-{uid}")
+    second = container.detach("busybox", ["sleep", "60"], store=bb, name=f"two-{uid}")
+    container.rm(first, force=True)                  # the one that made the folder goes first
+    assert os.path.isdir(container.CONTAINERS)
+    container.rm(second, force=True)
+    assert not os.path.exists(container.CONTAINERS)
+    assert container.run("busybox", ["true"], store=bb).exit_code == 0
+    assert not os.path.exists(container.CONTAINERS)
