@@ -64,8 +64,11 @@ def _supervisor_group(name: str) -> str:
 
 
 def _write_state(folder: str, state: dict) -> None:
+    # Whole or not at all (a new file renamed over the old), and root's only: it holds the
+    # container's environment, which may hold secrets (`docker inspect` is root's too).
     tmp = f"{folder}/.{STATE}.{os.getpid()}"
-    with open(tmp, "w") as fh:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as fh:
         json.dump(state, fh)
     os.rename(tmp, f"{folder}/{STATE}")
 

@@ -58,6 +58,7 @@ def test_run_detached_then_ps_logs_exec_stop_rm(bb, uid):
     assert "got TERM" in container.logs(name)
     state = container.inspect(name)
     assert state["status"] == "exited" and state["exit_code"] == 5 and not state["running"]
+    assert os.stat(f"{container.CONTAINERS}/{name}/state.json").st_mode & 0o077 == 0     # root's only
     assert [r.status for r in container.ps() if r.name == name] == ["exited"]
     assert not [r for r in container.ps(all_=False) if r.name == name]
     with pytest.raises(Refused, match="not running"):
