@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -375,3 +376,18 @@ def test_a_root_folder_given_as_it_is(bb, owner, uid):
     with pytest.raises(Refused, match="needs an image"):
         container.detach(None, ["true"], rootfs=f"{folder}/rootfs")
     assert _census() - {("dir", folder)} == before
+
+
+def test_r23_a_container_at_half_a_cpu_uses_at_most_0_55_and_r24_its_timeout(bb):
+    # A busy loop for 3 s at --cpus 0.5: the cgroup's own count of CPU time over the wall time.
+    before = _census()
+    with container.create("busybox", ["sh", "-c", "while true; do :; done"], store=bb, cpus=0.5,
+                          timeout=3) as box:
+        t0 = time.monotonic()
+        result = box.wait()
+        wall = time.monotonic() - t0
+        used = box.group.stats().cpu_usage_us / 1e6
+    assert result.exit_code == 137 and result.timed_out                 # R24: killed at its timeout
+    assert 2.5 < wall < 15, wall
+    assert 0.2 < used / wall <= 0.55, f"{used:.2f} s of CPU in {wall:.2f} s"
+    assert _census() == before
