@@ -59,12 +59,9 @@ def decode(mask: int | str) -> tuple[str, ...]:
 def of(pid: int | str = "self", proc: str = "/proc") -> dict[str, tuple[str, ...]]:
     """A process's five sets, by the names /proc/PID/status gives them: CapInh, CapPrm, CapEff,
     CapBnd, CapAmb."""
-    sets = {}
-    for line in procfs.read_text(f"{proc}/{pid}/status", "").splitlines():
-        key, _, value = line.partition(":")
-        if key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
-            sets[key] = decode(value.strip())
-    return sets
+    fields = procfs.status(pid, proc)
+    return {key: decode(value) for key, value in fields.items()
+            if key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")}
 
 
 @functools.cache

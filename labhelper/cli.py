@@ -142,14 +142,20 @@ def _images_cmd(args) -> int:
 
 # --- labhelper run ----------------------------------------------------------------------------------
 
+def _base_image(store, command: str) -> None:
+    """Docker pulls a missing image; the course makes its base, busybox, from busybox-static."""
+    from . import images, rootfs
+    if not any(i.name == "busybox" for i in images.images(store)):
+        print(f"labhelper {command}: no image 'busybox' here yet: making it from busybox-static", file=sys.stderr)
+        rootfs.base_image(store, progress=_bar)
+
+
 def _run_cmd(args) -> int:
-    from . import container, images, rootfs
+    from . import container, images
     try:
         store = images.Store(args.store, owner="cli")
-        if args.image == "busybox" and not any(i.name == "busybox" for i in images.images(store)):
-            # Docker pulls a missing image; the course makes its base from busybox-static instead.
-            print("labhelper run: no image 'busybox' here yet: making it from busybox-static", file=sys.stderr)
-            rootfs.base_image(store, progress=_bar)
+        if args.image == "busybox":
+            _base_image(store, "run")
         net = "bridge" if args.network else args.net
         options = dict(name=args.name, hostname=args.hostname, env=args.env, workdir=args.workdir, user=args.user,
                        memory=args.memory, cpus=args.cpus, pids=args.pids_limit, volumes=args.volume, net=net,
@@ -174,10 +180,9 @@ def _run_cmd(args) -> int:
 
 
 def _build_cmd(args) -> int:
-    from . import images, rootfs
+    from . import images
     store = images.Store(args.store, owner="cli")
-    if not any(i.name == "busybox" for i in images.images(store)):
-        rootfs.base_image(store, progress=_bar)         # the course's base, as `run` makes it
+    _base_image(store, "build")
     img = images.build_file(store, args.file, args.tag, args.context)
     print(f"{img.name}: {len(img.layers)} layers, manifest {img.manifest.digest}")
     return 0

@@ -332,18 +332,9 @@ def _as_list(lowers) -> list:
     return list(lowers)
 
 
-_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-_NO_LINKS = syscalls.RESOLVE_NO_SYMLINKS | syscalls.RESOLVE_NO_MAGICLINKS
-
-
 def _open_lower(path: str) -> int:
-    """Open the lower folder ``path`` (a lab path, checked), reached without a symlink: one
-    openat2 call where the kernel has it, else mounts.open_folder's walk, which says what is in
-    the way. Refused if it does not exist."""
-    try:
-        return syscalls.openat2(-100, path, _FOLDER_FLAGS, _NO_LINKS)
-    except SyscallError:
-        pass
+    """Open the lower folder ``path``, reached without a symlink (mounts.open_folder: one
+    openat2 call where the kernel has it). Refused if it does not exist."""
     try:
         return mounts.open_folder(path)
     except FileNotFoundError:

@@ -19,7 +19,7 @@ from pathlib import Path
 from . import syscalls
 from .marks import is_under
 
-__all__ = ["read_text", "unescape", "Mount", "parse_mountinfo", "mountinfo", "mount_id",
+__all__ = ["read_text", "status", "unescape", "Mount", "parse_mountinfo", "mountinfo", "mount_id",
            "start_time", "parent_of", "ancestors", "children", "is_zombie", "CgroupEntry", "cgroups_of", "cgroup_host_paths"]
 
 #: The most a reader takes from one file unless told otherwise: kernel files read here are a
@@ -140,6 +140,16 @@ def mount_id(fd: int, proc: Path | str = "/proc") -> int:
             except (IndexError, ValueError):
                 return -1
     return -1
+
+
+def status(pid: int | str = "self", proc: Path | str = "/proc") -> dict[str, str]:
+    """/proc/PID/status as {field: value} ("Uid": "0\t0\t0\t0", "Seccomp": "2", "CapBnd": hex...);
+    {} when the process is gone."""
+    out = {}
+    for line in read_text(Path(proc, str(pid), "status"), "").splitlines():
+        key, _, value = line.partition(":")
+        out[key] = value.strip()
+    return out
 
 
 def _stat_fields(pid: int | str, proc: Path | str) -> list[str] | None:

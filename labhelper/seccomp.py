@@ -202,7 +202,4 @@ def attach(insns: list[Insn] | None = None) -> None:
 
 def mode(pid: int | str = "self", proc: str = "/proc") -> int:
     """The process's seccomp mode from /proc/PID/status: 0 none, 1 strict, 2 filter."""
-    for line in procfs.read_text(f"{proc}/{pid}/status", "").splitlines():
-        if line.startswith("Seccomp:"):
-            return int(line.split()[1])
-    return 0
+    return int(procfs.status(pid, proc).get("Seccomp", "0"))

@@ -181,6 +181,20 @@ class Group:
         return f"Group({self.name!r}, v{self.version}, {self.path})"
 
 
+def _v1_hierarchies() -> list[tuple[str, list[str]]]:
+    """The mounted v1 hierarchies the lab uses: (mount point, its controllers the lab uses)."""
+    out = []
+    for h in host.cgroup_info().hierarchies:
+        wanted = [c for c in h.controllers if c in v1.CONTROLLERS]
+        if h.version == 1 and wanted:
+            out.append((h.mountpoint, wanted))
+    return out
+
+
+def _v2_folders(path: str) -> dict[str, str]:
+    return {"track": path, **{c: path for c in v2.WANTED}}      # v2: one folder for everything
+
+
 def group(name: str, owner: str | None = None) -> Group:
     """Make the lab group ``name``; each of its cgroups is recorded in the ledger (a name in use
     is refused, the existing group left as it is). On failure, what was made is removed again."""
@@ -194,22 +208,17 @@ def group(name: str, owner: str | None = None) -> Group:
             path = tree.create(name, owner, root=place)
             made.append(path)
             v2.enable(lab_root(place))
-            folders = {"track": path}
-            folders.update({c: path for c in v2.WANTED})
+            folders = _v2_folders(path)
         else:
             folders = {"track": None}
             track = tree.hierarchy(table)
             by_mount: dict[str, str] = {}
-            info = host.cgroup_info()
-            for h in info.hierarchies:
-                wanted = [c for c in h.controllers if c in v1.CONTROLLERS]
-                if h.version != 1 or not wanted:
-                    continue
-                if h.mountpoint not in by_mount:
-                    by_mount[h.mountpoint] = tree.create(name, owner, root=h.mountpoint)
-                    made.append(by_mount[h.mountpoint])
+            for mountpoint, wanted in _v1_hierarchies():
+                if mountpoint not in by_mount:
+                    by_mount[mountpoint] = tree.create(name, owner, root=mountpoint)
+                    made.append(by_mount[mountpoint])
                 for c in wanted:
-                    folders[c] = by_mount[h.mountpoint]
+                    folders[c] = by_mount[mountpoint]
             if track in by_mount:
                 folders["track"] = by_mount[track]
             else:
@@ -232,14 +241,13 @@ def existing(name: str) -> Group | None:
         path = os.path.join(lab_root(delegation.base(delegation.v2_mount(table))), name)
         if not os.path.isdir(path):
             return None
-        return Group(name, 2, {"track": path, **{c: path for c in v2.WANTED}})
+        return Group(name, 2, _v2_folders(path))
     folders: dict[str, str] = {}
-    for h in host.cgroup_info().hierarchies:
-        path = os.path.join(lab_root(h.mountpoint), name)
-        if h.version == 1 and os.path.isdir(path):
-            for c in h.controllers:
-                if c in v1.CONTROLLERS:
-                    folders[c] = path
+    for mountpoint, wanted in _v1_hierarchies():
+        path = os.path.join(lab_root(mountpoint), name)
+        if os.path.isdir(path):
+            for c in wanted:
+                folders[c] = path
     track = os.path.join(lab_root(tree.hierarchy(table)), name)
     if os.path.isdir(track):
         folders["track"] = track

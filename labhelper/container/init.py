@@ -41,7 +41,7 @@ from .. import capabilities, mounts, seccomp, syscalls
 from ..errors import LabError, Refused
 from ..flags import CloneFlags, MountFlags, Prctl, UmountFlags
 
-__all__ = ["main", "steps", "Step", "execute", "become", "DEVICES", "MASKED", "READ_ONLY", "EXIT_RUNTIME", "EXIT_CANNOT_RUN", "EXIT_NOT_FOUND"]
+__all__ = ["main", "steps", "Step", "execute", "become", "exit_code", "DEVICES", "MASKED", "READ_ONLY", "EXIT_RUNTIME", "EXIT_CANNOT_RUN", "EXIT_NOT_FOUND"]
 
 EXIT_RUNTIME = 125          # Docker's: the runtime failed before the command ran
 EXIT_CANNOT_RUN = 126       # the command exists but cannot be executed
@@ -334,6 +334,12 @@ def main(spec: dict, rootfs: str, error_w: int, control_r: int, reply_w: int) ->
         _report(error_w, "setup", repr(exc))
         _report(reply_w, "setup", repr(exc), line=True)
     os._exit(EXIT_RUNTIME)
+
+
+def exit_code(status: int) -> int:
+    """Docker's exit code from a wait status: the command's own, or 128 + N for a signal N."""
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
 
 
 def execute(command: list[str], env: list[str], error_w: int) -> None:

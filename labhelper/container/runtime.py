@@ -183,11 +183,10 @@ def _outer(group: cgroups.Group, spec: dict, rootfs: str, capture: bool, timeout
             break
         overdue()
         time.sleep(0.005)
-    code = os.waitstatus_to_exitcode(status)
     output = b"".join(chunks).decode(errors="replace")
     if kept > OUTPUT_LIMIT:
         output += f"\n[... {kept - OUTPUT_LIMIT} more bytes not kept]"
-    return {"exit_code": 128 - code if code < 0 else code, "output": output, "timed_out": timed_out,
+    return {"exit_code": init.exit_code(status), "output": output, "timed_out": timed_out,
             "error": json.loads(error) if error else None}
 
 
@@ -235,13 +234,13 @@ class Container:
     (:meth:`status`). :meth:`remove` undoes everything (and kills what still runs)."""
 
     def __init__(self, cfg: config.Config, spec: dict, rootfs: str, group: cgroups.Group, child: process.Child,
-                 control_w: int, reply_r: int, started: float):
+                 control_w: int, reply_r: int, started: float, marks_: list[tuple[str, float]]):
         self.name, self.config, self.spec, self.rootfs, self.group = cfg.name, cfg, spec, rootfs, group
         self._child, self._control, self._reply, self._started = child, control_w, reply_r, started
         self._undo = contextlib.ExitStack()
         self._keep: dict | None = None
         self.address: str | None = None          # with net="bridge": its address on the bridge
-        self._marks: list[tuple[str, float]] = [("check", started)]
+        self._marks = marks_                     # (phase, when it ended): Result.timings
         self.steps = [s.name for s in init.steps(spec, rootfs)] + ["exec"]
         self.done: list[str] = []
         self.result: Result | None = None
@@ -249,6 +248,7 @@ class Container:
         if "pid" not in hello:
             raise LabError("the container's init did not start", hint="see the result of wait()")
         self.pid: int = hello["pid"]
+        self._marks.append(("fork, namespaces, init in the cgroup", time.perf_counter()))
 
     @property
     def next(self) -> str | None:
@@ -312,12 +312,7 @@ class Container:
     def status(self) -> dict[str, str]:
         """Its init's identity and limits now, from /proc/PID/status: Uid, NoNewPrivs, Seccomp, Cap*."""
         keep = ("Uid", "Gid", "NoNewPrivs", "Seccomp", "CapEff", "CapBnd")
-        out = {}
-        for line in procfs.read_text(f"/proc/{self.pid}/status", "").splitlines():
-            key, _, value = line.partition(":")
-            if key in keep:
-                out[key] = value.strip()
-        return out
+        return {key: value for key, value in procfs.status(self.pid).items() if key in keep}
 
     def remove(self, keep_folder: bool = False) -> None:
         """Kill what still runs in it, then undo every step of create (idempotent); with
@@ -438,7 +433,7 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
             os.close(reply_w)
         undo.callback(child.kill)           # last in, first out: before the cgroup and the mount go
         try:
-            box = Container(cfg, spec, rootfs, group, child, control_w, reply_r, started)
+            box = Container(cfg, spec, rootfs, group, child, control_w, reply_r, started, marks_)
         except BaseException:
             os.close(control_w)
             os.close(reply_r)
@@ -446,7 +441,6 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
         box._undo = undo.pop_all()
         box._keep = keep
         box.address = address
-    box._marks = marks_ + [("fork, namespaces, init in the cgroup", time.perf_counter())]
     return box
 
 

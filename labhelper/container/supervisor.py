@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from .. import capabilities, cgroups, images, marks, mounts, process, procfs, registry, seccomp, syscalls
 from ..errors import LabError, Refused
-from ..flags import CloneFlags, Prctl
+from ..flags import Prctl
 from . import config, init, runtime
 
 __all__ = ["detach", "ps", "logs", "stop", "rm", "inspect", "exec_", "Info", "STATE"]
@@ -257,9 +257,7 @@ def _exec_in(pidfd: int, spec: dict, capture: bool) -> dict:
     # /proc/PID/exe (the host's python3) meanwhile (the CVE-2019-5736 class). execve of the
     # command makes it dumpable again.
     syscalls.prctl(Prctl.PR_SET_DUMPABLE, 0)
-    flags = (CloneFlags.CLONE_NEWNS | CloneFlags.CLONE_NEWUTS | CloneFlags.CLONE_NEWIPC | CloneFlags.CLONE_NEWNET
-             | CloneFlags.CLONE_NEWPID | CloneFlags.CLONE_NEWCGROUP)
-    syscalls.setns(pidfd, flags)
+    syscalls.setns(pidfd, runtime.NAMESPACES)
     os.close(pidfd)
     os.chdir("/")                                # the mount namespace's root: the container's
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
@@ -295,11 +293,9 @@ def _exec_in(pidfd: int, spec: dict, capture: bool) -> dict:
             break
         chunks.append(data)
     _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
     said = os.read(err_r, 8192)
-    error = json.loads(said)["error"] if said else ""
-    return {"exit_code": 128 - code if code < 0 else code, "output": b"".join(chunks).decode(errors="replace"),
-            "error": error}
+    return {"exit_code": init.exit_code(status), "output": b"".join(chunks).decode(errors="replace"),
+            "error": json.loads(said)["error"] if said else ""}
 
 
 def exec_(name: str, command, *, capture: bool = True, user=None, workdir: str | None = None, env=None,
