@@ -10,8 +10,8 @@
                                               chapter 06's image store (docker images, image
                                               ls --tree, diff, history, save/load, rmi, prune)
     labhelper run [--store DIR] [--name N] [--rm] [-d] [-i] [--hostname H] [--memory 64m] [--cpus 0.5]
-                  [--pids-limit 64] [--net none|bridge --network BRIDGE] [-v SRC:DST[:ro]]... [-e K=V]... [-w DIR]
-                  [--user UID[:GID]] [--timeout S] IMAGE [CMD...]
+                  [--pids-limit 64] [--net none|bridge --network BRIDGE] [-p [127.0.0.1:]HOSTPORT:PORT]...
+                  [-v SRC:DST[:ro]]... [-e K=V]... [-w DIR] [--user UID[:GID]] [--timeout S] IMAGE [CMD...]
                                               chapter 07's container, in the foreground, removed
                                               when it ends; exits with its exit code (125: the
                                               runtime failed or refused, 126, 127: as Docker)
@@ -159,7 +159,7 @@ def _run_cmd(args) -> int:
         net = "bridge" if args.network else args.net
         options = dict(name=args.name, hostname=args.hostname, env=args.env, workdir=args.workdir, user=args.user,
                        memory=args.memory, cpus=args.cpus, pids=args.pids_limit, volumes=args.volume, net=net,
-                       network=args.network)
+                       network=args.network, publish=args.publish)
         if args.detach:
             if args.interactive:
                 raise Refused("-d and -i together: a detached container has no stdin to be given")
@@ -287,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pids-limit", type=int, help="at most this many processes")
     p.add_argument("--net", default="none", help="its network: none (its own loopback only), or bridge")
     p.add_argument("--network", help="the lab bridge to attach it to (implies --net bridge)")
+    p.add_argument("-p", "--publish", action="append", default=[], metavar="[127.0.0.1:]HOSTPORT:PORT",
+                   help="reach its PORT at 127.0.0.1:HOSTPORT here (a proxy carries each connection)")
     p.add_argument("-v", "--volume", action="append", default=[], help="SRC:DST[:ro], SRC a lab folder")
     p.add_argument("-e", "--env", action="append", default=[], help="K=V, set in its environment")
     p.add_argument("-w", "--workdir", help="its working directory (made if missing)")

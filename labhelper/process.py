@@ -37,7 +37,7 @@ from . import marks, procfs, syscalls
 from .errors import ChildError, ChildTimeout
 from .flags import CloneFlags, Prctl
 
-__all__ = ["run_in_child", "spawn", "Child", "is_same_process", "RemoteTraceback", "lifetime_pid", "own_lifetime",
+__all__ = ["run_in_child", "spawn", "Child", "is_same_process", "RemoteTraceback", "close_fds", "lifetime_pid", "own_lifetime",
            "find_processes", "remove_process"]
 
 # In a child made by spawn(): the pid of the process whose life the child's work belongs to (the
@@ -75,7 +75,7 @@ def is_same_process(pid: int, started: int | None, proc: str = "/proc") -> bool:
 _MAX_FD = 2 ** 31 - 1
 
 
-def _close_fds(keep: set[int]) -> None:
+def close_fds(keep: set[int]) -> None:
     # A child inherits every fd without O_CLOEXEC: ZeroMQ sockets of the Jupyter kernel, /dev/kvm,
     # netlink sockets. Close them so nothing leaks into what the child runs or execs.
     # os.closerange uses close_range(2) where the kernel has it: one call per gap, no /proc scan,
@@ -119,7 +119,7 @@ def _child_main(write_fd: int, parent_pid: int, fn, args, kwargs, unshare: Clone
         if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
             # A notebook interrupt (SIGINT to the process group) becomes KeyboardInterrupt here too.
             signal.signal(signal.SIGINT, signal.default_int_handler)
-        _close_fds({write_fd, *keep_fds} | ({gate_fd} if gate_fd is not None else set()))
+        close_fds({write_fd, *keep_fds} | ({gate_fd} if gate_fd is not None else set()))
         sys.stdout = sys.stderr = out
         if gate_fd is not None:
             # Wait until the parent says go (e.g. after attaching strace), or it went away.
@@ -220,6 +220,11 @@ class Child:
     _gate_fd: int | None
     _name: str
     _done: bool = False
+
+    def fileno(self) -> int:
+        """Readable once the child answers (or ends): for a poll loop with other work meanwhile
+        (a container's port proxy); then :meth:`wait` reads the answer."""
+        return self._read_fd
 
     def release(self) -> None:
         if self._gate_fd is not None:

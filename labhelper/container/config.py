@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from .. import marks
 from ..cgroups import check as check_limits
 from ..errors import Refused
+from ..network.proxy import Publish, parse as parse_publish
 
 __all__ = ["Config", "Volume", "check", "CONTAINERS", "RESERVED", "parse_volume", "parse_user"]
 
@@ -58,6 +59,7 @@ class Config:
     interactive: bool = False
     seccomp: bool = True
     rootfs: str | None = None               # a lab folder to use as the root as it is (runc's bundle)
+    publish: tuple[Publish, ...] = ()       # -p 127.0.0.1:HOSTPORT:PORT, through a proxy (network.proxy)
     extra: dict = field(default_factory=dict, compare=False)
 
 
@@ -116,7 +118,7 @@ def new_name() -> str:
 def check(image: str, command=None, *, name: str | None = None, hostname: str | None = None, env=None,
           workdir: str | None = None, user=None, memory=None, cpus=None, pids=None, volumes=(), net: str = "none",
           network: str | None = None, timeout: float = 60.0, interactive: bool = False, seccomp: bool = True,
-          rootfs: str | None = None) -> Config:
+          rootfs: str | None = None, publish=()) -> Config:
     """The whole request, checked; Refused (nothing made) for anything wrong. ``rootfs``: run in
     this lab folder as it is (what runc does with a bundle's rootfs), instead of an image's layers
     (then ``image`` is None, and the command must be given)."""
@@ -178,5 +180,11 @@ def check(image: str, command=None, *, name: str | None = None, hostname: str | 
         raise Refused(f"network={network!r} is for net='bridge'")
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_TIMEOUT:
         raise Refused(f"timeout {timeout!r}: seconds, more than 0 and at most a day")
+    if isinstance(publish, (str, Publish)):
+        publish = [publish]
+    ports = tuple(parse_publish(p) for p in publish or ())
+    hosts = [(p.host_ip, p.host_port) for p in ports]
+    if len(set(hosts)) != len(hosts):
+        raise Refused(f"two published ports share a host port: {sorted(h for h in hosts if hosts.count(h) > 1)[0]}")
     return Config(image, command, name, hostname, tuple(entries), workdir, parse_user(user), limits, vols, net,
-                  network, float(timeout), bool(interactive), bool(seccomp), rootfs)
+                  network, float(timeout), bool(interactive), bool(seccomp), rootfs, ports)

@@ -240,6 +240,7 @@ class Container:
         self._undo = contextlib.ExitStack()
         self._keep: dict | None = None
         self.address: str | None = None          # with net="bridge": its address on the bridge
+        self.ports: network.proxy.Proxy | None = None   # its published ports (-p), served by wait()
         self._marks = marks_                     # (phase, when it ended): Result.timings
         self.steps = [s.name for s in init.steps(spec, rootfs)] + ["exec"]
         self.done: list[str] = []
@@ -287,7 +288,11 @@ class Container:
         if self.result is not None:
             return self.result
         self.start()
-        ended = self._child.wait(timeout if timeout is not None else self.config.timeout + 60)
+        deadline = time.monotonic() + (timeout if timeout is not None else self.config.timeout + 60)
+        if self.ports is not None:
+            # Carry its published ports' connections while it runs (docker-proxy's work).
+            self.ports.serve(self._child.fileno(), deadline)
+        ended = self._child.wait(max(0.001, deadline - time.monotonic()))
         error = ended["error"]
         if error is not None and ended["exit_code"] == init.EXIT_RUNTIME:
             self.remove()
@@ -342,10 +347,13 @@ class Container:
 
 
 def create(image: str, command=None, *, store: images.Store | None = None, owner: str | None = None,
-           capture: bool = True, log: bool = False, **options) -> Container:
+           capture: bool = True, log: bool = False, listening: network.proxy.Proxy | None = None,
+           **options) -> Container:
     """Make a container of ``image`` and stop before its first step (``runc create``): its folder,
     its overlay root, its cgroup, and its init, waiting. Go on with :meth:`Container.step`, or
-    :meth:`Container.start`; :meth:`Container.remove` undoes it all. Options as :func:`run`."""
+    :meth:`Container.start`; :meth:`Container.remove` undoes it all. Options as :func:`run`.
+    ``listening``: its published ports, bound already (by detach, before its fork); the
+    container owns them from here."""
     started = time.perf_counter()
     cfg = config.check(image, command, **options)
     registry.guard(f"run a container of {cfg.image or cfg.rootfs}")
@@ -380,6 +388,11 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
     marks_ = [("check", started)]
     keep = {"folder": False}                # a detached container's folder stays until `rm`
     with contextlib.ExitStack() as undo:
+        ports = listening
+        if cfg.publish and ports is None:
+            ports = network.proxy.Proxy(cfg.publish)    # first: a port in use is refused, nothing made
+        if ports is not None:
+            undo.callback(ports.close)
         if img is None:
             rootfs = cfg.rootfs
             marks_.append(("check", time.perf_counter()))
@@ -438,9 +451,18 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
             os.close(control_w)
             os.close(reply_r)
             raise
+        box.address = address
+        if ports is not None:
+            if address is not None:
+                ports.connect_to(address.split("/")[0])     # its bridge address, from the host
+            else:
+                # --net none: its own loopback, through sockets made in its namespace.
+                netns_of_init = os.open(f"/proc/{box.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                undo.callback(os.close, netns_of_init)
+                ports.connect_in(lambda: network.netns.socket_at(netns_of_init))
+            box.ports = ports
         box._undo = undo.pop_all()
         box._keep = keep
-        box.address = address
     return box
 
 
@@ -451,7 +473,8 @@ def run(image: str, command=None, *, store: images.Store | None = None, owner: s
     ``image=None, rootfs=FOLDER``: in that lab folder as it is, as runc runs a bundle.
 
     ``options`` (config.check): name, hostname, env (["K=V"] or a dict), workdir, user ("UID:GID"),
-    memory ("64m"), cpus (0.5), pids (64), volumes (["SRC:DST[:ro]"], SRC a lab folder), timeout
+    memory ("64m"), cpus (0.5), pids (64), volumes (["SRC:DST[:ro]"], SRC a lab folder), net ("none",
+    or "bridge" with network="NAME"), publish (["127.0.0.1:HOSTPORT:PORT"]: served while it runs), timeout
     (seconds after its start: then SIGKILL, exit 137), interactive (stdin passed in), seccomp (True).
     ``capture``: keep what it prints in Result.output (False: it goes to this process's fds 1, 2).
     """

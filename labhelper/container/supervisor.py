@@ -28,7 +28,7 @@ import signal
 import time
 from dataclasses import dataclass
 
-from .. import capabilities, cgroups, images, marks, mounts, process, procfs, registry, seccomp, syscalls
+from .. import capabilities, cgroups, images, marks, mounts, network, process, procfs, registry, seccomp, syscalls
 from ..errors import LabError, Refused
 from ..flags import Prctl
 from . import config, init, runtime
@@ -47,10 +47,12 @@ class Info:
     status: str             # "running" or "exited"
     exit_code: int | None
     pid: int | None         # init's pid on the host, while running
+    ports: tuple[str, ...] = ()     # published, while running: 127.0.0.1:8080->80/tcp
 
     def __repr__(self) -> str:
         state = "Up" if self.status == "running" else f"Exited ({self.exit_code})"
-        return f"{self.name:16} {self.image:12} {self.command[:30]:30} {state}"
+        ports = f" {', '.join(self.ports)}" if self.ports else ""
+        return f"{self.name:16} {self.image:12} {self.command[:30]:30} {state}{ports}"
 
 
 def _folder(name: str) -> str:
@@ -90,20 +92,23 @@ def _running(state: dict) -> bool:
                                                                        state.get("supervisor_start"))
 
 
-def _supervise(write_fd: int, image: str, command, store_root: str, owner: str | None, options: dict) -> None:
+def _supervise(write_fd: int, image: str, command, store_root: str, owner: str | None, options: dict,
+               listening) -> None:
     """The supervisor's life (in the daemon, never returns)."""
     process.own_lifetime()
     name = options["name"]
     try:
         # In a lab cgroup of its own (not the container's: the OOM killer must never pick it).
         cgroups.group(_supervisor_group(name), owner=owner).add(os.getpid())
-        box = runtime.create(image, command, store=images.Store(store_root), owner=owner, log=True, **options)
+        box = runtime.create(image, command, store=images.Store(store_root), owner=owner, log=True,
+                             listening=listening, **options)
     except BaseException as exc:          # noqa: BLE001 - told to the caller, who raises it
-        os.write(write_fd, json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode())
-        os._exit(1)
+        os.write(write_fd, json.dumps({"error": f"{type(exc).__name__}: {exc}",
+                                       "refused": isinstance(exc, Refused)}).encode())
+        os._exit(1)                       # the caller removes its cgroup
     folder = f"{config.CONTAINERS}/{name}"
     state = {"name": name, "image": image, "command": box.spec["command"], "env": box.spec["env"],
-             "address": box.address,
+             "address": box.address, "ports": [repr(p) for p in (box.ports.publish if box.ports else ())],
              "supervisor": os.getpid(),
              "supervisor_start": procfs.start_time(os.getpid()), "pid": box.pid, "status": "running",
              "exit_code": None, "oom_killed": False, "started": time.time(), "finished": None}
@@ -140,22 +145,28 @@ def detach(image: str, command=None, *, store: images.Store | None = None, owner
     runtime.find_image(store, cfg.image)        # a missing image is refused here, before the fork
     if os.path.lexists(_folder(cfg.name)):
         raise Refused(f"a container named {cfg.name!r} exists already", hint="choose another name, or rm it")
-    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(read_fd)
-            os.setsid()                         # no terminal, no process group of the caller's
-            if os.fork() != 0:
-                os._exit(0)                     # the supervisor is orphaned: reparented, not ours
-            null = os.open("/dev/null", os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(null, fd)
-            os.closerange(3, write_fd)
-            os.closerange(write_fd + 1, 1 << 20)
-            _supervise(write_fd, image, command, store.root, owner, options)
-        finally:
-            os._exit(1)
+    # Its published ports are bound here, so that a port in use is refused before the fork; the
+    # supervisor inherits the listening sockets and serves them (docker-proxy's work).
+    listening = network.proxy.Proxy(cfg.publish) if cfg.publish else None
+    try:
+        read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(read_fd)
+                os.setsid()                         # no terminal, no process group of the caller's
+                if os.fork() != 0:
+                    os._exit(0)                     # the supervisor is orphaned: reparented, not ours
+                null = os.open("/dev/null", os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(null, fd)
+                process.close_fds({write_fd, *(listening.fds() if listening else ())})
+                _supervise(write_fd, image, command, store.root, owner, options, listening)
+            finally:
+                os._exit(1)
+    finally:
+        if listening is not None:
+            listening.close()                   # the supervisor's copies are its own
     os.close(write_fd)
     os.waitpid(pid, 0)
     try:
@@ -165,6 +176,13 @@ def detach(image: str, command=None, *, store: images.Store | None = None, owner
     finally:
         os.close(read_fd)
     if "error" in answer:
+        # The supervisor ended (or is ending) without a container: its cgroup goes too (remove
+        # kills what is left in it, and waits until it is empty).
+        supervisor = cgroups.existing(_supervisor_group(cfg.name))
+        if supervisor is not None:
+            supervisor.remove()
+        if answer.get("refused"):
+            raise Refused(answer["error"].partition(": ")[2])
         raise LabError(f"the container could not start: {answer['error']}")
     return cfg.name
 
@@ -191,7 +209,8 @@ def ps(all_: bool = True) -> list[Info]:
         running = _running(state)
         if running or all_:
             out.append(Info(name, state["image"], " ".join(state["command"]), "running" if running else "exited",
-                            None if running else state.get("exit_code"), state["pid"] if running else None))
+                            None if running else state.get("exit_code"), state["pid"] if running else None,
+                            tuple(state.get("ports", ())) if running else ()))
     return out
 
 

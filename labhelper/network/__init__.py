@@ -34,7 +34,7 @@ from ..process import run_in_child
 # pyroute2 takes 0.1 s to import, and `labhelper census` and `cleanup` must start fast: the parts
 # that use it (rtnl, links, topology) are imported on first use of one of their names (PEP 562).
 _LAZY = {
-    "firewall": None, "links": None, "netns": None, "rtnl": None, "readback": None, "topology": "readback",
+    "firewall": None, "proxy": None, "links": None, "netns": None, "rtnl": None, "readback": None, "topology": "readback",
     "open_port": "firewall", "close_port": "firewall", "nat": "firewall",
     "create": "netns", "names": "netns", "full_name": "netns", "require": "netns", "socket_in": "netns",
     "remove_ns": ("netns", "remove"),

@@ -37,7 +37,7 @@ from ..mounts import detach
 from ..process import Child, spawn
 from ..registry import fault_point, ledger
 
-__all__ = ["full_name", "create", "remove", "exists", "names", "require", "open_ns", "socket_in", "rtnl_in"]
+__all__ = ["full_name", "create", "remove", "exists", "names", "require", "open_ns", "socket_in", "socket_at", "rtnl_in"]
 
 
 def full_name(name) -> str:
@@ -307,9 +307,15 @@ def socket_in(name, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM
     listens in that namespace's stack. (It holds the namespace alive until it is closed.)"""
     nsfd = open_ns(name)
     try:
-        _, fds = _helper.call("socket", family, kind, proto, fds=(nsfd,))
+        return socket_at(nsfd, family, kind, proto)
     finally:
         os.close(nsfd)
+
+
+def socket_at(nsfd: int, family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM, proto: int = 0) -> socket.socket:
+    """A socket created inside the network namespace open at ``nsfd`` (a /proc/PID/ns/net of a
+    container's process: a namespace without a name)."""
+    _, fds = _helper.call("socket", family, kind, proto, fds=(nsfd,))
     return socket.socket(fileno=fds[0])
 
 
