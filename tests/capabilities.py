@@ -155,6 +155,7 @@ PROBES = {
     "umoci": lambda: _programs("umoci"),
     "skopeo": lambda: _programs("skopeo"),
     "runc": lambda: _programs("runc"),
+    "crun": lambda: _programs("crun"),
     "matplotlib": lambda: _module("matplotlib"),
     "graphviz": lambda: _module("graphviz"),
     "ipywidgets": lambda: _module("ipywidgets"),

@@ -23,8 +23,8 @@ from __future__ import annotations
 from . import devices
 from .group import Group, existing, group, limits_of, place, tree_of, version
 from .limits import Limits, Stats, check, format_size, parse_size
-from .tree import add, create, find_cgroups, hierarchy, kill, procs, remove, remove_cgroup
+from .tree import add, create, find_cgroups, hierarchy, kill, procs, remove, remove_cgroup, remove_empty_parents
 
 __all__ = ["hierarchy", "create", "add", "procs", "kill", "remove", "find_cgroups", "remove_cgroup",
            "Group", "group", "version", "place", "tree_of", "limits_of", "Limits", "Stats", "check", "parse_size",
-           "format_size", "devices", "existing"]
+           "format_size", "devices", "existing", "remove_empty_parents"]

@@ -18,7 +18,8 @@ from .. import marks, procfs, registry
 from . import delegation, files
 from ..errors import Refused, RequirementError
 
-__all__ = ["hierarchy", "create", "add", "procs", "kill", "remove", "find_cgroups", "remove_cgroup"]
+__all__ = ["hierarchy", "create", "add", "procs", "kill", "remove", "find_cgroups", "remove_cgroup",
+           "remove_empty_parents"]
 
 
 def hierarchy(table: list[procfs.Mount] | None = None) -> str:
@@ -261,6 +262,22 @@ def _remove(path: str, ledger, empty_it) -> None:      # ledger: None for the st
     _remove_empty_parent(path)
     if in_ledger:
         (ledger or registry.ledger()).remove("cgroup", path)
+
+
+def remove_empty_parents() -> list[str]:
+    """rmdir the lab's parent cgroup in every hierarchy where it is empty; the ones removed. An
+    OCI runtime given a cgroup below it (container.oci) removes its own cgroup when it ends, not
+    the parent it made on the way, in hierarchies the lab itself never uses (cpuset, systemd)."""
+    removed = []
+    for m in procfs.mountinfo():
+        if m.fstype in ("cgroup", "cgroup2"):
+            top = os.path.join(m.mountpoint, marks.CGROUP_PARENT)
+            try:
+                os.rmdir(top)                   # the kernel refuses while a child is left: fine
+                removed.append(top)
+            except OSError:
+                pass
+    return removed
 
 
 def _remove_empty_parent(path: str) -> None:

@@ -42,7 +42,7 @@ from ..flags import CloneFlags, MountFlags, Prctl
 from ..registry import fault_point
 from . import config, init
 
-__all__ = ["run", "create", "Container", "Result", "NAMESPACES", "OUTPUT_LIMIT", "LOG", "group_name", "find_image", "remove_folder"]
+__all__ = ["run", "create", "settings", "Container", "Result", "NAMESPACES", "OUTPUT_LIMIT", "LOG", "group_name", "find_image", "remove_folder"]
 
 NAMESPACES = (CloneFlags.CLONE_NEWNS | CloneFlags.CLONE_NEWUTS | CloneFlags.CLONE_NEWIPC | CloneFlags.CLONE_NEWNET
               | CloneFlags.CLONE_NEWPID | CloneFlags.CLONE_NEWCGROUP)
@@ -71,7 +71,7 @@ class Result:
         return f"Result({self.name}: exit {self.exit_code}{extra}{said})"
 
 
-def _settings(cfg: config.Config, img: images.Image | None) -> dict:
+def settings(cfg: config.Config, img: images.Image | None) -> dict:
     """The plain spec init.main reads: the request merged with the image's own settings, as
     Docker merges them (ENTRYPOINT + the command or CMD; ENV, then -e over it; WORKDIR)."""
     s = (img.settings or {}) if img is not None else {}
@@ -371,7 +371,7 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
         img = find_image(store, cfg.image)
         if not img.layers:
             raise Refused(f"the image {cfg.image!r} has no layers: nothing to make a root from")
-    spec = _settings(cfg, img)
+    spec = settings(cfg, img)
     for volume in cfg.volumes:
         # Each source opened now, as init will (a lab folder, no symlink on the way): a bad one
         # is refused before anything is made.

@@ -61,17 +61,17 @@ def _image(**settings):
 
 def test_the_image_settings_merge_as_dockers_do():
     cfg = container.check("img", None, env=["B=override"], name="n")
-    spec = runtime._settings(cfg, _image(Entrypoint=["/bin/tini", "--"], Cmd=["sh"], Env=["A=1", "B=2"],
+    spec = runtime.settings(cfg, _image(Entrypoint=["/bin/tini", "--"], Cmd=["sh"], Env=["A=1", "B=2"],
                                          WorkingDir="/app", User="7:8"))
     assert spec["command"] == ["/bin/tini", "--", "sh"] and spec["workdir"] == "/app" and spec["user"] == (7, 8)
     assert spec["env"][:2] == ["A=1", "B=override"] and "HOSTNAME=n" in spec["env"]
     assert any(e.startswith("PATH=/usr/local/sbin") for e in spec["env"])
-    given = runtime._settings(container.check("img", ["ls"], workdir="/x", user="0"), _image(Cmd=["sh"], User="7"))
+    given = runtime.settings(container.check("img", ["ls"], workdir="/x", user="0"), _image(Cmd=["sh"], User="7"))
     assert given["command"] == ["ls"] and given["workdir"] == "/x" and given["user"] == (0, 0)
     with pytest.raises(Refused, match="no command"):
-        runtime._settings(container.check("img"), _image())
+        runtime.settings(container.check("img"), _image())
     with pytest.raises(Refused, match="is a name"):
-        runtime._settings(container.check("img", ["ls"]), _image(User="www-data"))
+        runtime.settings(container.check("img", ["ls"]), _image(User="www-data"))
 
 
 def test_a_result_reads_like_docker_ps():
