@@ -30,7 +30,8 @@ __all__ = [
     "Program", "ListingLine", "AssemblerError", "assemble", "tools", "ORIGIN",
     "SERIAL_PORT", "REPORT_PORT", "DOORBELL_PORT", "MAILBOX", "MMIO_BASE",
     "SERIAL_HELLO", "PV_HELLO", "MMIO_HELLO", "LONG_HELLO", "SPIN", "TRIPLE_FAULT", "ADD_TWO",
-    "EXIT_LOOP", "CPUID_PROBE", "serial_source", "pv_source", "ascii_directive", "Expected", "EXPECTED",
+    "EXIT_LOOP", "CPUID_PROBE", "serial_source", "pv_source", "syscall_loop_source", "ascii_directive", "Expected",
+    "EXPECTED",
     "reference",
 ]
 
@@ -410,6 +411,55 @@ CPUID_PROBE = f"""\
     mov eax, edx
     out {REPORT_PORT:#x}, eax
     hlt
+"""
+
+
+def syscall_loop_source(count: int) -> str:
+    """A long-mode guest with a kernel and a process of its own, in a few lines: ring 0 sets
+    up the system call entry, drops to ring 3, and the code there makes ``count`` system calls
+    (the ``syscall`` instruction) that ring 0 answers; then ring 0 reports the count on port
+    0x10 and halts. With VT-x or AMD-V, none of the system calls leaves the VM: two exits in all."""
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count < 1 << 63:
+        raise ValueError(f"count must be a whole number of system calls, at least 1, not {count!r}")
+    return f"""\
+# Ring 0, the guest's kernel: where `syscall` goes (model-specific registers; no exit under
+# VT-x/AMD-V: the CPU keeps these MSRs per VM).
+    mov ecx, 0xC0000080       # EFER
+    rdmsr
+    or eax, 1                 # SCE: the syscall/sysret instructions on
+    wrmsr
+    mov ecx, 0xC0000081       # STAR: the segments; kernel CS 0x08, user CS 0x23 and SS 0x1b
+    xor eax, eax
+    mov edx, 0x00130008
+    wrmsr
+    mov ecx, 0xC0000082       # LSTAR: the kernel's entry point for syscall
+    lea rax, [rip + entry]
+    mov rdx, rax
+    shr rdx, 32
+    wrmsr
+    mov ecx, 0xC0000084       # FMASK: flags to clear on entry (none)
+    xor eax, eax
+    xor edx, edx
+    wrmsr
+    mov r12, {count}           # system calls left to answer
+    mov r13, r12
+    lea rcx, [rip + process]  # sysret goes to rcx, with the flags in r11, in ring 3
+    mov r11, 0x2
+    sysretq
+# Ring 3, the guest's process: nothing but system calls.
+process:
+    syscall                   # to ring 0, the guest's own kernel (not the host's, not the VMM)
+    jmp process
+# Ring 0 again: the guest kernel's system call handler.
+entry:
+    dec r12
+    jz done
+    sysretq                   # back to the process, ring 3
+done:
+    mov rax, r13
+    mov edx, {REPORT_PORT:#x}
+    out dx, eax               # report how many were answered: the first exit
+    hlt                       # the second
 """
 
 

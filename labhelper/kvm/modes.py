@@ -23,13 +23,13 @@ from .vm import PAGE_SIZE
 
 __all__ = ["LongModeUnavailable", "enter_real_mode", "enter_long_mode", "page_table_base",
            "PAGE_TABLE_PAGES", "CR0_PE", "CR0_MP", "CR0_ET", "CR0_NE", "CR0_WP", "CR0_AM", "CR0_PG",
-           "CR4_PAE", "EFER_LME", "EFER_LMA", "PTE_P", "PTE_RW", "PTE_PS"]
+           "CR4_PAE", "EFER_LME", "EFER_LMA", "PTE_P", "PTE_RW", "PTE_US", "PTE_PS"]
 
 # Control register and EFER bits for long mode (Intel SDM vol. 3, 2.5 and 9.8.5).
 CR0_PE, CR0_MP, CR0_ET, CR0_NE, CR0_WP, CR0_AM, CR0_PG = 1, 2, 0x10, 0x20, 1 << 16, 1 << 18, 1 << 31
 CR4_PAE = 1 << 5
 EFER_LME, EFER_LMA = 1 << 8, 1 << 10
-PTE_P, PTE_RW, PTE_PS = 1, 2, 0x80
+PTE_P, PTE_RW, PTE_US, PTE_PS = 1, 2, 4, 0x80
 
 PAGE_TABLE_PAGES = 3         # PML4, PDPT, one page directory
 
@@ -63,12 +63,14 @@ def enter_long_mode(vcpu, memory, origin: int) -> None:
     """
     # 64-bit mode needs paging. Build an identity map of the first GiB with 2 MiB pages:
     # PML4[0] -> PDPT[0] -> PD[0..511], each PD entry a 2 MiB page (PS bit). Guest virtual
-    # address == guest physical address, which keeps the listing's addresses true.
+    # address == guest physical address, which keeps the listing's addresses true. US: user mode
+    # (ring 3) may use the pages too, as a guest's own kernel allows its processes
+    # (guests.syscall_loop_source drops to ring 3 and makes system calls to ring 0).
     base = page_table_base(memory.size)
     pml4, pdpt, pd = base, base + 0x1000, base + 0x2000
-    memory.write(pml4, struct.pack("<Q", pdpt | PTE_P | PTE_RW))
-    memory.write(pdpt, struct.pack("<Q", pd | PTE_P | PTE_RW))
-    memory.write(pd, b"".join(struct.pack("<Q", (i << 21) | PTE_P | PTE_RW | PTE_PS) for i in range(512)))
+    memory.write(pml4, struct.pack("<Q", pdpt | PTE_P | PTE_RW | PTE_US))
+    memory.write(pdpt, struct.pack("<Q", pd | PTE_P | PTE_RW | PTE_US))
+    memory.write(pd, b"".join(struct.pack("<Q", (i << 21) | PTE_P | PTE_RW | PTE_US | PTE_PS) for i in range(512)))
     s = vcpu.sregs()
     s.cr3 = pml4
     s.cr4 = CR4_PAE

@@ -47,31 +47,10 @@ for tool in qemu-system-x86_64 busybox cpio dpkg-deb apt-get; do
 done
 
 CACHE=${LABHELPER_GUEST_CACHE:-/var/cache/labhelper-guest}
-mkdir -p "$CACHE"
-if [ ! -f "$CACHE/kernel/ready" ]; then
-  # The distribution's kernel: linux-image-amd64 (Debian) or linux-image-generic (Ubuntu), and on
-  # Ubuntu the modules packages it depends on.
-  [ -d /var/lib/apt/lists ] && [ -n "$(ls /var/lib/apt/lists 2>/dev/null)" ] || apt-get update -qq
-  meta=$(apt-cache show linux-image-amd64 >/dev/null 2>&1 && echo linux-image-amd64 || echo linux-image-generic)
-  image=$(apt-cache depends "$meta" 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-  [ -n "$image" ] || skip "no distribution kernel package ($meta) is known to apt here"
-  version=${image#linux-image-}
-  pkgs="$image"
-  for extra in "linux-modules-$version" "linux-modules-extra-$version"; do
-    apt-cache show "$extra" >/dev/null 2>&1 && pkgs="$pkgs $extra"
-  done
-  rm -rf "$CACHE/kernel" && mkdir -p "$CACHE/kernel/root"
-  (cd "$CACHE/kernel" && apt-get download -q $pkgs >/dev/null 2>&1) \
-    || skip "apt-get download $pkgs failed (no package registry reachable?)"
-  for deb in "$CACHE"/kernel/*.deb; do dpkg-deb -x "$deb" "$CACHE/kernel/root"; done
-  rm -f "$CACHE"/kernel/*.deb
-  KVER=$(ls "$CACHE/kernel/root/lib/modules" | head -1)
-  depmod -b "$CACHE/kernel/root" "$KVER"
-  echo "$KVER" > "$CACHE/kernel/ready"
-fi
+# The distribution's kernel, fetched once (scripts/fetch-kernel.sh: exit 77 with its reason).
+VMLINUZ=$(LABHELPER_GUEST_CACHE=$CACHE "$(dirname "$0")/../../scripts/fetch-kernel.sh") || exit $?
 KVER=$(cat "$CACHE/kernel/ready")
 KROOT=$CACHE/kernel/root
-VMLINUZ=$(ls "$KROOT"/boot/vmlinuz-* | head -1)
 
 # The first stage (an initrd with busybox): load the modules, mount the 9p root read-only with a
 # tmpfs over it, and switch to it.

@@ -39,6 +39,7 @@ ORDER = [
     "trace",
     "syscost",
     "kvm",
+    "comparison",   # containers and VMs measured side by side (chapter 08): above both
     "cleanup",      # census + plan + execute, over every concept module
     "teach",        # the notebook side: chapters, lab, diagrams, plots, widgets
     "exercises",

@@ -65,10 +65,10 @@ def test_long_mode_builds_an_identity_map_and_sets_the_mode_bits():
     base = modes.page_table_base(0x10000)
     assert base == 0x10000 - modes.PAGE_TABLE_PAGES * 4096 == 0xD000
     pml4, pdpt = (struct.unpack("<Q", mem.read(base + i * 0x1000, 8))[0] for i in range(2))
-    assert pml4 == (base + 0x1000) | modes.PTE_P | modes.PTE_RW
-    assert pdpt == (base + 0x2000) | modes.PTE_P | modes.PTE_RW
+    assert pml4 == (base + 0x1000) | modes.PTE_P | modes.PTE_RW | modes.PTE_US
+    assert pdpt == (base + 0x2000) | modes.PTE_P | modes.PTE_RW | modes.PTE_US
     pd = struct.unpack("<512Q", mem.read(base + 0x2000, 4096))
-    assert all(e == (i << 21) | modes.PTE_P | modes.PTE_RW | modes.PTE_PS for i, e in enumerate(pd))
+    assert all(e == (i << 21) | modes.PTE_P | modes.PTE_RW | modes.PTE_US | modes.PTE_PS for i, e in enumerate(pd))
     (s,), (r,) = v.sregs_set, v.regs_set
     assert s.mode == "long" and s.paging and s.cr3 == base
     assert s.cr4 & modes.CR4_PAE and s.efer == modes.EFER_LME | modes.EFER_LMA
