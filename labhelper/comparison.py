@@ -196,8 +196,10 @@ def _until_mark(proc: subprocess.Popen, deadline: float) -> tuple[str | None, st
         buffer += chunk
         text = buffer.decode(errors="replace")
         for line in text.splitlines():
-            if line.startswith(MARK) and len(line.split()) >= 3:
-                return line.strip(), text
+            # The firmware's terminal escapes may share the line: the mark is where it starts.
+            found = line[line.find(MARK):] if MARK in line else ""
+            if len(found.split()) >= 3:
+                return found.strip(), text
     return None, buffer.decode(errors="replace")
 
 

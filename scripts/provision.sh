@@ -41,6 +41,7 @@ PACKAGES=(
   busybox-static                     # chapters 06-07: a root filesystem in one binary
   umoci skopeo                       # chapter 06: real OCI tools read the lab's images
   runc crun                          # chapters 06-08: real runtimes run the lab's images; 07's benchmark
+  qemu-system-x86                    # chapter 08: a real kernel booted in a VM (KVM in the lab VM)
   util-linux procps kmod psmisc      # nsenter, unshare, lsns, ps, lsmod: to look from the outside
 )
 
@@ -51,7 +52,7 @@ TEST_PACKAGES=(
   shellcheck                         # tests/unit/test_delivery.py: the scripts are lint-clean
   vagrant vagrant-libvirt            # tests/unit/test_delivery.py: `vagrant validate` on the Vagrantfile
   systemd                            # tests/unit/test_delivery.py: `systemd-analyze verify` on the unit
-  qemu-system-x86 cpio xz-utils zstd # tests/guest: a pure cgroup v2 + kvm_amd guest (busybox-static: above)
+  cpio xz-utils zstd                 # tests/guest: a pure cgroup v2 + kvm_amd guest (QEMU, busybox: above)
 )
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/!p}' "$0" | sed 's/^# \{0,1\}//'; }

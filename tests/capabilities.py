@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import glob
 import importlib.util
 import os
 import platform
@@ -130,6 +131,16 @@ def cgroup_mode() -> str:
             frozenset({"cgroup2"}): "v2"}.get(frozenset(types), "none")
 
 
+def _kernel_image() -> tuple[bool, str]:
+    """A kernel image to boot (chapter 08): /boot's, or the one scripts/fetch-kernel.sh unpacked."""
+    cache = os.environ.get("LABHELPER_GUEST_CACHE", "/var/cache/labhelper-guest")
+    for pattern in (os.environ.get("LABHELPER_KERNEL") or "/boot/vmlinuz-*", f"{cache}/kernel/root/boot/vmlinuz-*"):
+        found = [p for p in glob.glob(pattern) if os.access(p, os.R_OK)]
+        if found:
+            return True, found[0]
+    return False, "no kernel image in /boot, and none fetched (scripts/fetch-kernel.sh; make test runs it)"
+
+
 def kvm_flavour() -> str:
     """The KVM module that is loaded ("kvm_intel", "kvm_amd", "kvm_pvm"), or "none"."""
     return next((m for m in ("kvm_intel", "kvm_amd", "kvm_pvm") if os.path.isdir(f"/sys/module/{m}")), "none")
@@ -156,6 +167,8 @@ PROBES = {
     "skopeo": lambda: _programs("skopeo"),
     "runc": lambda: _programs("runc"),
     "crun": lambda: _programs("crun"),
+    "qemu": lambda: _programs("qemu-system-x86_64"),
+    "kernel": _kernel_image,
     "matplotlib": lambda: _module("matplotlib"),
     "graphviz": lambda: _module("graphviz"),
     "ipywidgets": lambda: _module("ipywidgets"),

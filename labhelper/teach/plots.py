@@ -7,13 +7,14 @@ Each function returns a Figure (Jupyter displays it) and leaves nothing open in 
 * :func:`costs`: what calls cost, as distributions on a log scale (chapters 01 and 02)
 * :func:`memory`: a group's memory over time against its limit, and the OOM kill (chapter 05)
 * :func:`cpu_shares`: CPU used at several quotas, against the quota (chapter 05)
+* :func:`side_by_side`: containers (blue) and VMs (orange) on one log scale (chapter 08)
 """
 from __future__ import annotations
 
 from ..syscost import Costs
 from ..trace import CATEGORY_NAMES, Summary
 
-__all__ = ["CATEGORY_COLORS", "syscalls", "costs", "memory", "cpu_shares"]
+__all__ = ["CATEGORY_COLORS", "syscalls", "costs", "memory", "cpu_shares", "side_by_side"]
 
 #: one colour per system call category, for every chart and widget
 CATEGORY_COLORS = {"file": "#4c72b0", "process": "#dd8452", "memory": "#55a868",
@@ -122,6 +123,32 @@ def cpu_shares(measured: dict[float, float], title: str | None = None):
     ax.set_title(title or "A busy loop gets its quota, not more", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def side_by_side(rows, unit: str, title: str, scale: float = 1.0):
+    """Horizontal bars on a log scale: ``rows`` are (label, value, "container" or "vm"), drawn
+    top to bottom, each value divided by ``scale`` and written beside its bar in ``unit``."""
+    import matplotlib.pyplot as plt  # lazy: importing labhelper must stay fast
+    from matplotlib.patches import Patch
+
+    colours = {"container": "#4c72b0", "vm": "#dd8452"}
+    rows = list(rows)[::-1]
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(rows) + 1.3))
+    values = [v / scale for _, v, _ in rows]
+    ax.barh([label for label, _, _ in rows], values, color=[colours[side] for _, _, side in rows])
+    ax.set_xscale("log")
+    ax.set_xlim(min(values) / 3, max(values) * 8)
+    for i, v in enumerate(values):
+        shown = f"{v:,.0f}" if v >= 1000 else f"{v:.3g}"
+        ax.annotate(f"{shown} {unit}", (v, i), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_xlabel(f"{unit} (log scale: each step is ten times more)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(handles=[Patch(color=c, label=k) for k, c in colours.items()], loc="center left",
+              bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    ax.grid(axis="x", which="both", alpha=0.3)
     fig.tight_layout()
     plt.close(fig)
     return fig
