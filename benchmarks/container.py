@@ -5,8 +5,8 @@
   (``container.run(None, ..., rootfs=...)``: the cgroup with its device rules, the fork, init's
   steps, the wait, the removal) at most 1.0x crun's ``crun run`` and at most 0.5x runc's ``runc
   run``, like for like: all three start from the same overlay root filesystem mount, one overlay
-  of the busybox layer mounted once, with a bundle made by ``runc spec`` for crun and runc (/proc,
-  /dev, /sys, masked paths, a cgroup; labhelper adds seccomp and the device rules). Shown, not
+  of the busybox layer mounted once, with a bundle written by container.oci from the same options
+  (/proc, /dev, /sys, masked paths, capabilities, seccomp, a cgroup with the device rules). Shown, not
   judged: labhelper from the image, with an overlay and a folder of its own per container, as
   ``docker run`` does.
 - crun and runc are run by a shell in a loop of N starts, timed inside that shell (``date
@@ -22,47 +22,15 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from labhelper import cgroups, cleanup, container, images, mounts, overlay, procfs, rootfs  # noqa: E402
-
-
-def bundle_for(runtime: str, base: str, rootfs_path: str) -> str:
-    """A bundle (config.json from ``runc spec``) whose root is the shared overlay mount."""
-    folder = f"{base}/bundle-{runtime}"
-    os.makedirs(folder)
-    subprocess.run(["runc", "spec", "--bundle", folder], check=True)
-    with open(f"{folder}/config.json") as fh:
-        spec = json.load(fh)
-    spec["process"]["args"] = ["/bin/true"]
-    spec["process"]["terminal"] = False
-    spec["root"] = {"path": rootfs_path, "readonly": False}
-    spec["hostname"] = "bench"
-    with open(f"{folder}/config.json", "w") as fh:
-        json.dump(spec, fh)
-    return folder
-
-
-def shell_loop(runtime: str, bundle: str, count: int, prefix: str, hybrid: bool) -> float:
-    """Seconds per start of ``count`` starts of ``runtime run``, timed inside one shell."""
-    loop = (f'i=0; t0=$(date +%s%N); while [ $i -lt {count} ]; do '
-            f'{runtime} run --bundle {bundle} {prefix}-$i >/dev/null 2>&1 || exit 3; i=$((i+1)); done; '
-            f't1=$(date +%s%N); echo $((t1-t0))')
-    argv = ["sh", "-c", loop]
-    if runtime == "crun" and hybrid:
-        argv = ["unshare", "-m", "--propagation", "private", "sh", "-c",
-                f"umount /sys/fs/cgroup/unified && {loop}"]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise SystemExit(f"{runtime} failed (exit {done.returncode}): {done.stderr.strip()[:300]}")
-    return int(done.stdout.split()[-1]) / 1e9 / count
+from labhelper import cgroups, cleanup, comparison, container, images, mounts, overlay, procfs, rootfs  # noqa: E402
+from labhelper.container import oci  # noqa: E402
 
 
 def main() -> int:
@@ -88,7 +56,11 @@ def main() -> int:
             os.makedirs(f"{base}/shared/{sub}")
         shared = overlay.mount(f"{base}/shared/rootfs", [store.layer_dir(img.layers[0].chain_id)],
                                f"{base}/shared/upper", f"{base}/shared/work", owner=owner)
-        bundles = {rt: bundle_for(rt, base, shared.target) for rt in ("crun", "runc")}
+        bundles = {}
+        for rt in ("crun", "runc"):
+            os.makedirs(f"{base}/bundle-{rt}")
+            oci.bundle(f"{base}/bundle-{rt}", shared.target, ["/bin/true"], name=f"bench-{rt}", hostname="bench")
+            bundles[rt] = f"{base}/bundle-{rt}"
         prefix = f"lhbench-{os.getpid()}"
 
         def ours(k: int, full: bool = False) -> tuple[float, list[dict]]:
@@ -110,7 +82,7 @@ def main() -> int:
         ours(2)
         ours(2, full=True)
         for rt in ("crun", "runc"):
-            shell_loop(rt, bundles[rt], 2, f"{prefix}-warm", hybrid)
+            comparison.runtime_loop(rt, bundles[rt], 2, f"{prefix}-warm")
         order = ["labhelper", "crun", "runc", "full"]
         for r in range(args.rounds):
             for side in order[r % 4:] + order[:r % 4]:
@@ -119,7 +91,7 @@ def main() -> int:
                     sides[side].append(t)
                     (full_phases if side == "full" else phases).extend(ph)
                 else:
-                    sides[side].append(shell_loop(side, bundles[side], args.per_round, f"{prefix}-{r}", hybrid))
+                    sides[side].append(comparison.runtime_loop(side, bundles[side], args.per_round, f"{prefix}-{r}"))
         shared.unmount()
     finally:
         cleanup.cleanup(owner=owner)

@@ -35,7 +35,7 @@ from .errors import LabError, RequirementError
 from .flags import CloneFlags
 
 __all__ = ["Boot", "Timing", "VmSyscalls", "vm_syscalls", "boot", "find_kernel", "accelerator", "initramfs", "container_life", "vm_life",
-           "container_memory", "syscall_path", "runtime_starts", "MARK"]
+           "container_memory", "syscall_path", "runtime_starts", "runtime_loop", "MARK"]
 
 MARK = "LABHELPER-INIT"          # what the booted kernel's init prints first, on the serial console
 
@@ -319,7 +319,7 @@ def vm_syscalls(few: int = 1000, many: int = 201000, repeats: int = 5) -> VmSysc
 
 # --- labhelper next to runc and crun --------------------------------------------------------------
 
-def _runtime_loop(runtime: str, bundle: str, count: int, prefix: str) -> float:
+def runtime_loop(runtime: str, bundle: str, count: int, prefix: str) -> float:
     """Seconds per start of ``count`` starts of ``runtime run``, timed inside one shell (each
     start includes the fork and execve of the runtime, as when containerd's shim starts one)."""
     loop = (f'i=0; t0=$(date +%s%N); while [ $i -lt {count} ]; do '
@@ -354,7 +354,7 @@ def runtime_starts(rootfs: str, bundle_dir: str, rounds: int = 5, per_round: int
             if side == "labhelper":
                 per = container_life(None, per_round, rootfs=rootfs, owner=owner).median
             else:
-                per = _runtime_loop(side, bundles[side], per_round, f"{prefix}-{r}")
+                per = runtime_loop(side, bundles[side], per_round, f"{prefix}-{r}")
             if r:
                 samples[side].append(per)
     return {side: Timing(f"{side}: /bin/true in a new container", tuple(s)) for side, s in samples.items()}

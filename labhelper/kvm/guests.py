@@ -29,7 +29,7 @@ from ..errors import LabError, Refused, RequirementError
 __all__ = [
     "Program", "ListingLine", "AssemblerError", "assemble", "tools", "ORIGIN",
     "SERIAL_PORT", "REPORT_PORT", "DOORBELL_PORT", "MAILBOX", "MMIO_BASE",
-    "SERIAL_HELLO", "PV_HELLO", "MMIO_HELLO", "LONG_HELLO", "SPIN", "TRIPLE_FAULT", "ADD_TWO",
+    "SERIAL_HELLO", "PV_HELLO", "MMIO_HELLO", "LONG_HELLO", "LONG_SYSCALLS", "SPIN", "TRIPLE_FAULT", "ADD_TWO",
     "EXIT_LOOP", "CPUID_PROBE", "serial_source", "pv_source", "syscall_loop_source", "ascii_directive", "Expected",
     "EXPECTED",
     "reference",
@@ -463,6 +463,9 @@ done:
 """
 
 
+LONG_SYSCALLS = syscall_loop_source(1_000_000)
+
+
 # --- what the key guests do in a VM, for hosts that cannot run them ------------------------------
 
 class Expected(NamedTuple):
@@ -488,6 +491,8 @@ EXPECTED: dict[str, Expected] = {
     "MMIO_HELLO": Expected(b"MMIO!\n", {"MmioWrite": 6, "MmioRead": 1, "IoOut": 1, "Hlt": 1}, (6,)),
     "LONG_HELLO": Expected(b"Hello from long mode!\n", {"IoOut": 3, "MmioWrite": 22, "Hlt": 1}),
     "CPUID_PROBE": Expected(b"", {"IoOut": 4, "Hlt": 1}),   # cpuid itself never reaches the VMM
+    # A million system calls inside the guest, to its own kernel: not one of them is an exit.
+    "LONG_SYSCALLS": Expected(b"", {"IoOut": 1, "Hlt": 1}, (1_000_000,)),
 }
 
 
