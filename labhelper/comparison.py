@@ -127,13 +127,13 @@ def _cpio_entry(name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] =
 
 def initramfs(busybox: str = "/bin/busybox") -> bytes:
     """A whole root filesystem for the booted kernel, in memory: busybox (static), and an init
-    that prints MARK with the kernel's version and its uptime, then powers the VM off."""
+    that prints MARK with the kernel's version and its uptime, then waits (boot ends QEMU)."""
     with open(busybox, "rb") as fh:
         program = fh.read()
     init = ("#!/bin/busybox sh\n"
             "/bin/busybox mount -t proc proc /proc\n"
             f"/bin/busybox echo \"{MARK} $(/bin/busybox uname -r) $(/bin/busybox cut -d' ' -f1 /proc/uptime)\"\n"
-            "/bin/busybox sleep 1\n"               # a moment for the host to read QEMU's memory
+            "/bin/busybox sleep 60\n"              # the host reads QEMU's memory meanwhile, then ends it
             "/bin/busybox poweroff -f\n").encode()
     entries = [_cpio_entry("bin", stat.S_IFDIR | 0o755), _cpio_entry("dev", stat.S_IFDIR | 0o755),
                _cpio_entry("proc", stat.S_IFDIR | 0o755),
@@ -146,7 +146,8 @@ def initramfs(busybox: str = "/bin/busybox") -> bytes:
 def boot(kernel: str | None = None, accel: str | None = None, memory_mib: int = 256,
          timeout: float = 180.0) -> Boot:
     """Boot ``kernel`` (default: :func:`find_kernel`) under QEMU with ``memory_mib`` of memory,
-    to its init; QEMU ends with it. RequirementError when QEMU, a kernel or busybox is missing."""
+    to its init; QEMU is ended once its memory is read. RequirementError when QEMU, a kernel or
+    busybox is missing; LabError when the kernel does not reach its init in ``timeout`` s."""
     qemu = shutil.which("qemu-system-x86_64")
     if qemu is None or os.uname().machine != "x86_64":
         raise RequirementError("booting a kernel needs qemu-system-x86_64 on an x86_64 host",
@@ -171,12 +172,12 @@ def boot(kernel: str | None = None, accel: str | None = None, memory_mib: int = 
         try:
             line, said = _until_mark(qemu_proc, started + timeout)
             to_init = time.monotonic() - started
-            rss = procfs.status(qemu_proc.pid).get("VmRSS", "0 kB").split()[0]
-            qemu_proc.wait(timeout=30)
+            rss = procfs.status(qemu_proc.pid).get("VmRSS", "0 kB").split()[0] if line else "0"
         finally:
-            if qemu_proc.poll() is None:
-                qemu_proc.kill()
-                qemu_proc.wait()
+            # Measured: the VM is not needed any more (its power-off can take long when nested).
+            qemu_proc.kill()
+            qemu_proc.wait()
+            qemu_proc.stdout.close()
     if line is None:
         raise LabError(f"the kernel did not reach its init within {timeout:g} s", hint=said[-500:] or None)
     _, version, uptime = line.split()[:3]

@@ -36,6 +36,7 @@ def _qemus() -> list[int]:
     return found
 
 
+@pytest.mark.guest          # there, on kvm_amd: the lab VM's way, QEMU with KVM
 def test_a_real_kernel_boots_to_its_init_and_qemu_ends():
     capabilities.need("qemu", "chapter 08 boots a kernel with QEMU (apt-get install qemu-system-x86)")
     capabilities.need("kernel", "chapter 08 boots a kernel image")
