@@ -20,7 +20,7 @@ import functools
 from . import procfs, syscalls
 from .flags import Prctl
 
-__all__ = ["NAMES", "DOCKER_DEFAULT", "number", "last", "decode", "of", "drop_bounding"]
+__all__ = ["NAMES", "DOCKER_DEFAULT", "number", "last", "decode", "of", "drop_bounding", "to_drop"]
 
 # include/uapi/linux/capability.h, by number.
 NAMES = ("CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "KILL", "SETGID", "SETUID",
@@ -69,11 +69,17 @@ def _last_here() -> int:
     return last()
 
 
+@functools.cache
+def to_drop(keep: tuple[str, ...] = DOCKER_DEFAULT) -> tuple[int, ...]:
+    """The numbers of every capability this kernel has but ``keep``: computed once per process (a
+    runtime asks before it forks, so that a container's init only makes the calls)."""
+    kept = {number(name) for name in keep}
+    return tuple(cap for cap in range(_last_here() + 1) if cap not in kept)
+
+
 def drop_bounding(keep=DOCKER_DEFAULT) -> None:
     """Drop every capability but ``keep`` from this process's bounding set (PR_CAPBSET_DROP, one
     call each: the kernel has no call for the whole set). For ever: needs CAP_SETPCAP, which is
     why it is done while still root with every capability, just before executing the program."""
-    kept = {number(name) for name in keep}
-    for cap in range(_last_here() + 1):
-        if cap not in kept:
-            syscalls.prctl(Prctl.PR_CAPBSET_DROP, cap)
+    for cap in to_drop(tuple(keep)):
+        syscalls.prctl(Prctl.PR_CAPBSET_DROP, cap)

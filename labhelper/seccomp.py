@@ -31,7 +31,8 @@ from . import procfs, syscalls
 from .errors import Refused
 from .flags import Prctl
 
-__all__ = ["DENIED", "NUMBERS", "AUDIT_ARCH", "Insn", "program", "encode", "disassemble", "attach", "mode"]
+__all__ = ["DENIED", "NUMBERS", "AUDIT_ARCH", "Insn", "program", "encode", "disassemble", "attach", "mode",
+           "default_program"]
 
 # The calls Docker's default profile refuses to a container that was given no extra capability
 # (moby profiles/seccomp/default.json, which allows a list and refuses the rest: these are the
@@ -188,8 +189,10 @@ def disassemble(insns: list[Insn]) -> str:
 
 
 @functools.cache
-def _default() -> bytes:
-    return encode(program())        # the same for every container: built once per process
+def default_program() -> bytes:
+    """The default filter, encoded: the same for every container, so built once per process. A
+    runtime calls it before it forks, and every container's init inherits it ready to attach."""
+    return encode(program())
 
 
 def attach(insns: list[Insn] | None = None) -> None:
@@ -197,7 +200,7 @@ def attach(insns: list[Insn] | None = None) -> None:
     ever: call it in a forked child (a container's init, just before execve), never in a
     notebook kernel."""
     syscalls.prctl(Prctl.PR_SET_NO_NEW_PRIVS, 1)
-    syscalls.seccomp_filter(encode(insns) if insns is not None else _default())
+    syscalls.seccomp_filter(encode(insns) if insns is not None else default_program())
 
 
 def mode(pid: int | str = "self", proc: str = "/proc") -> int:
