@@ -41,8 +41,9 @@ lab: venv
 # kvm_amd, the learners' kind of kernel (tests/guest; about 2 minutes).
 test: export LABHELPER_DISPOSABLE = 1
 test: venv
-	@# Chapter 08 boots a real kernel, and the guest stage one with pure cgroup v2: the
-	@# distribution's, fetched once where /boot has none (exit 77: no package registry).
+	@# Chapter 08 boots a real kernel (the lab VM's own from /boot, else this one), and the
+	@# guest stage one with pure cgroup v2 and its modules: the distribution's kernel package,
+	@# fetched once into a cache (exit 77: no package registry; chapter 08 then says so).
 	@scripts/fetch-kernel.sh >/dev/null || echo "no kernel fetched (exit $$?): chapter 08 skips its boot"
 	$(PY) -m pytest $(PYTEST_FLAGS) tests/unit tests/system
 	$(PY) -m pytest $(PYTEST_FLAGS) --nbval --nbval-current-env \

@@ -29,7 +29,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from labhelper import cgroups, cleanup, comparison, container, images, mounts, overlay, procfs, rootfs  # noqa: E402
+from labhelper import cgroups, cleanup, comparison, container, images, mounts, overlay, rootfs  # noqa: E402
 from labhelper.container import oci  # noqa: E402
 
 
@@ -44,7 +44,7 @@ def main() -> int:
         return 0
     owner = f"bench-container-{os.getpid()}"
     base = mounts.make_dir(f"/var/lib/labhelper/bench-container-{os.getpid()}", owner=owner)
-    hybrid = cgroups.version() == 1 and any(m.mountpoint == "/sys/fs/cgroup/unified" for m in procfs.mountinfo())
+    hybrid = oci.hybrid()
     try:
         store = images.Store(f"{base}/images", owner=owner)
         try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import glob
 import os
 import select
+import shlex
 import shutil
 import stat
 import statistics
@@ -28,11 +29,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from . import cgroups, container, host, kvm, process, procfs, seccomp, syscost
+from . import cgroups, container, host, images, kvm, process, procfs, seccomp, syscost
 from .container import oci
 from .kvm import guests
 from .errors import LabError, RequirementError
-from .flags import CloneFlags
 
 __all__ = ["Boot", "Timing", "VmSyscalls", "vm_syscalls", "boot", "find_kernel", "accelerator", "initramfs", "container_life", "vm_life",
            "container_memory", "syscall_path", "runtime_starts", "runtime_loop", "MARK"]
@@ -125,10 +125,11 @@ def _cpio_entry(name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] =
     return out + b"\0" * (-len(out) % 4)
 
 
-def initramfs(busybox: str = "/bin/busybox") -> bytes:
-    """A whole root filesystem for the booted kernel, in memory: busybox (static), and an init
-    that prints MARK with the kernel's version and its uptime, then waits (boot ends QEMU)."""
-    with open(busybox, "rb") as fh:
+def initramfs(busybox: str | None = None) -> bytes:
+    """A whole root filesystem for the booted kernel, in memory: busybox (static: the guest has no
+    shared libraries), and an init that prints MARK with the kernel's version and its uptime,
+    then waits (boot ends QEMU)."""
+    with open(busybox or images.static_busybox(), "rb") as fh:
         program = fh.read()
     init = ("#!/bin/busybox sh\n"
             "/bin/busybox mount -t proc proc /proc\n"
@@ -157,13 +158,11 @@ def boot(kernel: str | None = None, accel: str | None = None, memory_mib: int = 
         raise RequirementError("no kernel image to boot: /boot has none here",
                                hint="scripts/fetch-kernel.sh fetches the distribution's (or set LABHELPER_KERNEL)",
                                missing=("kernel",))
-    if not os.path.exists("/bin/busybox"):
-        raise RequirementError("the booted kernel's init is busybox: apt-get install busybox-static",
-                               missing=("busybox",))
+    busybox = images.static_busybox()      # the guest's init: RequirementError when missing
     accel = accel or accelerator()[0]
     with tempfile.TemporaryDirectory(prefix="labhelper-boot-") as tmp:
         with open(f"{tmp}/initrd", "wb") as fh:
-            fh.write(initramfs())
+            fh.write(initramfs(busybox))
         argv = [qemu, "-accel", accel, "-cpu", "host" if accel == "kvm" else "max", "-m", str(memory_mib),
                 "-kernel", kernel, "-initrd", f"{tmp}/initrd", "-append", "console=ttyS0 quiet panic=-1",
                 "-nographic", "-no-reboot", "-nic", "none", "-monitor", "none", "-serial", "stdio"]
@@ -196,7 +195,7 @@ def _until_mark(proc: subprocess.Popen, deadline: float) -> tuple[str | None, st
             break
         buffer += chunk
         text = buffer.decode(errors="replace")
-        for line in text.splitlines():
+        for line in text.split("\n")[:-1]:       # whole lines only: output may stop mid-line
             # The firmware's terminal escapes may share the line: the mark is where it starts.
             found = line[line.find(MARK):] if MARK in line else ""
             if len(found.split()) >= 3:
@@ -264,9 +263,7 @@ def syscall_path(samples: int = 40, batch: int = 200) -> syscost.Costs:
     (the same kernel, straight, the filter run first); an exit of chapter 02's VM to this VMM
     and back (where /dev/kvm is usable)."""
     here = syscost.measure(os.getpid, "getpid", "getpid on the host", kernel=True, samples=samples, batch=batch)
-    flags = (CloneFlags.CLONE_NEWNS | CloneFlags.CLONE_NEWUTS | CloneFlags.CLONE_NEWIPC | CloneFlags.CLONE_NEWNET
-             | CloneFlags.CLONE_NEWPID | CloneFlags.CLONE_NEWCGROUP)
-    inside = process.spawn(_getpid_in_a_container, samples, batch, unshare=flags).wait(120)
+    inside = process.spawn(_getpid_in_a_container, samples, batch, unshare=container.NAMESPACES).wait(120)
     costs = [here, inside]
     if host.facts().kvm.openable:
         with kvm.Machine(guests.EXIT_LOOP) as machine:
@@ -323,11 +320,13 @@ def vm_syscalls(few: int = 1000, many: int = 201000, repeats: int = 5) -> VmSysc
 def runtime_loop(runtime: str, bundle: str, count: int, prefix: str) -> float:
     """Seconds per start of ``count`` starts of ``runtime run``, timed inside one shell (each
     start includes the fork and execve of the runtime, as when containerd's shim starts one)."""
-    loop = (f'i=0; t0=$(date +%s%N); while [ $i -lt {count} ]; do '
-            f'{runtime} run --bundle {bundle} {prefix}-$i >/dev/null 2>&1 || exit 3; i=$((i+1)); done; '
-            f't1=$(date +%s%N); echo $((t1-t0))')
+    loop = (f'i=0; t0=$(date +%s%N); while [ $i -lt {int(count)} ]; do '
+            f'{runtime} run --bundle {shlex.quote(bundle)} {shlex.quote(prefix)}-$i >/dev/null 2>&1 || exit 3; '
+            f'i=$((i+1)); done; t1=$(date +%s%N); echo $((t1-t0))')
     try:
         done = subprocess.run(oci.shell(runtime, loop), capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        raise LabError(f"{count} starts of {runtime} took more than 600 s") from None
     finally:
         cgroups.remove_empty_parents()
     if done.returncode != 0:

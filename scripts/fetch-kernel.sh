@@ -17,7 +17,10 @@ for tool in apt-get apt-cache dpkg-deb depmod; do
 done
 mkdir -p "$CACHE"
 if [ ! -f "$CACHE/kernel/ready" ]; then
-  if [ -z "$(ls /var/lib/apt/lists 2>/dev/null)" ]; then apt-get update -qq; fi
+  # Package lists present? (a fresh image has only the partial/ folder there)
+  if ! compgen -G "/var/lib/apt/lists/*_Packages*" >/dev/null; then
+    apt-get update -qq || skip "apt-get update failed (no package registry reachable?)"
+  fi
   meta=$(apt-cache show linux-image-amd64 >/dev/null 2>&1 && echo linux-image-amd64 || echo linux-image-generic)
   image=$(apt-cache depends "$meta" 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
   [ -n "$image" ] || skip "no distribution kernel package ($meta) is known to apt here"

@@ -35,9 +35,10 @@ import subprocess
 from .. import capabilities, cgroups, images, seccomp
 from ..cgroups import devices
 from ..cgroups.limits import CPU_PERIOD_US
+from ..errors import Refused
 from . import config, init, runtime
 
-__all__ = ["spec", "bundle", "shell", "run_bundle", "runtimes", "DELIBERATE", "VERSION"]
+__all__ = ["spec", "bundle", "shell", "run_bundle", "runtimes", "hybrid", "DELIBERATE", "VERSION"]
 
 VERSION = "1.0.2"           # of the runtime spec: what runc 1.1 and crun 1.8 read
 
@@ -104,6 +105,9 @@ def _resources(cfg: config.Config) -> dict:
 
 def _seccomp() -> dict:
     machine = os.uname().machine
+    if machine not in _SECCOMP_ARCH:
+        raise Refused(f"the lab's seccomp profile knows x86_64 and aarch64, not {machine}",
+                      hint="seccomp=False writes a bundle without one")
     known = seccomp.NUMBERS.get(machine, {})
     return {"defaultAction": "SCMP_ACT_ALLOW", "architectures": [_SECCOMP_ARCH[machine]],
             "syscalls": [{"names": [n for n in seccomp.DENIED if n in known], "action": "SCMP_ACT_ERRNO",
@@ -148,6 +152,9 @@ def bundle(folder: str, rootfs: str, command, *, image: images.Image | None = No
     ``labhelper run``'s options (checked the same way: Refused, nothing written, for a bad one),
     and return its path. ``image``: whose settings (Env, WorkingDir, User...) merge in."""
     cfg = config.check(None, command, rootfs=rootfs, **options)
+    if cfg.publish:
+        raise Refused("a bundle has no published ports: that is the engine's work (docker-proxy, or this lab's "
+                      "proxy), not the runtime's")
     path = os.path.join(folder, "config.json")
     with open(path, "w") as fh:
         json.dump(spec(cfg, runtime.settings(cfg, image), rootfs), fh, indent=2)
@@ -159,7 +166,8 @@ def runtimes() -> list[str]:
     return [name for name in ("runc", "crun") if shutil.which(name)]
 
 
-def _hybrid() -> bool:
+def hybrid() -> bool:
+    """cgroup v1 controllers with an (empty) cgroup2 hierarchy beside them, as this course's CI host."""
     return cgroups.version() == 1 and os.path.ismount("/sys/fs/cgroup/unified")
 
 
@@ -168,7 +176,7 @@ def shell(runtime: str, line: str) -> list[str]:
     hybrid cgroups (v1 controllers and an empty cgroup2 hierarchy, as this course's CI host): it
     runs there in a mount namespace of its own where the cgroup2 hierarchy is unmounted, so that
     it sees v1 only; the host's mounts do not change."""
-    if runtime == "crun" and _hybrid():
+    if runtime == "crun" and hybrid():
         return ["unshare", "-m", "--propagation", "private", "sh", "-c", f"umount /sys/fs/cgroup/unified && {line}"]
     return ["sh", "-c", line]
 

@@ -103,8 +103,10 @@ def _supervise(write_fd: int, image: str, command, store_root: str, owner: str |
         box = runtime.create(image, command, store=images.Store(store_root), owner=owner, log=True,
                              listening=listening, **options)
     except BaseException as exc:          # noqa: BLE001 - told to the caller, who raises it
-        os.write(write_fd, json.dumps({"error": f"{type(exc).__name__}: {exc}",
-                                       "refused": isinstance(exc, Refused)}).encode())
+        said = {"error": f"{type(exc).__name__}: {exc}"}
+        if isinstance(exc, Refused):
+            said.update(refused=exc.message, hint=exc.hint)
+        os.write(write_fd, json.dumps(said).encode())
         os._exit(1)                       # the caller removes its cgroup
     folder = f"{config.CONTAINERS}/{name}"
     state = {"name": name, "image": image, "command": box.spec["command"], "env": box.spec["env"],
@@ -182,7 +184,7 @@ def detach(image: str, command=None, *, store: images.Store | None = None, owner
         if supervisor is not None:
             supervisor.remove()
         if answer.get("refused"):
-            raise Refused(answer["error"].partition(": ")[2])
+            raise Refused(answer["refused"], hint=answer.get("hint"))
         raise LabError(f"the container could not start: {answer['error']}")
     return cfg.name
 

@@ -21,7 +21,7 @@ The parts, floor to roof:
 from __future__ import annotations
 
 from .image import (History, Image, Layer, Removed, architecture, build, busybox_image, busybox_rootfs, commit,
-                    ensure_layers, gc, image, images, import_tree, rmi, unpack)
+                    ensure_layers, gc, image, images, import_tree, rmi, static_busybox, unpack)
 from .layers import (KEPT_XATTRS, OPAQUE_MARKER, WHITEOUT_PREFIX, Extracted, LayerBlob, chain_id, chain_ids,
                      diff_id_of, extract, write_layer)
 from .dockerfile import build_file
@@ -37,4 +37,4 @@ __all__ = ["Store", "Descriptor", "DEFAULT_ROOT", "REF_NAME", "INDEX_MEDIA_TYPE"
            "Image", "Layer", "History", "Removed", "architecture", "image", "images", "build", "commit",
            "import_tree", "busybox_rootfs", "busybox_image", "ensure_layers", "unpack", "rmi", "gc",
            "Tree", "LayerNode", "tree", "diff", "history", "HistoryLine", "Sizes", "sizes", "disk_usage", "human",
-           "export", "import_layout", "build_file"]
+           "export", "import_layout", "build_file", "static_busybox"]

@@ -33,7 +33,7 @@ from .store import (CONFIG_MEDIA_TYPE, LAYER_MEDIA_TYPES, MANIFEST_MEDIA_TYPE, M
                     check_digest, check_name)
 
 __all__ = ["Layer", "History", "Image", "image", "images", "architecture", "build", "import_tree", "busybox_rootfs",
-           "busybox_image", "unpack", "commit", "ensure_layers", "rmi", "Removed", "gc", "SETTINGS"]
+           "busybox_image", "unpack", "commit", "ensure_layers", "rmi", "Removed", "gc", "SETTINGS", "static_busybox"]
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "ppc64le": "ppc64le",
@@ -275,7 +275,8 @@ def import_tree(store: Store, folder: str, name: str, *, created_by: str | None 
         return commit(store, name, None, blob, created_by or f"import {folder}", comment, epoch, settings=settings)
 
 
-def _static_busybox() -> str:
+def static_busybox() -> str:
+    """The path of a statically linked busybox here; RequirementError when there is none."""
     for path in ("/bin/busybox", "/usr/bin/busybox"):
         if os.path.isfile(path) and _is_static_elf(path):
             return path
@@ -302,7 +303,7 @@ def busybox_rootfs(folder: str, within: tuple[str, ...] | None = None) -> list[s
     """Fill ``folder`` (new, below a lab folder) with a minimal root filesystem: /bin/busybox (the
     static one) and one symlink per applet it lists, /etc/passwd and /etc/group (root and nobody),
     /tmp (1777), and empty /proc, /sys, /dev, /root for a runtime to mount on. Returns the applets."""
-    busybox = _static_busybox()
+    busybox = static_busybox()
     folder = marks.lab_path(folder, "make a root filesystem in", within=within)
     applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True, timeout=30).stdout.split()
     for sub, mode in (("bin", 0o755), ("etc", 0o755), ("tmp", 0o1777), ("proc", 0o555), ("sys", 0o555),

@@ -16,19 +16,22 @@ kernel keeps closed by default.
 
 It is one poll loop and no threads. It runs in whoever waits for the container: its supervisor
 (detached), or :func:`container.run` while it waits. The host side is a loopback address only:
-a lab container is never a service for the network.
+a lab container is never a service for the network. The connect to the container is made in the
+loop (a local address answers at once; at most CONNECT_TIMEOUT s), which is enough for a lab; a
+connection that fails is closed on its own, and never ends the proxy or the container.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import ipaddress
+import re
 import select
 import socket
 import time
 from dataclasses import dataclass
 
-from ..errors import Refused
+from ..errors import LabError, Refused
 
 __all__ = ["Publish", "parse", "Proxy"]
 
@@ -48,7 +51,7 @@ class Publish:
 
 
 def _port(text, spec) -> int:
-    if not str(text).isdigit() or not 1 <= int(text) <= 65535:
+    if not re.fullmatch(r"[0-9]{1,5}", str(text)) or not 1 <= int(text) <= 65535:
         raise Refused(f"port {text!r} in -p {spec!r}: a number from 1 to 65535")
     return int(text)
 
@@ -105,6 +108,7 @@ class Proxy:
         self.listeners: list[socket.socket] = []
         self._connect = None
         self._pairs: list[_Pair] = []
+        self._resting_until = 0.0
         try:
             for p in self.publish:
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -154,12 +158,20 @@ class Proxy:
     def _accept(self, index: int) -> None:
         try:
             client, _ = self.listeners[index].accept()
-        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            # One connection that could not be taken (the client gave up, or no fd is left: EMFILE)
+            # never ends the proxy, nor the container it serves. Out of fds, the listeners rest a
+            # moment: polling them again at once would spin.
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                self._resting_until = time.monotonic() + 0.1
             return
         try:
             upstream = self._connect(self.publish[index].port)
-        except OSError:
-            # Nothing listens there (yet): the client sees its connection closed, as with Docker.
+        except (OSError, LabError):
+            # Nothing listens there (yet), or no socket could be made in its namespace: the client
+            # sees its connection closed, as with Docker.
             client.close()
             return
         for sock in (client, upstream):
@@ -193,9 +205,6 @@ class Proxy:
                 with contextlib.suppress(OSError):
                     pair.socks[1 - s].shutdown(socket.SHUT_WR)
                 pair.passed[s] = True
-        if revents & select.POLLHUP and pair.eof[side] and not revents & select.POLLOUT:
-            # Both of its halves are closed: nothing more can go either way on this side.
-            raise ConnectionResetError("poll: POLLHUP")
 
     def serve(self, until_fd: int, deadline: float | None = None) -> bool:
         """Carry connections until ``until_fd`` is readable (True) or ``deadline`` (a
@@ -206,7 +215,8 @@ class Proxy:
             poller = select.poll()
             poller.register(until_fd, select.POLLIN)
             owners: dict[int, tuple] = {}
-            for i, sock in enumerate(self.listeners):
+            resting = time.monotonic() < self._resting_until
+            for i, sock in enumerate(self.listeners if not resting else ()):
                 poller.register(sock, select.POLLIN)
                 owners[sock.fileno()] = ("listen", i)
             for pair in self._pairs:
@@ -218,6 +228,8 @@ class Proxy:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return False
+            if resting:
+                left = min(left if left is not None else 0.1, 0.1)
             ready = poller.poll(None if left is None else max(1, int(left * 1000)))
             for fd, revents in ready:
                 if fd == until_fd:

@@ -61,12 +61,14 @@ def test_a_bundle_is_written_and_bad_options_write_nothing(tmp_path):
             oci.bundle(str(tmp_path), "/var/lib/labhelper/root", ["true"], **bad)
     with pytest.raises(Refused, match="only below"):
         oci.bundle(str(tmp_path), "/etc", ["true"])
+    with pytest.raises(Refused, match="no published ports"):
+        oci.bundle(str(tmp_path), "/var/lib/labhelper/root", ["true"], publish=["8080:80"])
     assert os.listdir(tmp_path) == []
 
 
 def test_crun_on_a_hybrid_host_runs_in_a_mount_namespace_of_its_own(monkeypatch):
-    monkeypatch.setattr(oci, "_hybrid", lambda: True)
+    monkeypatch.setattr(oci, "hybrid", lambda: True)
     assert oci.shell("crun", "crun run x")[:3] == ["unshare", "-m", "--propagation"]
     assert oci.shell("runc", "runc run x") == ["sh", "-c", "runc run x"]
-    monkeypatch.setattr(oci, "_hybrid", lambda: False)
+    monkeypatch.setattr(oci, "hybrid", lambda: False)
     assert oci.shell("crun", "crun run x") == ["sh", "-c", "crun run x"]

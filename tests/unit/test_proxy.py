@@ -30,6 +30,7 @@ def test_dockers_p_syntax():
     ("0:80", "from 1 to 65535"),
     ("80:65536", "from 1 to 65535"),
     ("80:x", "from 1 to 65535"),
+    ("80:\u00b2", "from 1 to 65535"),                # a digit to str.isdigit, not to int()
     ("80:80/udp", "TCP only"),
     (8080, "not 8080"),
 ])
@@ -93,7 +94,71 @@ def test_bytes_both_ways_and_a_half_close_passed_on():
         worker.join(10)
         box.close()
         server.close()
+        os.close(stop_r)
+        os.close(stop_w)
     assert done == [True] and not box.listeners
+
+
+def test_a_slow_reader_after_its_half_close_gets_every_byte():
+    # The client says all it has to say, the server answers much more and closes at once, and the
+    # client reads slowly: what the proxy still holds for it must all arrive.
+    answer = os.urandom(3 << 20)                    # more than the socket buffers on the way hold
+    server = _upstream(lambda data: answer)
+    box = proxy.Proxy([f"{_free()}:{server.getsockname()[1]}"])
+    box.connect_to("127.0.0.1")
+    stop_r, stop_w = os.pipe()
+    worker = threading.Thread(target=box.serve, args=(stop_r, time.monotonic() + 60))
+    worker.start()
+    try:
+        with socket.create_connection(("127.0.0.1", box.publish[0].host_port), timeout=20) as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            client.sendall(b"question")
+            client.shutdown(socket.SHUT_WR)
+            time.sleep(0.5)                         # the server has answered and closed by now
+            got = b""
+            while chunk := client.recv(1 << 16):
+                got += chunk
+                time.sleep(0.002)
+        assert got == answer
+    finally:
+        os.write(stop_w, b"x")
+        worker.join(10)
+        box.close()
+        server.close()
+        os.close(stop_r)
+        os.close(stop_w)
+
+
+def test_a_failed_connection_is_dropped_and_the_proxy_goes_on():
+    from labhelper.errors import LabError
+    server = _upstream(lambda data: b"second")
+    calls = []
+
+    def make_socket():
+        calls.append(1)
+        if len(calls) == 1:
+            raise LabError("the network helper failed")      # as netns.socket_at may
+        return socket.socket()
+    box = proxy.Proxy([f"{_free()}:{server.getsockname()[1]}"])
+    box.connect_in(make_socket)
+    # connect_in dials 127.0.0.1:PORT from the socket it is given: here, the stand-in server's.
+    stop_r, stop_w = os.pipe()
+    worker = threading.Thread(target=box.serve, args=(stop_r, time.monotonic() + 30))
+    worker.start()
+    try:
+        with socket.create_connection(("127.0.0.1", box.publish[0].host_port), timeout=10) as first:
+            assert first.recv(10) == b""            # dropped: no socket could be made for it
+        with socket.create_connection(("127.0.0.1", box.publish[0].host_port), timeout=10) as second:
+            second.shutdown(socket.SHUT_WR)
+            assert second.recv(10) == b"second"     # the proxy went on
+    finally:
+        os.write(stop_w, b"x")
+        worker.join(10)
+        box.close()
+        server.close()
+        os.close(stop_r)
+        os.close(stop_w)
+    assert worker.is_alive() is False and len(calls) == 2
 
 
 def test_nothing_listening_in_the_container_closes_the_client():
@@ -109,18 +174,22 @@ def test_nothing_listening_in_the_container_closes_the_client():
         os.write(stop_w, b"x")
         worker.join(10)
         box.close()
+        os.close(stop_r)
+        os.close(stop_w)
 
 
 def test_serve_ends_at_its_deadline():
     box = proxy.Proxy([f"{_free()}:80"])
     box.connect_to("127.0.0.1")
-    stop_r, _ = os.pipe()
+    stop_r, stop_w = os.pipe()
     started = time.monotonic()
     assert box.serve(stop_r, started + 0.2) is False and time.monotonic() - started < 5
     box.close()
     box.close()                                     # idempotent
     with pytest.raises(RuntimeError, match="does not know where"):
         proxy.Proxy([]).serve(stop_r, started)
+    os.close(stop_r)
+    os.close(stop_w)
 
 
 def _free() -> int:
