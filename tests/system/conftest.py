@@ -73,6 +73,16 @@ def owner(uid, monkeypatch):
 
 
 @pytest.fixture
+def bb(store):
+    """The test's store with the busybox image in it (chapters 07 and 08: overlayfs and busybox-static)."""
+    from labhelper import images
+    capabilities.need("overlay")
+    capabilities.need("busybox")
+    images.busybox_image(store)
+    return store
+
+
+@pytest.fixture
 def store(uid, owner):
     """An image store of the test's own (chapter 06), removed at the end with what it holds."""
     import os

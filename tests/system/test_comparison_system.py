@@ -14,14 +14,6 @@ from labhelper import cleanup, comparison, images, mounts, overlay
 from labhelper.errors import LabError, RequirementError
 
 
-@pytest.fixture
-def bb(store):
-    capabilities.need("overlay")
-    capabilities.need("busybox")
-    images.busybox_image(store)
-    return store
-
-
 def _qemus() -> list[int]:
     """QEMU processes of comparison.boot (their initrd is in a labhelper-boot-* folder)."""
     found = []

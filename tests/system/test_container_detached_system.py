@@ -11,21 +11,12 @@ import time
 
 import pytest
 
-import capabilities
 from labhelper import capabilities as caps
-from labhelper import cleanup, container, images, process
+from labhelper import cleanup, container, process
 from labhelper.errors import Refused
 from systest import labhelper_cli
 
 LOOP = "trap 'echo got TERM; exit 5' TERM; echo started; while true; do sleep 0.05; done"
-
-
-@pytest.fixture
-def bb(store):
-    capabilities.need("overlay")
-    capabilities.need("busybox")
-    images.busybox_image(store)
-    return store
 
 
 def _until(condition, seconds=10.0):

@@ -12,21 +12,12 @@ import urllib.request
 
 import pytest
 
-import capabilities
-from labhelper import cleanup, container, images
+from labhelper import cleanup, container
 from labhelper.errors import Refused
 
 # Serves its host name and 300 kB of 'x' (more than the proxy's buffers hold at once).
 WEB = ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && "
        "head -c 300000 /dev/zero | tr '\\0' x > /www/big && exec httpd -f -p 8080 -h /www"]
-
-
-@pytest.fixture
-def bb(store):
-    capabilities.need("overlay")
-    capabilities.need("busybox")
-    images.busybox_image(store)
-    return store
 
 
 def _free_port() -> int:

@@ -2,6 +2,7 @@
 port in use refused, and bytes carried both ways, a close passed on, a refused upstream closed."""
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -55,6 +56,24 @@ def test_a_port_in_use_is_refused_and_nothing_is_left_listening():
         again.bind(("127.0.0.1", first))
 
 
+@contextlib.contextmanager
+def _serving(box, seconds: float = 30):
+    """The proxy's loop in a thread until the block ends; its result in the list yielded."""
+    stop_r, stop_w = os.pipe()
+    done: list = []
+    worker = threading.Thread(target=lambda: done.append(box.serve(stop_r, time.monotonic() + seconds)))
+    worker.start()
+    try:
+        yield done
+    finally:
+        os.write(stop_w, b"x")
+        worker.join(10)
+        box.close()
+        os.close(stop_r)
+        os.close(stop_w)
+    assert not worker.is_alive()
+
+
 def _upstream(reply_of):
     """A server on loopback standing in for the container: one connection, answered by reply_of."""
     server = socket.socket()
@@ -76,11 +95,7 @@ def test_bytes_both_ways_and_a_half_close_passed_on():
     server = _upstream(lambda data: data[::-1] * 2)
     box = proxy.Proxy([f"{_free()}:{server.getsockname()[1]}"])
     box.connect_to("127.0.0.1")
-    stop_r, stop_w = os.pipe()
-    done = []
-    worker = threading.Thread(target=lambda: done.append(box.serve(stop_r, time.monotonic() + 30)))
-    worker.start()
-    try:
+    with _serving(box) as done:
         payload = os.urandom(400000)                # more than the proxy holds per direction
         with socket.create_connection(("127.0.0.1", box.publish[0].host_port), timeout=10) as client:
             client.sendall(payload)
@@ -89,13 +104,7 @@ def test_bytes_both_ways_and_a_half_close_passed_on():
             while chunk := client.recv(65536):
                 got += chunk
         assert got == payload[::-1] * 2
-    finally:
-        os.write(stop_w, b"x")
-        worker.join(10)
-        box.close()
-        server.close()
-        os.close(stop_r)
-        os.close(stop_w)
+    server.close()
     assert done == [True] and not box.listeners
 
 
@@ -106,10 +115,7 @@ def test_a_slow_reader_after_its_half_close_gets_every_byte():
     server = _upstream(lambda data: answer)
     box = proxy.Proxy([f"{_free()}:{server.getsockname()[1]}"])
     box.connect_to("127.0.0.1")
-    stop_r, stop_w = os.pipe()
-    worker = threading.Thread(target=box.serve, args=(stop_r, time.monotonic() + 60))
-    worker.start()
-    try:
+    with _serving(box, 60):
         with socket.create_connection(("127.0.0.1", box.publish[0].host_port), timeout=20) as client:
             client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
             client.sendall(b"question")
@@ -120,13 +126,7 @@ def test_a_slow_reader_after_its_half_close_gets_every_byte():
                 got += chunk
                 time.sleep(0.002)
         assert got == answer
-    finally:
-        os.write(stop_w, b"x")
-        worker.join(10)
-        box.close()
-        server.close()
-        os.close(stop_r)
-        os.close(stop_w)
+    server.close()
 
 
 def test_a_failed_connection_is_dropped_and_the_proxy_goes_on():
@@ -142,40 +142,22 @@ def test_a_failed_connection_is_dropped_and_the_proxy_goes_on():
     box = proxy.Proxy([f"{_free()}:{server.getsockname()[1]}"])
     box.connect_in(make_socket)
     # connect_in dials 127.0.0.1:PORT from the socket it is given: here, the stand-in server's.
-    stop_r, stop_w = os.pipe()
-    worker = threading.Thread(target=box.serve, args=(stop_r, time.monotonic() + 30))
-    worker.start()
-    try:
+    with _serving(box):
         with socket.create_connection(("127.0.0.1", box.publish[0].host_port), timeout=10) as first:
             assert first.recv(10) == b""            # dropped: no socket could be made for it
         with socket.create_connection(("127.0.0.1", box.publish[0].host_port), timeout=10) as second:
             second.shutdown(socket.SHUT_WR)
             assert second.recv(10) == b"second"     # the proxy went on
-    finally:
-        os.write(stop_w, b"x")
-        worker.join(10)
-        box.close()
-        server.close()
-        os.close(stop_r)
-        os.close(stop_w)
-    assert worker.is_alive() is False and len(calls) == 2
+    server.close()
+    assert len(calls) == 2
 
 
 def test_nothing_listening_in_the_container_closes_the_client():
     box = proxy.Proxy([f"{_free()}:{_free()}"])
     box.connect_to("127.0.0.1")
-    stop_r, stop_w = os.pipe()
-    worker = threading.Thread(target=box.serve, args=(stop_r, time.monotonic() + 30))
-    worker.start()
-    try:
+    with _serving(box):
         with socket.create_connection(("127.0.0.1", box.publish[0].host_port), timeout=10) as client:
             assert client.recv(10) == b""           # closed at once: nothing to carry it to
-    finally:
-        os.write(stop_w, b"x")
-        worker.join(10)
-        box.close()
-        os.close(stop_r)
-        os.close(stop_w)
 
 
 def test_serve_ends_at_its_deadline():
