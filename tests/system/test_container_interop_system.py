@@ -78,7 +78,8 @@ def _host_ns() -> dict:
 
 # runc also in the guest stage (pure cgroup v2, where the limits are compared too); crun on the
 # host only, to keep `make test` under 15 minutes.
-@pytest.mark.parametrize("runtime", [pytest.param("runc", marks=pytest.mark.cgroups), "crun"])
+@pytest.mark.cgroups
+@pytest.mark.parametrize("runtime", ["runc", pytest.param("crun", marks=pytest.mark.hostonly)])
 def test_the_same_container_under_labhelper_and_an_oci_runtime(shared_root, runtime, uid):
     capabilities.need(runtime, f"{runtime} is the OCI runtime compared with (apt-get install {runtime})")
     base, rootfs = shared_root

@@ -70,6 +70,7 @@ def test_interrupt_button_stops_a_spinning_guest_within_a_second():
         km.shutdown_kernel(now=True)
 
 
+@pytest.mark.hostonly      # /dev/kvm is hidden: nothing here depends on the guest's kind of host
 def test_notebook_without_kvm_explains_and_skips(tmp_path):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
