@@ -32,7 +32,7 @@ import shlex
 import shutil
 import subprocess
 
-from .. import capabilities, cgroups, images, seccomp
+from .. import capabilities, cgroups, host, images, seccomp
 from ..cgroups import devices
 from ..cgroups.limits import CPU_PERIOD_US
 from ..errors import Refused
@@ -166,9 +166,13 @@ def runtimes() -> list[str]:
     return [name for name in ("runc", "crun") if shutil.which(name)]
 
 
-def hybrid() -> bool:
-    """cgroup v1 controllers with an (empty) cgroup2 hierarchy beside them, as this course's CI host."""
-    return cgroups.version() == 1 and os.path.ismount("/sys/fs/cgroup/unified")
+def hybrid() -> str | None:
+    """The cgroup2 mount point of a hybrid host (cgroup v1 controllers with a cgroup2 hierarchy
+    beside them, as this course's CI host), else None."""
+    info = host.cgroup_info()
+    if info.mode != "hybrid":
+        return None
+    return next(h.mountpoint for h in info.hierarchies if h.version == 2)
 
 
 def shell(runtime: str, line: str) -> list[str]:
@@ -176,8 +180,9 @@ def shell(runtime: str, line: str) -> list[str]:
     hybrid cgroups (v1 controllers and an empty cgroup2 hierarchy, as this course's CI host): it
     runs there in a mount namespace of its own where the cgroup2 hierarchy is unmounted, so that
     it sees v1 only; the host's mounts do not change."""
-    if runtime == "crun" and hybrid():
-        return ["unshare", "-m", "--propagation", "private", "sh", "-c", f"umount /sys/fs/cgroup/unified && {line}"]
+    unified = hybrid() if runtime == "crun" else None
+    if unified:
+        return ["unshare", "-m", "--propagation", "private", "sh", "-c", f"umount {shlex.quote(unified)} && {line}"]
     return ["sh", "-c", line]
 
 

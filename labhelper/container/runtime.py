@@ -161,10 +161,13 @@ def _outer(group: cgroups.Group, spec: dict, rootfs: str, capture: bool, timeout
             timed_out = True
             os.kill(pid, signal.SIGKILL)        # PID 1 gone: the kernel kills the whole namespace
 
-    while watching:                     # the output ends when the namespace's last process does
+    def patience() -> float:
+        """Kill init if it is overdue; how long the next select may wait."""
         overdue()
-        wait = 1.0 if deadline is None or timed_out else max(deadline - time.monotonic(), 0.01)
-        for fd in select.select(watching, [], [], wait)[0]:
+        return 1.0 if deadline is None or timed_out else max(deadline - time.monotonic(), 0.01)
+
+    while watching:                     # the output ends when the namespace's last process does
+        for fd in select.select(watching, [], [], patience())[0]:
             data = os.read(fd, 65536)
             if fd == err_r:
                 error += data
@@ -181,9 +184,8 @@ def _outer(group: cgroups.Group, spec: dict, rootfs: str, capture: bool, timeout
     # (readable once it has exited), never a sleep-and-poll that would add up to its period.
     pidfd = os.pidfd_open(pid)
     try:
-        while not select.select([pidfd], [], [], 1.0 if deadline is None or timed_out
-                                else max(deadline - time.monotonic(), 0.01))[0]:
-            overdue()
+        while not select.select([pidfd], [], [], patience())[0]:
+            pass
     finally:
         os.close(pidfd)
     _, status = os.waitpid(pid, 0)

@@ -190,7 +190,7 @@ class Proxy:
         sock = pair.socks[side]
         if revents & (select.POLLERR | select.POLLNVAL):
             raise ConnectionResetError(f"poll: revents {revents:#x}")
-        if revents & (select.POLLIN | select.POLLHUP | select.POLLERR) and not pair.eof[side]:
+        if revents & (select.POLLIN | select.POLLHUP) and not pair.eof[side]:
             data = sock.recv(BUFFER)
             if data:
                 pair.pending[side] += data

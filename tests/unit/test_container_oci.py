@@ -67,8 +67,8 @@ def test_a_bundle_is_written_and_bad_options_write_nothing(tmp_path):
 
 
 def test_crun_on_a_hybrid_host_runs_in_a_mount_namespace_of_its_own(monkeypatch):
-    monkeypatch.setattr(oci, "hybrid", lambda: True)
+    monkeypatch.setattr(oci, "hybrid", lambda: "/sys/fs/cgroup/unified")
     assert oci.shell("crun", "crun run x")[:3] == ["unshare", "-m", "--propagation"]
     assert oci.shell("runc", "runc run x") == ["sh", "-c", "runc run x"]
-    monkeypatch.setattr(oci, "hybrid", lambda: False)
+    monkeypatch.setattr(oci, "hybrid", lambda: None)
     assert oci.shell("crun", "crun run x") == ["sh", "-c", "crun run x"]
