@@ -23,6 +23,14 @@ if not (os.environ.get("LABHELPER_DISPOSABLE") == "1" or Path("/etc/labhelper/di
     print("note: this machine is not declared disposable, so chapters will explain instead of changing the "
           "kernel. On a throw-away machine: sudo mkdir -p /etc/labhelper && sudo touch /etc/labhelper/disposable")
 
+# JupyterLab's settings overrides, as in the lab VM (scripts/provision.sh): no news toast and no
+# update check, which would both reach out to the internet.
+overrides = Path(sys.prefix, "share", "jupyter", "lab", "settings", "overrides.json")
+wanted = (ROOT / "scripts" / "jupyterlab-overrides.json").read_text()
+if not overrides.exists() or overrides.read_text() != wanted:
+    overrides.parent.mkdir(parents=True, exist_ok=True)
+    overrides.write_text(wanted)
+
 token = secrets.token_hex(24)
 url = f"http://127.0.0.1:{port}/lab/tree/00-start-here.ipynb?token={token}"
 print(f"\n  JupyterLab is starting. Open:\n\n    {url}\n\n  Stop it with Ctrl-C.\n", flush=True)

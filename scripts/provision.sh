@@ -53,6 +53,7 @@ TEST_PACKAGES=(
   vagrant vagrant-libvirt            # tests/unit/test_delivery.py: `vagrant validate` on the Vagrantfile
   systemd                            # tests/unit/test_delivery.py: `systemd-analyze verify` on the unit
   cpio xz-utils zstd                 # tests/guest: a pure cgroup v2 + kvm_amd guest (QEMU, busybox: above)
+  debootstrap openssh-client         # tests/labvm: the lab VM's bare image, and ssh into it
 )
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/!p}' "$0" | sed 's/^# \{0,1\}//'; }
@@ -282,6 +283,16 @@ else
   echo "provision.sh: $VENV is up to date"
 fi
 
+# 2b. JupyterLab's settings for the served lab, as overrides of its defaults: no "Would you like
+#    to get notified about official Jupyter news?" and no update check. Both would reach out to
+#    the internet from the learner's VM; the course needs neither.
+OVERRIDES=$VENV/share/jupyter/lab/settings/overrides.json
+if ! cmp -s "$SRC/scripts/jupyterlab-overrides.json" "$OVERRIDES"; then
+  install -D -m 0644 "$SRC/scripts/jupyterlab-overrides.json" "$OVERRIDES"
+  changed "wrote $OVERRIDES (no news, no update checks)"
+  venv_changed=1     # the server reads them when it starts
+fi
+
 # 3. The token, once. 24 random bytes as hex; no newline (JupyterLab reads the file verbatim).
 if [ ! -s "$TOKEN_FILE" ]; then
   (umask 077; head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$TOKEN_FILE")
@@ -334,6 +345,27 @@ if [ -x "$VENV/bin/jupyter" ]; then
     else
       echo "provision.sh: could not trust the chapters: their diagrams appear once their cells run" >&2
     fi
+  fi
+fi
+
+# 4c. The kernel modules the chapters use, loaded at every boot (systemd-modules-load). overlay
+#    (chapters 06-07) would also load by itself at the first overlay mount; loaded at boot, it is
+#    there when the doctor looks and when a chapter's first mount is traced. The others the
+#    chapters use load on demand (veth, bridge, nf_tables by netlink; loop on /dev/loop-control;
+#    kvm_intel or kvm_amd by udev, from the CPU's flags).
+MODULES_CONF=$ROOT/etc/modules-load.d/labhelper.conf
+modules_text="# The course's kernel modules, loaded at boot. Written by scripts/provision.sh --lab-vm.
+overlay"
+if [ "$(cat "$MODULES_CONF" 2>/dev/null || true)" != "$modules_text" ]; then
+  mkdir -p "$(dirname "$MODULES_CONF")"
+  printf '%s\n' "$modules_text" > "$MODULES_CONF"
+  changed "wrote $MODULES_CONF (overlay, at every boot)"
+fi
+if [ -z "$ROOT" ] && ! grep -qw overlay /proc/filesystems 2>/dev/null; then
+  if modprobe overlay 2>/dev/null; then
+    changed "loaded the overlay module"
+  else
+    echo "provision.sh: could not load the overlay module now; chapters 06-07 will say so" >&2
   fi
 fi
 

@@ -141,6 +141,26 @@ def _kernel_image() -> tuple[bool, str]:
     return False, "no kernel image in /boot, and none fetched (scripts/fetch-kernel.sh; make test runs it)"
 
 
+def _systemd() -> tuple[bool, str]:
+    """The lab VM's kind of host: systemd as PID 1, with the root mount shared (systemd's
+    default, so a mount made under / in one namespace reaches every peer of it)."""
+    try:
+        with open("/proc/1/comm") as fh:
+            init = fh.read().strip()
+    except OSError as exc:
+        return False, f"PID 1 cannot be read: {exc.strerror}"
+    if init != "systemd":
+        return False, f"PID 1 is {init}, not systemd: the lab VM stage (make test-labvm) runs this"
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            fields = line.partition(" - ")[0].split()
+            if fields[4] == "/":
+                if any(f.startswith("shared:") for f in fields[6:]):
+                    return True, "systemd, / shared"
+                return False, "systemd, but / is not a shared mount"
+    return False, "no / in /proc/self/mountinfo"
+
+
 def kvm_flavour() -> str:
     """The KVM module that is loaded ("kvm_intel", "kvm_amd", "kvm_pvm"), or "none"."""
     return next((m for m in ("kvm_intel", "kvm_amd", "kvm_pvm") if os.path.isdir(f"/sys/module/{m}")), "none")
@@ -169,6 +189,7 @@ PROBES = {
     "crun": lambda: _programs("crun"),
     "qemu": lambda: _programs("qemu-system-x86_64"),
     "kernel": _kernel_image,
+    "systemd": _systemd,
     "matplotlib": lambda: _module("matplotlib"),
     "graphviz": lambda: _module("graphviz"),
     "ipywidgets": lambda: _module("ipywidgets"),

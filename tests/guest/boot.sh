@@ -116,7 +116,7 @@ STAGE2
 chmod +x "$WORK/stage2"
 OUT=${LOG:-$WORK/out}
 set +e
-timeout "$TIMEOUT" qemu-system-x86_64 -accel tcg,thread=${GUEST_TCG_THREAD:-single} -cpu max -m "$MEM" -smp "$(nproc)" \
+timeout "$TIMEOUT" qemu-system-x86_64 -accel "tcg,thread=${GUEST_TCG_THREAD:-single}" -cpu max -m "$MEM" -smp "$(nproc)" \
   -nographic -no-reboot -kernel "$VMLINUZ" -initrd "$CACHE/initrd.gz" \
   -append "console=ttyS0 ${GUEST_KERNEL_ARGS:-quiet} panic=-1 cgroup_no_v1=all stage2=$WORK/stage2" \
   -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \

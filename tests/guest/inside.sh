@@ -6,7 +6,7 @@
 # of emulated Python. Time bounds in tests stretch by LABHELPER_TIME_FACTOR (tests/timing.py);
 # no test here judges speed. LABHELPER_EXPECT=all: nothing may skip but what does not apply.
 set -u
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
 export LABHELPER_DISPOSABLE=1 LABHELPER_EXPECT=all PYTHONDONTWRITEBYTECODE=1
 export LABHELPER_TIME_FACTOR=${LABHELPER_TIME_FACTOR:-20}
 PY=.venv/bin/python
@@ -14,7 +14,7 @@ rc=0
 echo "== the doctor, in the guest"
 $PY -m labhelper doctor || rc=1
 echo "== tests that need cgroups or KVM"
-$PY -m pytest -p no:cacheprovider -q -ra --durations=12 -m "(kvm or cgroups or guest) and not hostonly" \
+$PY -m pytest -p no:cacheprovider -q -ra --durations=12 -m "(kvm or cgroups or guest) and not hostonly and not labvm" \
     tests/system tests/guest/test_in_guest.py tests/unit/test_host.py || rc=1
 echo "== the notebooks that use them, under nbval"
 $PY -m pytest -p no:cacheprovider -q --nbval --nbval-current-env \

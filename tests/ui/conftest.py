@@ -19,51 +19,16 @@ import subprocess
 import sys
 import time
 import urllib.error
-import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
 import capabilities
 import pytest
+from browsing import CHROMIUM, Lab, close_all_tabs, launch, open_lab
 
 REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
 SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
-CHROMIUM = Path("/usr/bin/chromium")
-# Quiet, offline, reproducible: no sync, no component updates, no first-run UI, no GPU.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",  # we are root in CI; Chromium's sandbox refuses to run as root
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SERVER_START_TIMEOUT = 90.0
-
-
-@dataclass(frozen=True)
-class Lab:
-    """A running JupyterLab: where it is and how to get in."""
-
-    base_url: str
-    token: str
-    root: Path
-
-    def url(self, path: str) -> str:
-        sep = "&" if "?" in path else "?"
-        return f"{self.base_url}{path}{sep}token={self.token}"
-
-    def api(self, method: str, path: str) -> object:
-        request = urllib.request.Request(
-            f"{self.base_url}{path}",
-            method=method,
-            headers={"Authorization": f"token {self.token}"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            body = response.read()
-        return json.loads(body) if body else None
 
 
 def _free_port() -> int:
@@ -214,10 +179,7 @@ def browser(lab: Lab):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        # executable_path: Debian's chromium, never a downloaded build.
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
-        )
+        chromium = launch(playwright)
         try:
             yield chromium
         finally:
@@ -228,42 +190,11 @@ def browser(lab: Lab):
 def app(browser, lab: Lab):
     """One JupyterLab page for the whole session: loading the app takes seconds on 2 cores,
     so each test opens its notebook in it (File > Open from Path...) instead of reloading."""
-    # 1366x768: the laptop screen the course is written for (issue 18: diagrams must fit there).
-    context = browser.new_context(viewport={"width": 1366, "height": 768})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    # A workspace of our own, reset: no tabs restored from an earlier session.
-    page.goto(lab.url("/lab/workspaces/lh-ui-test?reset"))
-    page.locator(".jp-DirListing-item").first.wait_for(timeout=90_000)
+    context, page = open_lab(browser, lab)
     try:
         yield page
     finally:
         context.close()
-
-
-def dismiss_dialogs(page) -> None:
-    """Answer whatever JupyterLab asks when tabs close ("Save changes?"): discard, we never keep them."""
-    for _ in range(10):
-        dialog = page.locator(".jp-Dialog")
-        if not dialog.count():
-            return
-        for label in ("Discard", "Don't Save", "Shut Down", "Close", "Ok", "OK", "Cancel"):
-            button = dialog.locator("button", has_text=label)
-            if button.count():
-                button.first.click()
-                break
-        else:
-            page.keyboard.press("Escape")
-        page.wait_for_timeout(200)
-
-
-def close_all_tabs(page) -> None:
-    page.keyboard.press("Escape")
-    dismiss_dialogs(page)
-    page.get_by_role("menuitem", name="File", exact=True).click()
-    page.get_by_role("menuitem", name="Close All Tabs", exact=True).click()
-    page.wait_for_timeout(300)
-    dismiss_dialogs(page)
 
 
 @pytest.fixture

@@ -31,6 +31,9 @@ from markdown_tables import notebook_table_problems
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 RUN_TIMEOUT = 150.0  # seconds for one notebook's Run All; chapters are small by design
+# Every wait below is multiplied by this: 1 here; the lab VM stage (tests/labvm) raises it, its
+# JupyterLab and kernels running under QEMU's software CPU, many times slower.
+SLOWDOWN = 1.0
 SETTLE = 0.5  # idle must hold this long: a widget callback may start right after a cell ends
 COURSE = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
 PROBE_MARK = "LH-SLIDER-VALUES"
@@ -64,9 +67,9 @@ def open_notebook(page, lab, name: str):
     dialog = page.locator(".jp-Dialog")
     dialog.locator("input").fill(name)
     dialog.locator("button", has_text="Open").click()
-    page.locator(".lm-TabBar-tab.jp-mod-current", has_text=name).wait_for(timeout=60_000)
+    page.locator(".lm-TabBar-tab.jp-mod-current", has_text=name).wait_for(timeout=60_000 * SLOWDOWN)
     panel = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)").first
-    panel.wait_for(state="visible", timeout=60_000)
+    panel.wait_for(state="visible", timeout=60_000 * SLOWDOWN)
     wait_kernel_ready(lab, name)
     return panel
 
@@ -77,6 +80,7 @@ def wait_kernel_ready(lab, name: str, timeout: float = 60.0) -> None:
     The page's own indicator says "idle" before the kernel is connected, and a Run All sent
     then is lost: ask the server, which knows both.
     """
+    timeout *= SLOWDOWN
     deadline = time.monotonic() + timeout
     kernel = None
     while time.monotonic() < deadline:
@@ -91,6 +95,7 @@ def wait_kernel_ready(lab, name: str, timeout: float = 60.0) -> None:
 
 def wait_idle(page, lab, name: str, timeout: float = RUN_TIMEOUT) -> None:
     """Every queued cell has run and the kernel is idle, and that held for SETTLE seconds."""
+    timeout *= SLOWDOWN
     deadline = time.monotonic() + timeout
     calm_since = None
     while time.monotonic() < deadline:
@@ -127,21 +132,21 @@ def run_all(page, lab, name: str) -> None:
         page.wait_for_function(
             """() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt')]
                      .some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))""",
-            timeout=30_000,
+            timeout=30_000 * SLOWDOWN,
         )
     wait_idle(page, lab, name)
 
 
 def save(page, lab, name: str) -> dict:
-    """Save the (temporary) notebook and read it back: the outputs exactly as the page has them."""
+    """Save the notebook and read it back from the server: the outputs exactly as the page has them."""
     page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook").first.click(position={"x": 5, "y": 5})
     page.keyboard.press("Escape")
     page.keyboard.press("Control+s")
     page.wait_for_function(
         "() => !document.querySelector('.jp-mod-current.jp-mod-dirty, .lm-TabBar-tab.jp-mod-dirty')",
-        timeout=20_000,
+        timeout=20_000 * SLOWDOWN,
     )
-    return json.loads((lab.root / name).read_text())
+    return lab.notebook(name)
 
 
 def cell_source(cell: dict) -> str:
@@ -335,7 +340,7 @@ def run_probe(page, lab, name: str) -> list[str]:
     page.keyboard.insert_text(PROBE)  # inserted as is: no auto-closing brackets
     page.keyboard.press("Shift+Enter")
     probe_cell = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell", has_text=PROBE_MARK).last
-    probe_cell.locator(".jp-OutputArea-output", has_text=PROBE_MARK).wait_for(timeout=30_000)
+    probe_cell.locator(".jp-OutputArea-output", has_text=PROBE_MARK).wait_for(timeout=30_000 * SLOWDOWN)
     wait_idle(page, lab, name, timeout=30)
     text = probe_cell.locator(".jp-OutputArea-output").last.inner_text()
     match = re.search(re.escape(PROBE_MARK) + r" (\[.*\])", text)
@@ -355,7 +360,7 @@ def move_first_slider(page) -> tuple[str, str]:
     page.wait_for_function(
         "([h, v]) => h.getAttribute('aria-valuenow') !== v",
         arg=[handle.element_handle(), before],
-        timeout=10_000,
+        timeout=10_000 * SLOWDOWN,
     )
     return before, handle.get_attribute("aria-valuenow")
 
@@ -391,7 +396,7 @@ def check_button_round_trip(page, lab, name: str, shots: Path) -> None:
     button.click()
     wait_idle(page, lab, name, timeout=60)
     view = page.locator(f"{panel} .widget-html", has_text="new namespaces:").first
-    view.wait_for(timeout=30_000)
+    view.wait_for(timeout=30_000 * SLOWDOWN)
     page.screenshot(path=str(shots / "button-clicked.png"))
     text = view.inner_text()
     assert "new namespaces: uts, pid, net" in text, text
@@ -481,27 +486,34 @@ def test_the_checks_see_widgets_diagrams_and_errors(lab, page, screenshots: Path
         (lab.root / name).unlink(missing_ok=True)
 
 
+def check_chapter(page, lab, name: str, shots: Path) -> dict:
+    """Open a chapter fresh, Run All, and check what the learner sees (the module's docstring);
+    return the notebook as run and saved. Also used by the lab VM stage (tests/labvm)."""
+    committed = json.loads((NOTEBOOKS / name).read_text())
+    assert notebook_table_problems(committed) == [], f"{name}: markdown tables with broken rows"
+    notebook, problems = exercise(page, lab, name, shots,
+                                  on_open=lambda p: check_fresh(p, lab, name, committed, shots))
+    assert not problems, f"{name}: errors shown to the learner:\n" + "\n".join(map(str, problems))
+    assert widget_problems(page, notebook) == [], name
+    assert width_problems(page) == [], f"{name}: outputs wider than their cells after the run"
+    assert rendered_table_problems(page) == [], name
+    expected = graphviz_outputs(committed)
+    drawn = drawn_diagrams(page)
+    assert drawn >= expected, (
+        f"{name}: {expected} graphviz diagrams in the committed notebook, {drawn} drawn now")
+    if page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .widget-slider [role=slider]").count():
+        check_slider_round_trip(page, lab, name, shots)
+    if "NamespaceExplorer()" in (NOTEBOOKS / name).read_text():
+        check_button_round_trip(page, lab, name, shots)
+    return notebook
+
+
 @pytest.mark.parametrize(
     "name", COURSE or [pytest.param("none", marks=pytest.mark.skip(reason="no notebooks/*.ipynb yet"))]
 )
 def test_chapter_runs_clean_in_the_browser(name: str, lab, page, screenshots: Path):
-    committed = json.loads((NOTEBOOKS / name).read_text())
     try:
-        assert notebook_table_problems(committed) == [], f"{name}: markdown tables with broken rows"
-        notebook, problems = exercise(page, lab, name, screenshots,
-                                      on_open=lambda p: check_fresh(p, lab, name, committed, screenshots))
-        assert not problems, f"{name}: errors shown to the learner:\n" + "\n".join(map(str, problems))
-        assert widget_problems(page, notebook) == [], name
-        assert width_problems(page) == [], f"{name}: outputs wider than their cells after the run"
-        assert rendered_table_problems(page) == [], name
-        expected = graphviz_outputs(committed)
-        drawn = drawn_diagrams(page)
-        assert drawn >= expected, (
-            f"{name}: {expected} graphviz diagrams in the committed notebook, {drawn} drawn now")
-        if page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .widget-slider [role=slider]").count():
-            check_slider_round_trip(page, lab, name, screenshots)
-        if "NamespaceExplorer()" in (NOTEBOOKS / name).read_text():
-            check_button_round_trip(page, lab, name, screenshots)
+        check_chapter(page, lab, name, screenshots)
     finally:
         shut_kernel(lab, name)
 

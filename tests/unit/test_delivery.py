@@ -45,7 +45,8 @@ def run(command: list[str], env: dict | None = None, cwd: Path = ROOT, timeout: 
 
 def test_scripts_are_shellcheck_clean():
     shellcheck = need("shellcheck")
-    scripts = sorted(ROOT.glob("scripts/*.sh")) + [p for p in [ROOT / ".ci" / "run"] if p.exists()]
+    scripts = (sorted(ROOT.glob("scripts/*.sh")) + sorted(ROOT.glob("tests/*/*.sh"))
+               + [p for p in [ROOT / ".ci" / "run"] if p.exists()])
     assert PROVISION in scripts
     result = run([shellcheck, "--shell=bash", *map(str, scripts)])
     assert result.returncode == 0, result.stdout + result.stderr
@@ -481,12 +482,19 @@ def test_lab_vm_mode_is_idempotent(scratch: Scratch):
     assert f"http://127.0.0.1:18888/lab/tree/00-start-here.ipynb?token={token}" in first.stdout
     assert "Your notebooks are kept in the VM, in /var/lib/labhelper-notebooks/" in first.stdout
 
+    # The served lab asks nothing about news and checks for no update (JupyterLab's overrides of
+    # its defaults, in the venv's settings folder), and overlay is loaded at every boot.
+    overrides = json.loads((root / "opt/labhelper/venv/share/jupyter/lab/settings/overrides.json").read_text())
+    assert overrides["@jupyterlab/apputils-extension:notification"] == {"fetchNews": "false", "checkForUpdates": False}
+    modules = (root / "etc/modules-load.d/labhelper.conf").read_text().splitlines()
+    assert [m for m in modules if not m.startswith("#")] == ["overlay"]
+
     snapshot = scratch.snapshot()
     second = scratch.provision("--lab-vm")
     assert second.returncode == 0, second.stdout + second.stderr
     assert scratch.snapshot() == snapshot
     assert scratch.pip_calls() == []
-    for changed in ("marked", "generated", "installed /", "building", "installing", "added to"):
+    for changed in ("marked", "generated", "installed /", "building", "installing", "added to", "wrote"):
         assert changed not in second.stdout
     assert "is up to date" in second.stdout and "has every chapter" in second.stdout
     assert f"token={token}" in second.stdout  # the same URL: a bookmark keeps working
