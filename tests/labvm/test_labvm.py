@@ -23,6 +23,7 @@ from browsing import Lab, launch, open_lab
 from vm import REPO, provisioner
 
 CHAPTER = "00-start-here.ipynb"
+CGROUPS = "05-cgroups.ipynb"
 UNIT = "labhelper-jupyter.service"
 VENV = "/opt/labhelper/venv"
 # Under QEMU's software CPU the guest's Python is many times slower than here: every wait of the
@@ -127,7 +128,10 @@ def test_the_doctor_in_the_vm_finds_what_the_chapters_need(vm):
 
 # --------------------------------------------------------------------------------- the learner
 
-def test_chapter_00_runs_in_the_browser_through_the_forwarded_port(vm, state, screenshots: Path):
+@pytest.mark.parametrize("chapter", [CHAPTER, CGROUPS])
+def test_a_chapter_runs_in_the_browser_through_the_forwarded_port(vm, state, screenshots: Path, chapter: str):
+    # Chapter 00 is a learner's first; chapter 05 makes its cgroups where the service's
+    # delegation put the lab (issue 14: the lab's cgroups under a real systemd).
     from playwright.sync_api import sync_playwright
 
     lab = _lab(vm, state)
@@ -138,14 +142,36 @@ def test_chapter_00_runs_in_the_browser_through_the_forwarded_port(vm, state, sc
             context, page = open_lab(browser, lab, timeout_ms=int(90_000 * SLOWDOWN))
             page.set_default_timeout(30_000 * SLOWDOWN)
             try:
-                ui.check_chapter(page, lab, CHAPTER, screenshots)
+                ui.check_chapter(page, lab, chapter, screenshots)
             finally:
-                ui.shut_kernel(lab, CHAPTER)
+                ui.shut_kernel(lab, chapter)
                 context.close()
         finally:
             browser.close()
     # Saved by the browser: the learner's copy now holds this run's outputs.
-    assert lab.notebook(CHAPTER)["cells"] != json.loads((REPO / "notebooks" / CHAPTER).read_text())["cells"]
+    assert lab.notebook(chapter)["cells"] != json.loads((REPO / "notebooks" / chapter).read_text())["cells"]
+
+
+def test_the_notebook_kernels_are_told_the_delegated_place(vm, state):
+    # What chapter 05 ran on: a kernel started by the service sits in the service's leaf and
+    # knows the service's cgroup as the lab's place (LABHELPER_CGROUP_ROOT), so its groups go
+    # below what systemd delegated, never beside systemd's own.
+    lab = _lab(vm, state)
+    kernel = lab.api("POST", "/api/kernels", {"name": "python3"}, timeout=120)
+    try:
+        pids = ""
+        for _ in range(60):
+            pids = vm.ssh("pgrep -f ipykernel_launcher", check=False).stdout.split()
+            if pids:
+                break
+            time.sleep(2)
+        assert len(pids) == 1, pids
+        seen = vm.sudo(f"cat /proc/{pids[0]}/cgroup; tr '\\0' '\\n' < /proc/{pids[0]}/environ").stdout
+        service = "/sys/fs/cgroup/system.slice/labhelper-jupyter.service"
+        assert "0::/system.slice/labhelper-jupyter.service/server" in seen.splitlines(), seen
+        assert f"LABHELPER_CGROUP_ROOT={service}" in seen.splitlines(), seen
+    finally:
+        lab.api("DELETE", f"/api/kernels/{kernel['id']}", timeout=60)
 
 
 def test_the_census_in_the_vm_is_empty_after_the_chapter(vm):
