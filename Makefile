@@ -77,7 +77,7 @@ test-guest: venv
 # The lab VM booted for real (tests/labvm), as a learner's `vagrant up` makes it: a bare image of
 # this machine's distribution made with debootstrap (cached in /var/cache/labhelper-labvm),
 # booted by QEMU, provisioned by scripts/provision.sh exactly as the Vagrantfile runs it, under
-# systemd; chapter 00 run in Chromium through the forwarded port; a power cut; provisioned again.
+# systemd; chapters 00 and 05 run in Chromium through the forwarded port; a power cut; provisioned again.
 # `.ci/run` runs it after `make test`; its consoles end up in tests/labvm/last-run.log.
 test-labvm: venv
 	$(PY) -m pytest $(PYTEST_FLAGS) --durations=0 tests/labvm

@@ -151,14 +151,17 @@ def _systemd() -> tuple[bool, str]:
         return False, f"PID 1 cannot be read: {exc.strerror}"
     if init != "systemd":
         return False, f"PID 1 is {init}, not systemd: the lab VM stage (make test-labvm) runs this"
+    root = None
     with open("/proc/self/mountinfo") as fh:
         for line in fh:
             fields = line.partition(" - ")[0].split()
             if fields[4] == "/":
-                if any(f.startswith("shared:") for f in fields[6:]):
-                    return True, "systemd, / shared"
-                return False, "systemd, but / is not a shared mount"
-    return False, "no / in /proc/self/mountinfo"
+                root = fields                  # the last one mounted on / is the one seen
+    if root is None:
+        return False, "no / in /proc/self/mountinfo"
+    if any(f.startswith("shared:") for f in root[6:]):
+        return True, "systemd, / shared"
+    return False, "systemd, but / is not a shared mount"
 
 
 def kvm_flavour() -> str:

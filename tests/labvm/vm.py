@@ -131,9 +131,9 @@ class VM:
             "-virtfs", f"local,path={REPO},mount_tag=vagrant,security_model=none,readonly=on",
         ]
         started = time.monotonic()
-        self.qemu = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=open(self.work / f"qemu-{self.boots}.log", "wb"),
-                                     start_new_session=True)
+        with open(self.work / f"qemu-{self.boots}.log", "wb") as errors:
+            self.qemu = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=errors, start_new_session=True)
         while time.monotonic() - started < timeout:
             if self.qemu.poll() is not None:
                 raise RuntimeError(f"QEMU exited with {self.qemu.returncode} during the boot:\n"
