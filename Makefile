@@ -45,7 +45,7 @@ test: venv
 	@# guest stage one with pure cgroup v2 and its modules: the distribution's kernel package,
 	@# fetched once into a cache (exit 77: no package registry; chapter 08 then says so).
 	@scripts/fetch-kernel.sh >/dev/null || echo "no kernel fetched (exit $$?): chapter 08 skips its boot"
-	$(PY) -m pytest $(PYTEST_FLAGS) -m "not labvm" tests/unit tests/system
+	$(PY) -m pytest $(PYTEST_FLAGS) tests/unit tests/system
 	$(PY) -m pytest $(PYTEST_FLAGS) --nbval --nbval-current-env \
 	    --nbval-sanitize-with tests/nbval_sanitize.cfg notebooks/
 	$(PY) -m pytest $(PYTEST_FLAGS) tests/ui
@@ -56,7 +56,7 @@ test-unit: venv
 
 test-system: export LABHELPER_DISPOSABLE = 1
 test-system: venv
-	$(PY) -m pytest $(PYTEST_FLAGS) -m "not labvm" tests/system
+	$(PY) -m pytest $(PYTEST_FLAGS) tests/system
 
 test-notebooks: export LABHELPER_DISPOSABLE = 1
 test-notebooks: venv
@@ -77,7 +77,8 @@ test-guest: venv
 # The lab VM booted for real (tests/labvm), as a learner's `vagrant up` makes it: a bare image of
 # this machine's distribution made with debootstrap (cached in /var/cache/labhelper-labvm),
 # booted by QEMU, provisioned by scripts/provision.sh exactly as the Vagrantfile runs it, under
-# systemd; chapters 00 and 05 run in Chromium through the forwarded port; a power cut; provisioned again.
+# systemd; chapters 00 and 05 run in Chromium through the forwarded port, chapter 08's boot under
+# KVM inside it, the systemd-only system tests (marked labvm); a power cut; provisioned again.
 # `.ci/run` runs it after `make test`; its consoles end up in tests/labvm/last-run.log.
 test-labvm: venv
 	$(PY) -m pytest $(PYTEST_FLAGS) --durations=0 tests/labvm

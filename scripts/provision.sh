@@ -287,7 +287,11 @@ fi
 #    to get notified about official Jupyter news?" and no update check. Both would reach out to
 #    the internet from the learner's VM; the course needs neither.
 OVERRIDES=$VENV/share/jupyter/lab/settings/overrides.json
-if ! cmp -s "$SRC/scripts/jupyterlab-overrides.json" "$OVERRIDES"; then
+if [ ! -f "$SRC/scripts/jupyterlab-overrides.json" ]; then
+  # A synced folder older than this script (libvirt's rsync copies only at `vagrant up`/`reload`).
+  echo "provision.sh: note: $SRC/scripts/jupyterlab-overrides.json is missing: run 'vagrant rsync'" \
+    "(or 'vagrant reload'), then 'vagrant provision'; JupyterLab keeps its news settings until then" >&2
+elif ! cmp -s "$SRC/scripts/jupyterlab-overrides.json" "$OVERRIDES"; then
   install -D -m 0644 "$SRC/scripts/jupyterlab-overrides.json" "$OVERRIDES"
   changed "wrote $OVERRIDES (no news, no update checks)"
   venv_changed=1     # the server reads them when it starts

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,29 +42,43 @@ def _need_tools() -> None:
 def image() -> Path:
     """The bare image's folder, built once and cached (tests/labvm/image.sh)."""
     _need_tools()
-    done = subprocess.run([str(HERE / "image.sh")], capture_output=True, text=True, timeout=1800)
-    if done.returncode == 77:
-        pytest.skip(capabilities.reason("labvm", done.stderr.strip().splitlines()[-1]))
-    assert done.returncode == 0, f"image.sh failed:\n{done.stderr[-3000:]}"
-    return Path(done.stdout.strip().splitlines()[-1])
+    # Its own process group: on a timeout, debootstrap goes with it (image.sh's own trap
+    # removes its half-made folder; the next image.sh removes what a kill left).
+    build = subprocess.Popen([str(HERE / "image.sh")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    try:
+        out, err = build.communicate(timeout=1800)
+    except subprocess.TimeoutExpired:
+        os.killpg(build.pid, signal.SIGKILL)
+        build.communicate()
+        pytest.fail("image.sh took more than 30 minutes (is the package mirror reachable and fast?)")
+    if build.returncode == 77:
+        pytest.skip(capabilities.reason("labvm", err.strip().splitlines()[-1]))
+    assert build.returncode == 0, f"image.sh failed:\n{err[-3000:]}"
+    return Path(out.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="session")
 def vm(image: Path):
     """The lab VM, powered on (not provisioned yet: that is the first test)."""
+    # What a killed run left (its QEMU died with it: PR_SET_PDEATHSIG): its folder.
+    for stale in Path("/var/tmp").glob("labhelper-labvm.*"):
+        shutil.rmtree(stale, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix="labhelper-labvm.", dir="/var/tmp"))
-    machine = VM(image, work)
-    _running.append(machine)
+    machine = None
     try:
+        machine = VM(image, work)
+        _running.append(machine)
         seconds = machine.boot()
         print(f"\nlab VM: booted to ssh in {seconds:.0f} s (ssh 127.0.0.1:{machine.ssh_port}, "
               f"JupyterLab forwarded to 127.0.0.1:{machine.lab_port})")
         yield machine
     finally:
-        machine.close()
-        _running.remove(machine)
+        if machine is not None:
+            machine.close()
+            _running.remove(machine)
         with open(LOG, "w") as log:
-            for n in range(1, machine.boots + 1):
+            for n in range(1, machine.boots + 1 if machine else 1):
                 console = work / f"console-{n}.log"
                 log.write(f"===== boot {n} =====\n")
                 if console.exists():

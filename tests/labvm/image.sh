@@ -52,8 +52,10 @@ if [ -z "$MIRROR" ] && [ -f /etc/apt/sources.list ]; then
 fi
 [ -n "$MIRROR" ] || skip "no package mirror found in $SOURCES or /etc/apt/sources.list"
 
-# The cache key: this script and the distribution. A changed script builds a new image.
-KEY=$(cat "$0" /etc/os-release | sha256sum | cut -c1-12)
+# The cache key: this script, the distribution, and what is copied into the image from this
+# machine (its apt sources, its certificate authorities). A change of any builds a new image.
+KEY=$({ cat "$0" /etc/os-release "$SOURCES" /etc/apt/sources.list /usr/local/share/ca-certificates/*.crt \
+         2>/dev/null || true; } | sha256sum | cut -c1-12)
 OUT=$CACHE/base-$KEY
 if [ -f "$OUT/ready" ]; then
   echo "$OUT"
@@ -61,6 +63,8 @@ if [ -f "$OUT/ready" ]; then
 fi
 
 mkdir -p "$CACHE"
+# A build that was killed (its trap did not run) left its folder.
+rm -rf "$CACHE"/build.*
 BUILD=$(mktemp -d "$CACHE/build.XXXXXX")
 trap 'rm -rf "$BUILD"' EXIT
 ROOT=$BUILD/root
@@ -131,7 +135,7 @@ rm -rf "$ROOT"
 echo "$ID $CODENAME from $MIRROR, built $(date -u +%FT%TZ)" > "$BUILD/ready"
 trap - EXIT
 rm -rf "$OUT"
-mv "$BUILD" "$OUT"
+mv -T "$BUILD" "$OUT"
 # Images of an older image.sh or another release are not used again.
 for old in "$CACHE"/base-*; do
   [ "$old" = "$OUT" ] || rm -rf "$old"

@@ -42,7 +42,7 @@ WATCHED = ["/etc/labhelper/jupyter-token", "/etc/labhelper/disposable", f"/etc/s
 
 
 def _lab(vm, state) -> Lab:
-    return Lab(base_url=f"http://127.0.0.1:{vm.lab_port}", token=state["token"])
+    return Lab(base_url=f"http://127.0.0.1:{vm.lab_port}", token=state["token"], timeout=10 * SLOWDOWN)
 
 
 def _status(url: str) -> int:
@@ -137,6 +137,7 @@ def test_a_chapter_runs_in_the_browser_through_the_forwarded_port(vm, state, scr
 
     lab = _lab(vm, state)
     ui.SLOWDOWN = SLOWDOWN
+    saved = lab.api("GET", f"/api/contents/{chapter}?content=0")["last_modified"]
     with sync_playwright() as playwright:
         browser = launch(playwright)
         try:
@@ -149,8 +150,8 @@ def test_a_chapter_runs_in_the_browser_through_the_forwarded_port(vm, state, scr
                 context.close()
         finally:
             browser.close()
-    # Saved by the browser: the learner's copy now holds this run's outputs.
-    assert lab.notebook(chapter)["cells"] != json.loads((REPO / "notebooks" / chapter).read_text())["cells"]
+    # Saved by the browser (Ctrl+S): the learner's copy on the VM's disk now holds this run.
+    assert lab.api("GET", f"/api/contents/{chapter}?content=0")["last_modified"] != saved
 
 
 def test_the_notebook_kernels_are_told_the_delegated_place(vm, state):
@@ -162,7 +163,8 @@ def test_the_notebook_kernels_are_told_the_delegated_place(vm, state):
     try:
         pids = ""
         for _ in range(60):
-            pids = vm.ssh("pgrep -f ipykernel_launcher", check=False).stdout.split()
+            # This kernel's own process: its command line names its connection file.
+            pids = vm.ssh(f"pgrep -f kernel-{kernel['id']}.json", check=False).stdout.split()
             if pids:
                 break
             time.sleep(2)
@@ -198,10 +200,11 @@ def test_what_depends_on_systemd_passes_in_the_vm(vm):
     # the image is this machine's distribution), at the checkout's own path so that the venv's
     # editable install finds it; under a scope systemd delegates, through the lab's delegation
     # step, as `make lab` starts JupyterLab on a systemd host.
-    python = f"{REPO}/.venv/bin/python"
+    repo = shlex.quote(str(REPO))
+    python = shlex.quote(f"{REPO}/.venv/bin/python")
     command = (
-        f"mkdir -p {REPO} && (mountpoint -q {REPO} || mount --bind /vagrant {REPO}) && cd {REPO} && "
-        f"LABHELPER_DISPOSABLE=1 LABHELPER_EXPECT=all PYTHONDONTWRITEBYTECODE=1 LABHELPER_TIME_FACTOR=20 "
+        f"mkdir -p {repo} && (mountpoint -q {repo} || mount --bind /vagrant {repo}) && cd {repo} && "
+        f"LABHELPER_LABVM=1 LABHELPER_DISPOSABLE=1 LABHELPER_EXPECT=all PYTHONDONTWRITEBYTECODE=1 LABHELPER_TIME_FACTOR=20 "
         f"systemd-run --scope --quiet --collect -p Delegate=yes -- "
         f"{python} -m labhelper.cgroups.delegate -- "
         f"{python} -m pytest -q -p no:cacheprovider -m labvm tests/system"

@@ -19,9 +19,11 @@ Every boot's console is kept (console-N.log in the run's folder) and shown when 
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -72,6 +74,8 @@ def provisioner(host_port: int, vagrantfile: Path = REPO / "Vagrantfile") -> Pro
         raise ValueError("the lab provisioner is not privileged: this stage runs it with sudo, as Vagrant does by default")
     path = (field("path") or "").strip('"')
     args = tuple(re.findall(r'"([^"]*)"', field("args") or "[]"))
+    if not args and (field("args") or "[]").replace(" ", "") != "[]":
+        raise ValueError(f"the lab provisioner's args {field('args')}: only double-quoted strings are read")
     env = {}
     for key, value in re.findall(r'"(\w+)"\s*=>\s*([^,}]+)', field("env") or "{}"):
         value = value.strip()
@@ -92,22 +96,45 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _qemu_path(path: Path) -> str:
+    """A path as a value in QEMU's comma-separated options (a comma is written twice)."""
+    return str(path).replace(",", ",,")
+
+
+def _die_with_parent() -> None:
+    # In QEMU's process, before it starts: killed with the test run that started it, even when
+    # that run is killed itself (a CI timeout), so no VM outlives its stage.
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+
+
+class PortTaken(RuntimeError):
+    """QEMU could not forward a port: something took it after it was chosen."""
+
+
 class VM:
     """One lab VM: a copy of the bare image in ``work``, booted as often as a test asks."""
 
     def __init__(self, image: Path, work: Path, memory_mib: int = 4096, cpus: int = 2):
-        self.image, self.work = Path(image), Path(work)
+        self.work = Path(work)
         self.memory_mib, self.cpus = memory_mib, cpus
         self.disk = self.work / "disk.img"
-        self.key = self.image / "id_ed25519"
-        self.ssh_port = free_port()
-        self.lab_port = free_port()
         self.qemu: subprocess.Popen | None = None
         self.boots = 0
+        self._pick_ports()
         self.work.mkdir(parents=True, exist_ok=True)
-        # The bare image is kept for the next run; this run writes a sparse copy of it.
-        subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(self.image / "disk.img"), str(self.disk)],
+        # The bare image stays in the cache for the next run; this run boots copies of it (a
+        # sparse copy of the disk), so that another run's image.sh may replace the cache meanwhile.
+        subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(Path(image) / "disk.img"), str(self.disk)],
                        check=True)
+        for name in ("vmlinuz", "initrd.img", "id_ed25519"):
+            shutil.copy2(Path(image) / name, self.work / name)
+        self.key = self.work / "id_ed25519"
+
+    def _pick_ports(self) -> None:
+        self.ssh_port = free_port()
+        self.lab_port = free_port()
+        while self.lab_port == self.ssh_port:
+            self.lab_port = free_port()
 
     # ------------------------------------------------------------------------- power
     @property
@@ -115,33 +142,51 @@ class VM:
         return self.work / f"console-{self.boots}.log"
 
     def boot(self, timeout: float = 300) -> float:
-        """Power on and wait until ssh answers; return the seconds it took."""
+        """Power on and wait until ssh answers and /vagrant is mounted; return the seconds it took.
+        A forwarded port taken by someone else between its choice and QEMU's start: new ports,
+        up to three tries."""
+        for attempt in range(3):
+            try:
+                return self._boot(timeout)
+            except PortTaken:
+                if attempt == 2:
+                    raise
+                self._pick_ports()
+        raise AssertionError("unreachable")
+
+    def _boot(self, timeout: float) -> float:
         assert self.qemu is None or self.qemu.poll() is not None, "the VM is already running"
         self.boots += 1
         command = [
             "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max",
             "-m", str(self.memory_mib), "-smp", str(self.cpus),
-            "-display", "none", "-monitor", "none", "-serial", f"file:{self.console}",
-            "-kernel", str(self.image / "vmlinuz"), "-initrd", str(self.image / "initrd.img"),
+            "-display", "none", "-monitor", "none", "-serial", f"file:{_qemu_path(self.console)}",
+            # A panic (panic=-1: reboot at once) ends QEMU instead of rebooting in a loop.
+            "-no-reboot",
+            "-kernel", str(self.work / "vmlinuz"), "-initrd", str(self.work / "initrd.img"),
             "-append", "root=/dev/vda rw console=ttyS0 panic=-1",
-            "-drive", f"file={self.disk},format=raw,if=virtio",
+            "-drive", f"file={_qemu_path(self.disk)},format=raw,if=virtio",
             "-netdev", (f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.ssh_port}-:22,"
                         f"hostfwd=tcp:127.0.0.1:{self.lab_port}-:{GUEST_PORT}"),
             "-device", "virtio-net-pci,netdev=net0",
-            "-virtfs", f"local,path={REPO},mount_tag=vagrant,security_model=none,readonly=on",
+            "-virtfs", f"local,path={_qemu_path(REPO)},mount_tag=vagrant,security_model=none,readonly=on",
         ]
         started = time.monotonic()
-        with open(self.work / f"qemu-{self.boots}.log", "wb") as errors:
+        errors = self.work / f"qemu-{self.boots}.log"
+        with open(errors, "wb") as sink:
             self.qemu = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=errors, start_new_session=True)
+                                         stderr=sink, start_new_session=True, preexec_fn=_die_with_parent)
         while time.monotonic() - started < timeout:
             if self.qemu.poll() is not None:
-                raise RuntimeError(f"QEMU exited with {self.qemu.returncode} during the boot:\n"
-                                   f"{(self.work / f'qemu-{self.boots}.log').read_text()[-2000:]}")
-            if self.ssh("true", timeout=20, check=False).returncode == 0:
+                said = errors.read_text(errors="replace")[-2000:]
+                if "hostfwd" in said or "host forwarding" in said:
+                    raise PortTaken(said)
+                raise RuntimeError(f"QEMU exited with {self.qemu.returncode} during the boot:\n{said}")
+            # ssh answers, and the synced folder is mounted (fstab's nofail lets ssh come first).
+            if self.ssh("mountpoint -q /vagrant", timeout=20, check=False).returncode == 0:
                 return time.monotonic() - started
             time.sleep(2)
-        raise TimeoutError(f"no ssh within {timeout:.0f} s of power on")
+        raise TimeoutError(f"no ssh, or no /vagrant, within {timeout:.0f} s of power on")
 
     def power_cut(self) -> None:
         """Pull the plug: QEMU killed, nothing shut down, nothing synced that was not already."""

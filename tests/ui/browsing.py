@@ -31,19 +31,20 @@ class Lab:
     base_url: str
     token: str
     root: Path | None = None
+    timeout: float = 10.0       # seconds for one API call (the lab VM's server is slower)
 
     def url(self, path: str) -> str:
         sep = "&" if "?" in path else "?"
         return f"{self.base_url}{path}{sep}token={self.token}"
 
-    def api(self, method: str, path: str, body: object = None, timeout: float = 10) -> object:
+    def api(self, method: str, path: str, body: object = None, timeout: float | None = None) -> object:
         request = urllib.request.Request(
             f"{self.base_url}{path}",
             method=method,
             headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
             data=None if body is None else json.dumps(body).encode(),
         )
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
             answer = response.read()
         return json.loads(answer) if answer else None
 

@@ -297,7 +297,7 @@ def check_fresh(page, lab, name: str, committed: dict, shots: Path) -> None:
     expected = graphviz_outputs(committed)
     if expected:
         # Images decode asynchronously: give them a moment.
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 10 * SLOWDOWN
         while drawn_diagrams(page) < expected and time.monotonic() < deadline:
             time.sleep(0.2)
     page.screenshot(path=str(shots / "opened.png"))

@@ -37,6 +37,7 @@ def _vagrantfile(tmp_path: Path, line: str) -> Path:
     ('config.vm.provision "lab", type: "ansible", playbook: "p.yml"', "not a shell provisioner"),
     ('config.vm.provision "lab", type: "shell", path: "p.sh", privileged: false', "not privileged"),
     ('config.vm.provision "other", type: "shell", path: "p.sh"', "no `config.vm.provision"),
+    ("config.vm.provision \"lab\", type: \"shell\", path: \"p.sh\", args: ['--lab-vm']", "double-quoted"),
 ])
 def test_what_it_cannot_read_is_refused_by_name(tmp_path: Path, line: str, words: str):
     with pytest.raises(ValueError, match=words):
