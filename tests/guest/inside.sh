@@ -14,7 +14,7 @@ rc=0
 echo "== the doctor, in the guest"
 $PY -m labhelper doctor || rc=1
 echo "== tests that need cgroups or KVM"
-$PY -m pytest -p no:cacheprovider -q -ra --durations=12 -m "(kvm or cgroups or guest) and not hostonly and not labvm" \
+$PY -m pytest -p no:cacheprovider -q -ra --durations=12 -m "(kvm or cgroups or guest) and not hostonly" \
     tests/system tests/guest/test_in_guest.py tests/unit/test_host.py || rc=1
 echo "== the notebooks that use them, under nbval"
 $PY -m pytest -p no:cacheprovider -q --nbval --nbval-current-env \

@@ -15,10 +15,12 @@ def pytest_collection_modifyitems(config, items):
     # (tests/labvm sets LABHELPER_LABVM=1 there), and are left out everywhere else rather than
     # skipped, so that a skip still means something is missing.
     if os.environ.get("LABHELPER_LABVM") != "1":
-        left_out = [item for item in items if item.get_closest_marker("labvm")]
+        kept, left_out = [], []
+        for item in items:
+            (left_out if item.get_closest_marker("labvm") else kept).append(item)
         if left_out:
             config.hook.pytest_deselected(items=left_out)
-            items[:] = [item for item in items if not item.get_closest_marker("labvm")]
+            items[:] = kept
 
 
 @pytest.fixture(autouse=True)

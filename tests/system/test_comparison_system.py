@@ -29,8 +29,8 @@ def _qemus() -> list[int]:
 
 
 def test_a_real_kernel_boots_to_its_init_and_qemu_ends():
-    # (Not in the guest stage, to keep `make test` under 15 minutes: there, nested on TCG, QEMU
-    # booted the same kernel with KVM to its init in 8.6 s, by hand.)
+    # (Not in the guest stage, to keep `make test` under 15 minutes: the lab VM stage boots a
+    # kernel with KVM, tests/labvm/test_labvm.py::test_chapter_08_boots_a_kernel_under_kvm_in_the_vm.)
     capabilities.need("qemu", "chapter 08 boots a kernel with QEMU (apt-get install qemu-system-x86)")
     capabilities.need("kernel", "chapter 08 boots a kernel image")
     capabilities.need("busybox")
