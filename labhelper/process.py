@@ -37,7 +37,7 @@ from . import marks, procfs, syscalls
 from .errors import ChildError, ChildTimeout
 from .flags import CloneFlags, Prctl
 
-__all__ = ["run_in_child", "spawn", "Child", "is_same_process", "RemoteTraceback", "close_fds", "lifetime_pid", "own_lifetime",
+__all__ = ["run_in_child", "spawn", "fork_first_process", "Child", "is_same_process", "RemoteTraceback", "close_fds", "lifetime_pid", "own_lifetime",
            "find_processes", "remove_process"]
 
 # In a child made by spawn(): the pid of the process whose life the child's work belongs to (the
@@ -367,6 +367,39 @@ def spawn(fn, *args, unshare: CloneFlags | int = 0, keep_fds: tuple[int, ...] = 
     if gate_r is not None:
         os.close(gate_r)
     return Child(pid, read_fd, gate_w, name)
+
+
+def fork_first_process() -> int:
+    """os.fork(), the child being the first process, PID 1, of a new PID namespace; 0 in the
+    child, its pid (here) in the parent. What runc and crun do with clone(CLONE_NEWPID), in one
+    fork instead of spawn()'s two (a fork of a large Python process is dear: a millisecond or more).
+
+    The one namespace change made in the calling process, and why it is safe in a threaded
+    Jupyter kernel: unshare(CLONE_NEWPID) does not move the caller. It only sets the PID
+    namespace its *next children* are born in (/proc/thread-self/ns/pid_for_children), and only
+    for the calling thread: the kernel keeps namespaces per thread, so the kernel's other threads
+    are untouched. Right after the fork, setns() sets this thread's back to its own namespace,
+    which the kernel allows (it is the caller's own, not a parent's), whatever happened meanwhile.
+    """
+    own = os.open("/proc/thread-self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    pid = -1
+    try:
+        syscalls.unshare(CloneFlags.CLONE_NEWPID)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)     # as in spawn()
+            pid = os.fork()
+    finally:
+        if pid != 0:
+            # The parent, or a failed fork: this thread's next children are born here again.
+            try:
+                syscalls.setns(own, CloneFlags.CLONE_NEWPID)
+            finally:
+                os.close(own)
+    if pid == 0:
+        os.close(own)       # the child: it is in the new namespace (its parent's is not its to enter)
+    return pid
 
 
 def run_in_child(fn, *args, unshare: CloneFlags | int = 0, timeout: float | None = 30.0,

@@ -1,25 +1,26 @@
 """The runtime's side of the fork: what `docker run` does outside the container.
 
-    notebook kernel (threaded: it never unshares)
+    the runtime (the notebook kernel)
       1  check everything (config.check): nothing is made for a bad request
       2  a folder for the container              /var/lib/labhelper/containers/NAME   (recorded)
       3  its root: an overlay of the image's layers, upper and work in that folder
       4  a cgroup with its limits and its device rules (cgroups.devices)
-      5  fork a child ------------------------> child: unshare mnt, uts, ipc, net, pid
-                                                  make every mount private
-                                                  fork -----------------> init: PID 1 (init.py)
-                                                  move init into the cgroup  waits for that, then
-                                                  collect its output         unshare cgroup ...
-                                                                             ... execve(command)
-                                                  waitpid: its exit status
-      6  <------------------------------ the status, the output, the failed step if any
-      7  undo 4, 3, 2 (kill what is left in the cgroup first)
+      5  fork init, PID 1 of a new PID namespace ----> init (init.py), a copy of this Python:
+         (process.fork_first_process)                unshare mnt, uts, ipc, net
+                                                     make every mount private
+      6  move init into the cgroup, say "go" ------> waits for that, then
+                                                     unshare cgroup, setsid, mounts, ...
+      7  collect its output; waitpid: its status     ... execve(command)
+      8  undo 5, 4, 3, 2 (kill init, and so its namespace; what is left in the cgroup; ...)
+
+One fork, as runc and crun do it with clone(CLONE_NEWPID): a fork of a large Python process is
+dear (a millisecond or more), and a child in between would cost a second one. The runtime stays
+the container's parent, outside its cgroup, so that the OOM killer never picks it.
 
 Each step's undo is registered as soon as the step is done, so a failure (or Ctrl-C) anywhere
 leaves nothing; a kill of the whole kernel leaves records, and ``labhelper cleanup`` removes what
 they name (R1). Init is moved into the cgroup before it takes its first step, so everything the
 container runs is limited, and the cgroup namespace it makes then shows it its own cgroup as "/".
-The child that waits for it stays outside, so that the OOM killer never picks it.
 
 Exit codes are Docker's: the command's own, 128+N for a signal N (137 for SIGKILL, as after an
 OOM kill or the timeout), 125 when the runtime failed before the command ran, 126 when the command
@@ -28,6 +29,7 @@ cannot be executed, 127 when it is not found.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import select
@@ -37,7 +39,7 @@ from dataclasses import dataclass, field, replace
 
 from .. import capabilities, cgroups, images, marks, mounts, network, overlay, process, procfs, registry, seccomp, syscalls
 from ..cgroups import devices
-from ..errors import LabError, Refused
+from ..errors import ChildTimeout, LabError, Refused
 from ..flags import CloneFlags, MountFlags, Prctl
 from ..registry import fault_point
 from . import config, init
@@ -99,101 +101,159 @@ def settings(cfg: config.Config, img: images.Image | None) -> dict:
                         for v in cfg.volumes]}
 
 
-def _outer(group: cgroups.Group, spec: dict, rootfs: str, capture: bool, timeout: float, control_r: int,
-           reply_w: int, log: str | None = None, netns_fd: int = -1) -> dict:
-    """In the child, in the new namespaces but the cgroup's (spawn unshared them): start init,
-    move it into the container's cgroup before it goes on, say its pid, collect its output until it
-    ends (or ``timeout`` s after its execve), and report how it ended. This process stays outside
-    the cgroup, as runc does: the OOM killer, choosing in the cgroup, never picks it."""
-    # Every mount this namespace makes stays in it, and nothing the host mounts later appears.
-    syscalls.mount(None, "/", None, MountFlags.MS_REC | MountFlags.MS_PRIVATE)
-    if netns_fd >= 0:
-        # --net bridge: the network namespace was made and wired to the bridge first (a veth, an
-        # address, a route), as CNI does for Kubernetes: join it instead of a new, empty one.
-        syscalls.setns(netns_fd, CloneFlags.CLONE_NEWNET)
-        os.close(netns_fd)
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    go_r, go_w = os.pipe2(os.O_CLOEXEC)
-    out_r = out_w = -1
-    if capture:
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()                     # the first process of the new PID namespace: PID 1
-    if pid == 0:
-        try:
-            syscalls.prctl(Prctl.PR_SET_PDEATHSIG, signal.SIGKILL)   # the runtime gone: the container too
-            for fd in (err_r, go_w, out_r):
-                if fd >= 0:
-                    os.close(fd)
-            if capture:
-                os.dup2(out_w, 1)
-                os.dup2(out_w, 2)
-            elif log is not None:
-                # A detached container's output: its log file, appended to, as it comes.
-                fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
-                os.dup2(fd, 1)
-                os.dup2(fd, 2)
-                os.close(fd)
-            if os.read(go_r, 1) != b"1":        # in its cgroup now, or the runtime failed
-                os._exit(init.EXIT_RUNTIME)
-            os.close(go_r)
-            init.main(spec, rootfs, err_w, control_r, reply_w)
-        finally:
+def _init_side(spec: dict, rootfs: str, pipes: dict, unshare: CloneFlags, log: str | None, netns_fd: int) -> None:
+    """In the child (fork_first_process): PID 1 of the new PID namespace, still a copy of this
+    Python. It makes the other namespaces, then waits until the runtime has moved it into the
+    container's cgroup, then becomes the container (init.main). Never returns."""
+    try:
+        # Nothing of the parent's heap is collected here: a collection would touch, and so copy
+        # page by page, everything fork shares copy-on-write.
+        gc.freeze()
+        syscalls.prctl(Prctl.PR_SET_PDEATHSIG, signal.SIGKILL)    # the runtime gone: the container too
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+        # Only the pipes cross: the notebook kernel's ZeroMQ sockets, /dev/kvm and the rest do not.
+        process.close_fds({fd for fd in (pipes["go_r"], pipes["err_w"], pipes["out_w"], pipes["control_r"],
+                                          pipes["reply_w"], netns_fd) if fd >= 0})
+        if pipes["out_w"] >= 0:
+            os.dup2(pipes["out_w"], 1)
+            os.dup2(pipes["out_w"], 2)
+            os.close(pipes["out_w"])
+        elif log is not None:
+            # A detached container's output: its log file, appended to, as it comes.
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.close(fd)
+        # Its other namespaces, made while the runtime writes it into the cgroup (the two at once).
+        syscalls.unshare(unshare)
+        # Every mount this namespace makes stays in it, and nothing the host mounts later appears.
+        syscalls.mount(None, "/", None, MountFlags.MS_REC | MountFlags.MS_PRIVATE)
+        if netns_fd >= 0:
+            # --net bridge: the network namespace was made and wired to the bridge first (a veth,
+            # an address, a route), as CNI does for Kubernetes: join it instead of a new one.
+            syscalls.setns(netns_fd, CloneFlags.CLONE_NEWNET)
+            os.close(netns_fd)
+        # The runtime says "1" once this process is in its cgroup; an end of file means it failed,
+        # or died (PR_SET_PDEATHSIG cannot tell it if it died before that was set).
+        if os.read(pipes["go_r"], 1) != b"1":
             os._exit(init.EXIT_RUNTIME)
-    for fd in (err_w, go_r, out_w, control_r):
+        os.close(pipes["go_r"])
+        os.write(pipes["reply_w"], b'{"ready": true}\n')      # create() returns: its namespaces are there
+        init.main(spec, rootfs, pipes["err_w"], pipes["control_r"], pipes["reply_w"])
+    except BaseException as exc:         # noqa: BLE001 - nothing may return into the runtime's code
+        said = json.dumps({"step": "namespaces", "error": str(exc)[:3000] or repr(exc)}).encode()
+        with contextlib.suppress(Exception):
+            os.write(pipes["err_w"], said)
+            os.write(pipes["reply_w"], said + b"\n")
+    finally:
+        os._exit(init.EXIT_RUNTIME)
+
+
+class _Init:
+    """The container's init as the runtime holds it: its pid and a pidfd, the pipe of its output,
+    and the error pipe that ends when it executes the command. The runtime is its parent and stays
+    outside the cgroup, as runc does: the OOM killer, choosing in the cgroup, never picks it."""
+
+    def __init__(self, pid: int, err_r: int, out_r: int, timeout: float):
+        self.pid, self._err, self._out, self._timeout = pid, err_r, out_r, timeout
+        self.pidfd = os.pidfd_open(pid)     # our child, not yet reaped: the pid cannot be reused
+        self._chunks: list[bytes] = []
+        self._kept = 0
+        self._error = b""
+        self._deadline: float | None = None
+        self._timed_out = False
+        self._status: int | None = None
+
+    def fds(self) -> list[int]:
+        """The pipes still open, to poll with the rest (a port proxy's sockets)."""
+        return [fd for fd in (self._err, self._out) if fd >= 0]
+
+    def take(self, fd: int) -> None:
+        """Read what ``fd`` (one of fds()) has. The error pipe ends (EOF) when init executes the
+        command (O_CLOEXEC) or dies: the timeout counts from then, not while a notebook goes
+        step by step."""
+        data = os.read(fd, 65536)
+        if fd == self._err:
+            self._error += data
+            if not data:
+                self._close("_err")
+                self._deadline = time.monotonic() + self._timeout
+        elif not data:
+            self._close("_out")
+        else:
+            if self._kept < OUTPUT_LIMIT:
+                self._chunks.append(data[:OUTPUT_LIMIT - self._kept])
+            self._kept += len(data)
+
+    def patience(self) -> float:
+        """Kill init if it is overdue; how long the next poll may wait (seconds)."""
+        if self._deadline is not None and not self._timed_out and time.monotonic() >= self._deadline:
+            self._timed_out = True
+            self.signal(signal.SIGKILL)        # PID 1 gone: the kernel kills the whole namespace
+        return 1.0 if self._deadline is None or self._timed_out else max(self._deadline - time.monotonic(), 0.01)
+
+    def signal(self, sig: int) -> None:
+        if self._status is None:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.pidfd, sig)
+
+    def collect(self, deadline: float | None) -> dict:
+        """Its output until the namespace's last process is gone, then its exit status.
+        ``deadline`` (time.monotonic()): then it is killed and ChildTimeout raised."""
+        poller_fds = None
+        while True:
+            fds = self.fds()
+            if poller_fds != fds:
+                poller = select.poll()
+                for fd in fds or [self.pidfd]:
+                    poller.register(fd, select.POLLIN)
+                poller_fds = fds
+            wait = self.patience()
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.kill()
+                    raise ChildTimeout(f"the container's init (pid {self.pid}) did not end in time; it was killed",
+                                       hint="pass a larger timeout=")
+                wait = min(wait, left)
+            ready = poller.poll(max(1, int(wait * 1000)))
+            if not fds:
+                if ready:       # the pidfd: it has exited (the output ended a moment before)
+                    break
+                continue
+            for fd, _ in ready:
+                self.take(fd)
+        _, status = os.waitpid(self.pid, 0)
+        self._status = status
+        self._close("pidfd")
+        output = b"".join(self._chunks).decode(errors="replace")
+        if self._kept > OUTPUT_LIMIT:
+            output += f"\n[... {self._kept - OUTPUT_LIMIT} more bytes not kept]"
+        return {"exit_code": init.exit_code(status), "output": output, "timed_out": self._timed_out,
+                "error": json.loads(self._error) if self._error else None}
+
+    def _close(self, attr: str) -> None:
+        fd = getattr(self, attr)
         if fd >= 0:
             os.close(fd)
-    try:
-        group.add(pid)              # in every hierarchy (v1), before init runs a single step
-        os.write(go_w, b"1")
-        os.write(reply_w, json.dumps({"pid": pid}).encode() + b"\n")
-    finally:
-        os.close(go_w)
-        os.close(reply_w)
-    # The error pipe ends (EOF) when init executes the command (O_CLOEXEC) or dies: the timeout
-    # counts from then, not while a notebook goes step by step.
-    chunks, kept, timed_out, error = [], 0, False, b""
-    watching = [err_r] + ([out_r] if capture else [])
-    deadline = None
+            setattr(self, attr, -1)
 
-    def overdue() -> None:
-        nonlocal timed_out
-        if deadline is not None and time.monotonic() >= deadline and not timed_out:
-            timed_out = True
-            os.kill(pid, signal.SIGKILL)        # PID 1 gone: the kernel kills the whole namespace
-
-    def patience() -> float:
-        """Kill init if it is overdue; how long the next select may wait."""
-        overdue()
-        return 1.0 if deadline is None or timed_out else max(deadline - time.monotonic(), 0.01)
-
-    while watching:                     # the output ends when the namespace's last process does
-        for fd in select.select(watching, [], [], patience())[0]:
-            data = os.read(fd, 65536)
-            if fd == err_r:
-                error += data
-                if not data:
-                    watching.remove(err_r)
-                    deadline = time.monotonic() + timeout
-            elif not data:
-                watching.remove(out_r)
-            else:
-                if kept < OUTPUT_LIMIT:
-                    chunks.append(data[:OUTPUT_LIMIT - kept])
-                kept += len(data)
-    # The output ends as init's files close, a moment before it can be reaped: wait on a pidfd
-    # (readable once it has exited), never a sleep-and-poll that would add up to its period.
-    pidfd = os.pidfd_open(pid)
-    try:
-        while not select.select([pidfd], [], [], patience())[0]:
-            pass
-    finally:
-        os.close(pidfd)
-    _, status = os.waitpid(pid, 0)
-    output = b"".join(chunks).decode(errors="replace")
-    if kept > OUTPUT_LIMIT:
-        output += f"\n[... {kept - OUTPUT_LIMIT} more bytes not kept]"
-    return {"exit_code": init.exit_code(status), "output": output, "timed_out": timed_out,
-            "error": json.loads(error) if error else None}
+    def kill(self) -> None:
+        """SIGKILL init, and so every process of its PID namespace, and reap it (idempotent)."""
+        if self._status is None:
+            self.signal(signal.SIGKILL)
+            while True:
+                try:
+                    self._status = os.waitpid(self.pid, 0)[1]
+                    break
+                except ChildProcessError:
+                    self._status = 0
+                    break
+                except InterruptedError:
+                    continue
+        for attr in ("_err", "_out", "pidfd"):
+            self._close(attr)
 
 
 def find_image(store: images.Store, name: str) -> images.Image:
@@ -233,16 +293,56 @@ def _read_line(fd: int, timeout: float) -> bytes:
     return data
 
 
+def _fork_init(spec: dict, rootfs: str, flags: CloneFlags, capture: bool, log: str | None, netns_fd: int,
+               timeout: float, group: cgroups.Group, undo: contextlib.ExitStack) -> tuple[_Init, int, int]:
+    """Fork the container's init, PID 1 of a new PID namespace, and move it into ``group``
+    before it takes a step; its kill is registered in ``undo`` at once. Returns it, and the
+    runtime's ends of the control pipe (orders: "step", "start") and of the reply pipe."""
+    pipes, mine = {}, []
+    try:
+        for name in ("go", "err", "out", "control", "reply"):
+            if name == "out" and not capture:
+                pipes["out_r"] = pipes["out_w"] = -1
+                continue
+            pipes[f"{name}_r"], pipes[f"{name}_w"] = os.pipe2(os.O_CLOEXEC)
+            mine += [pipes[f"{name}_r"], pipes[f"{name}_w"]]
+        pid = process.fork_first_process()
+        if pid == 0:
+            _init_side(spec, rootfs, pipes, flags, log, netns_fd)       # never returns
+        try:
+            init_ = _Init(pid, pipes["err_r"], pipes["out_r"], timeout)
+        except BaseException:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise
+        undo.callback(init_.kill)           # last in, first out: before the cgroup and the mount go
+        mine.remove(pipes["err_r"])
+        if pipes["out_r"] >= 0:
+            mine.remove(pipes["out_r"])
+        for name in ("go_r", "err_w", "out_w", "control_r", "reply_w"):
+            if pipes[name] >= 0:
+                os.close(pipes[name])
+                mine.remove(pipes[name])
+        group.add(pid)                      # in every hierarchy (v1), before init takes a single step
+        os.write(pipes["go_w"], b"1")
+        mine.remove(pipes["control_w"])
+        mine.remove(pipes["reply_r"])
+        return init_, pipes["control_w"], pipes["reply_r"]
+    finally:
+        for fd in mine:                     # go_w (init has read it, or gets an end of file), or all
+            os.close(fd)
+
+
 class Container:
     """A container made by :func:`create` and not yet ended: its init waits before each step
     until told (:meth:`step`, :meth:`start`). What the notebook sees of it from outside: its pid
     here (``pid``), the mounts of its namespace (:meth:`mounts`), its process status
     (:meth:`status`). :meth:`remove` undoes everything (and kills what still runs)."""
 
-    def __init__(self, cfg: config.Config, spec: dict, rootfs: str, group: cgroups.Group, child: process.Child,
+    def __init__(self, cfg: config.Config, spec: dict, rootfs: str, group: cgroups.Group, init_: _Init,
                  control_w: int, reply_r: int, started: float, marks_: list[tuple[str, float]]):
         self.name, self.config, self.spec, self.rootfs, self.group = cfg.name, cfg, spec, rootfs, group
-        self._child, self._control, self._reply, self._started = child, control_w, reply_r, started
+        self._init, self._control, self._reply, self._started = init_, control_w, reply_r, started
         self._undo = contextlib.ExitStack()
         self._keep: dict | None = None
         self.address: str | None = None          # with net="bridge": its address on the bridge
@@ -251,10 +351,11 @@ class Container:
         self.steps = [s.name for s in init.steps(spec, rootfs)] + ["exec"]
         self.done: list[str] = []
         self.result: Result | None = None
-        hello = json.loads(_read_line(reply_r, 30) or b"{}")
-        if "pid" not in hello:
-            raise LabError("the container's init did not start", hint="see the result of wait()")
-        self.pid: int = hello["pid"]
+        self.pid: int = init_.pid
+        hello = json.loads(_read_line(reply_r, 30) or b'{"error": "it ended"}')
+        if "error" in hello:
+            raise LabError(f"the container's init did not start: {hello.get('step', 'start')}: {hello['error']}",
+                           hint="nothing was left behind")
         self._marks.append(("fork, namespaces, init in the cgroup", time.perf_counter()))
 
     @property
@@ -295,10 +396,16 @@ class Container:
             return self.result
         self.start()
         deadline = time.monotonic() + (timeout if timeout is not None else self.config.timeout + 60)
-        if self.ports is not None:
-            # Carry its published ports' connections while it runs (docker-proxy's work).
-            self.ports.serve(self._child.fileno(), deadline)
-        ended = self._child.wait(max(0.001, deadline - time.monotonic()))
+        try:
+            if self.ports is not None:
+                # Carry its published ports' connections while it runs (docker-proxy's work),
+                # its output read meanwhile.
+                self.ports.serve(self._init.pidfd, deadline, also=self._init)
+            ended = self._init.collect(deadline)
+        except BaseException:
+            # Ctrl-C (a notebook interrupt), or no end in time: it is killed, nothing waits on.
+            self._init.kill()
+            raise
         error = ended["error"]
         if error is not None and ended["exit_code"] == init.EXIT_RUNTIME:
             self.remove()
@@ -332,10 +439,11 @@ class Container:
         if keep_folder and self._keep is not None:
             self._keep["folder"] = True
         if self.result is None:
+            # Its PID 1 first (the kernel then kills the rest of its PID namespace), reaped here, its
+            # parent; then whatever the cgroup still holds.
+            self._init.kill()
             with contextlib.suppress(ProcessLookupError):
                 self.group.kill()
-            with contextlib.suppress(Exception):
-                self._child.wait(30)
         if self._undo is not None:
             self._undo.close()
             self._undo = None
@@ -354,12 +462,13 @@ class Container:
 
 def create(image: str, command=None, *, store: images.Store | None = None, owner: str | None = None,
            capture: bool = True, log: bool = False, listening: network.proxy.Proxy | None = None,
-           **options) -> Container:
+           start: bool = False, **options) -> Container:
     """Make a container of ``image`` and stop before its first step (``runc create``): its folder,
     its overlay root, its cgroup, and its init, waiting. Go on with :meth:`Container.step`, or
     :meth:`Container.start`; :meth:`Container.remove` undoes it all. Options as :func:`run`.
     ``listening``: its published ports, bound already (by detach, before its fork); the
-    container owns them from here."""
+    container owns them from here. ``start``: every step is run at once, without waiting for
+    :meth:`Container.start` (run() does so)."""
     started = time.perf_counter()
     cfg = config.check(image, command, **options)
     registry.guard(f"run a container of {cfg.image or cfg.rootfs}")
@@ -445,23 +554,27 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
             seccomp.default_program()
         control_r, control_w = os.pipe2(os.O_CLOEXEC)
         reply_r, reply_w = os.pipe2(os.O_CLOEXEC)
+        # init's namespaces but the PID namespace (made by the fork) and the cgroup namespace
+        # (made by init once it is in its cgroup, so that its cgroup is its "/").
+        flags = NAMESPACES & ~(CloneFlags.CLONE_NEWCGROUP | CloneFlags.CLONE_NEWPID)
+        if netns_fd >= 0:
+            flags &= ~CloneFlags.CLONE_NEWNET
+        init_, control_w, reply_r = _fork_init(spec, rootfs, flags, capture and not log,
+                                                f"{bundle}/{LOG}" if log else None, netns_fd, cfg.timeout,
+                                                group, undo)
+        if start:
+            # run(): the order to run every step goes in now, read by init as soon as it is in
+            # its cgroup (no round trip through this process between the two).
+            os.write(control_w, b"start\n")
         try:
-            flags = NAMESPACES & ~CloneFlags.CLONE_NEWCGROUP
-            if netns_fd >= 0:
-                flags &= ~CloneFlags.CLONE_NEWNET
-            child = process.spawn(_outer, group, spec, rootfs, capture and not log, cfg.timeout, control_r, reply_w,
-                                  f"{bundle}/{LOG}" if log else None, netns_fd, unshare=flags,
-                                  keep_fds=(control_r, reply_w) + ((netns_fd,) if netns_fd >= 0 else ()))
-        finally:
-            os.close(control_r)
-            os.close(reply_w)
-        undo.callback(child.kill)           # last in, first out: before the cgroup and the mount go
-        try:
-            box = Container(cfg, spec, rootfs, group, child, control_w, reply_r, started, marks_)
+            box = Container(cfg, spec, rootfs, group, init_, control_w, reply_r, started, marks_)
         except BaseException:
             os.close(control_w)
             os.close(reply_r)
             raise
+        if start:
+            box._close_control()
+            box.done = list(box.steps)
         box.address = address
         if ports is not None:
             if address is not None:
@@ -489,6 +602,6 @@ def run(image: str, command=None, *, store: images.Store | None = None, owner: s
     (seconds after its start: then SIGKILL, exit 137), interactive (stdin passed in), seccomp (True).
     ``capture``: keep what it prints in Result.output (False: it goes to this process's fds 1, 2).
     """
-    with create(image, command, store=store, owner=owner, capture=capture, **options) as box:
+    with create(image, command, store=store, owner=owner, capture=capture, start=True, **options) as box:
         result = box.wait()
     return replace(result, timings=box.timings)

@@ -206,15 +206,20 @@ class Proxy:
                     pair.socks[1 - s].shutdown(socket.SHUT_WR)
                 pair.passed[s] = True
 
-    def serve(self, until_fd: int, deadline: float | None = None) -> bool:
+    def serve(self, until_fd: int, deadline: float | None = None, also=None) -> bool:
         """Carry connections until ``until_fd`` is readable (True) or ``deadline`` (a
-        time.monotonic() value) passes (False)."""
+        time.monotonic() value) passes (False). ``also``: more to watch meanwhile (the container's
+        output): its ``fds()`` are polled too and handed to its ``take(fd)`` when readable, and
+        each wait is at most its ``patience()`` seconds."""
         if self._connect is None:
             raise RuntimeError("the proxy does not know where the container is: connect_to() or connect_in()")
         while True:
             poller = select.poll()
             poller.register(until_fd, select.POLLIN)
             owners: dict[int, tuple] = {}
+            for fd in also.fds() if also is not None else ():
+                poller.register(fd, select.POLLIN)
+                owners[fd] = ("also", fd)
             resting = time.monotonic() < self._resting_until
             for i, sock in enumerate(self.listeners if not resting else ()):
                 poller.register(sock, select.POLLIN)
@@ -230,11 +235,17 @@ class Proxy:
                 return False
             if resting:
                 left = min(left if left is not None else 0.1, 0.1)
+            if also is not None:
+                patience = also.patience()
+                left = patience if left is None else min(left, patience)
             ready = poller.poll(None if left is None else max(1, int(left * 1000)))
             for fd, revents in ready:
                 if fd == until_fd:
                     return True
                 owner, which = owners[fd]
+                if owner == "also":
+                    also.take(which)
+                    continue
                 if owner == "listen":
                     self._accept(which)
                     continue
