@@ -106,15 +106,17 @@ class Facts:
 # ---------------------------------------------------------------------------------------------
 # Readers. Each is small and takes its root so that tests can use a fake tree.
 
-def cgroup_info(proc: Path | str = "/proc", fs_root: Path | str = "/") -> CgroupInfo:
+def cgroup_info(proc: Path | str = "/proc", fs_root: Path | str = "/",
+                table: list[procfs.Mount] | None = None) -> CgroupInfo:
     """Find every mounted cgroup hierarchy from /proc/self/mountinfo and say which mode this is.
 
-    ``fs_root`` is prefixed to the mount points to read cgroup.controllers (for fake trees).
+    ``fs_root`` is prefixed to the mount points to read cgroup.controllers (for fake trees);
+    ``table``: the mounts, when the caller has just read them (a container's start reads once).
     """
     proc, fs_root = Path(proc), Path(fs_root)
     hierarchies = []
     seen = set()
-    for m in procfs.mountinfo(proc):
+    for m in procfs.mountinfo(proc) if table is None else table:
         if m.fstype not in ("cgroup", "cgroup2") or m.mountpoint in seen:
             continue
         seen.add(m.mountpoint)

@@ -181,10 +181,10 @@ class Group:
         return f"Group({self.name!r}, v{self.version}, {self.path})"
 
 
-def _v1_hierarchies() -> list[tuple[str, list[str]]]:
+def _v1_hierarchies(table: list[procfs.Mount] | None = None) -> list[tuple[str, list[str]]]:
     """The mounted v1 hierarchies the lab uses: (mount point, its controllers the lab uses)."""
     out = []
-    for h in host.cgroup_info().hierarchies:
+    for h in host.cgroup_info(table=table).hierarchies:
         wanted = [c for c in h.controllers if c in v1.CONTROLLERS]
         if h.version == 1 and wanted:
             out.append((h.mountpoint, wanted))
@@ -213,7 +213,7 @@ def group(name: str, owner: str | None = None) -> Group:
             folders = {"track": None}
             track = tree.hierarchy(table)
             by_mount: dict[str, str] = {}
-            for mountpoint, wanted in _v1_hierarchies():
+            for mountpoint, wanted in _v1_hierarchies(table):
                 if mountpoint not in by_mount:
                     by_mount[mountpoint] = tree.create(name, owner, root=mountpoint)
                     made.append(by_mount[mountpoint])

@@ -4,18 +4,19 @@
       1  check everything (config.check): nothing is made for a bad request
       2  a folder for the container              /var/lib/labhelper/containers/NAME   (recorded)
       3  its root: an overlay of the image's layers, upper and work in that folder
-      4  a cgroup with its limits and its device rules (cgroups.devices)
-      5  fork init, PID 1 of a new PID namespace ----> init (init.py), a copy of this Python:
-         (process.fork_first_process)                unshare mnt, uts, ipc, net
-                                                     make every mount private
-      6  move init into the cgroup, say "go" ------> waits for that, then
-                                                     unshare cgroup, setsid, mounts, ...
-      7  collect its output; waitpid: its status     ... execve(command)
-      8  undo 5, 4, 3, 2 (kill init, and so its namespace; what is left in the cgroup; ...)
+      4  fork init, PID 1 of a new PID namespace ---> init (init.py), a copy of this Python:
+         (process.fork_first_process)               unshare mnt, uts, ipc, net
+      5  meanwhile, a cgroup with its limits and    make every mount private
+         its device rules (cgroups.devices)
+      6  move init into the cgroup, say "go" -----> waits for that, then
+                                                    unshare cgroup, setsid, mounts, ...
+      7  collect its output; waitpid: its status    ... execve(command)
+      8  undo 4 to 2 (kill init, and so its PID namespace; what the cgroup still holds; ...)
 
 One fork, as runc and crun do it with clone(CLONE_NEWPID): a fork of a large Python process is
 dear (a millisecond or more), and a child in between would cost a second one. The runtime stays
-the container's parent, outside its cgroup, so that the OOM killer never picks it.
+the container's parent, outside its cgroup, so that the OOM killer never picks it. The cgroup is
+made while init makes its namespaces (crun too makes it after its clone): both at once.
 
 Each step's undo is registered as soon as the step is done, so a failure (or Ctrl-C) anywhere
 leaves nothing; a kill of the whole kernel leaves records, and ``labhelper cleanup`` removes what
@@ -134,11 +135,14 @@ def _init_side(spec: dict, rootfs: str, pipes: dict, unshare: CloneFlags, log: s
             # an address, a route), as CNI does for Kubernetes: join it instead of a new one.
             syscalls.setns(netns_fd, CloneFlags.CLONE_NEWNET)
             os.close(netns_fd)
-        # The runtime says "1" once this process is in its cgroup; an end of file means it failed,
-        # or died (PR_SET_PDEATHSIG cannot tell it if it died before that was set).
-        if os.read(pipes["go_r"], 1) != b"1":
+        # The runtime says "1" or "2" (the cgroup version) once this process is in its cgroup; an
+        # end of file means it failed, or died (PR_SET_PDEATHSIG cannot tell it if it died before
+        # that was set).
+        said = os.read(pipes["go_r"], 1)
+        if said not in (b"1", b"2"):
             os._exit(init.EXIT_RUNTIME)
         os.close(pipes["go_r"])
+        spec["cgroup2"] = said == b"2"
         os.write(pipes["reply_w"], b'{"ready": true}\n')      # create() returns: its namespaces are there
         init.main(spec, rootfs, pipes["err_w"], pipes["control_r"], pipes["reply_w"])
     except BaseException as exc:         # noqa: BLE001 - nothing may return into the runtime's code
@@ -155,8 +159,8 @@ class _Init:
     and the error pipe that ends when it executes the command. The runtime is its parent and stays
     outside the cgroup, as runc does: the OOM killer, choosing in the cgroup, never picks it."""
 
-    def __init__(self, pid: int, err_r: int, out_r: int, timeout: float):
-        self.pid, self._err, self._out, self._timeout = pid, err_r, out_r, timeout
+    def __init__(self, pid: int, go_w: int, err_r: int, out_r: int, timeout: float):
+        self.pid, self._go, self._err, self._out, self._timeout = pid, go_w, err_r, out_r, timeout
         self.pidfd = os.pidfd_open(pid)     # our child, not yet reaped: the pid cannot be reused
         self._chunks: list[bytes] = []
         self._kept = 0
@@ -164,6 +168,13 @@ class _Init:
         self._deadline: float | None = None
         self._timed_out = False
         self._status: int | None = None
+
+    def go(self, group: cgroups.Group) -> None:
+        """Move init into ``group`` (in every hierarchy on v1), then let it go on: it says "1"
+        or "2", the cgroup version it is in (its /sys shows its own cgroup on v2)."""
+        group.add(self.pid)
+        os.write(self._go, str(group.version).encode())
+        self._close("_go")
 
     def fds(self) -> list[int]:
         """The pipes still open, to poll with the rest (a port proxy's sockets)."""
@@ -252,7 +263,7 @@ class _Init:
                     break
                 except InterruptedError:
                     continue
-        for attr in ("_err", "_out", "pidfd"):
+        for attr in ("_go", "_err", "_out", "pidfd"):
             self._close(attr)
 
 
@@ -294,10 +305,10 @@ def _read_line(fd: int, timeout: float) -> bytes:
 
 
 def _fork_init(spec: dict, rootfs: str, flags: CloneFlags, capture: bool, log: str | None, netns_fd: int,
-               timeout: float, group: cgroups.Group, undo: contextlib.ExitStack) -> tuple[_Init, int, int]:
-    """Fork the container's init, PID 1 of a new PID namespace, and move it into ``group``
-    before it takes a step; its kill is registered in ``undo`` at once. Returns it, and the
-    runtime's ends of the control pipe (orders: "step", "start") and of the reply pipe."""
+               timeout: float, undo: contextlib.ExitStack) -> tuple[_Init, int, int]:
+    """Fork the container's init, PID 1 of a new PID namespace; its kill is registered in
+    ``undo`` at once. It waits for :meth:`_Init.go`. Returns it, and the runtime's ends of the
+    control pipe (orders: "step", "start") and of the reply pipe."""
     pipes, mine = {}, []
     try:
         for name in ("go", "err", "out", "control", "reply"):
@@ -310,26 +321,18 @@ def _fork_init(spec: dict, rootfs: str, flags: CloneFlags, capture: bool, log: s
         if pid == 0:
             _init_side(spec, rootfs, pipes, flags, log, netns_fd)       # never returns
         try:
-            init_ = _Init(pid, pipes["err_r"], pipes["out_r"], timeout)
+            init_ = _Init(pid, pipes["go_w"], pipes["err_r"], pipes["out_r"], timeout)
         except BaseException:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             raise
         undo.callback(init_.kill)           # last in, first out: before the cgroup and the mount go
-        mine.remove(pipes["err_r"])
-        if pipes["out_r"] >= 0:
-            mine.remove(pipes["out_r"])
-        for name in ("go_r", "err_w", "out_w", "control_r", "reply_w"):
+        for name in ("go_w", "err_r", "out_r", "control_w", "reply_r"):
             if pipes[name] >= 0:
-                os.close(pipes[name])
-                mine.remove(pipes[name])
-        group.add(pid)                      # in every hierarchy (v1), before init takes a single step
-        os.write(pipes["go_w"], b"1")
-        mine.remove(pipes["control_w"])
-        mine.remove(pipes["reply_r"])
+                mine.remove(pipes[name])    # kept: init_'s (closed by its kill), and the two returned
         return init_, pipes["control_w"], pipes["reply_r"]
     finally:
-        for fd in mine:                     # go_w (init has read it, or gets an end of file), or all
+        for fd in mine:                     # init's ends (it has its copies), or all on a failure
             os.close(fd)
 
 
@@ -356,7 +359,7 @@ class Container:
         if "error" in hello:
             raise LabError(f"the container's init did not start: {hello.get('step', 'start')}: {hello['error']}",
                            hint="nothing was left behind")
-        self._marks.append(("fork, namespaces, init in the cgroup", time.perf_counter()))
+        self._marks.append(("namespaces, init in its cgroup", time.perf_counter()))
 
     @property
     def next(self) -> str | None:
@@ -527,14 +530,6 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
             undo.callback(root.unmount)
             fault_point("container-rootfs")
             marks_.append(("overlay root", time.perf_counter()))
-        group = cgroups.group(group_name(cfg.name), owner=owner)
-        undo.callback(group.remove)
-        if cfg.limits:
-            group.limit(**cfg.limits)
-        devices.restrict(group.folders, group.version)
-        spec["cgroup2"] = group.version == 2
-        fault_point("container-cgroup")
-        marks_.append(("cgroup and device rules", time.perf_counter()))
         netns_fd, address = -1, None
         if cfg.net == "bridge":
             ns = network.create(group_name(cfg.name), owner=owner)
@@ -552,16 +547,26 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
         capabilities.to_drop(capabilities.DOCKER_DEFAULT)
         if cfg.seccomp:
             seccomp.default_program()
-        control_r, control_w = os.pipe2(os.O_CLOEXEC)
-        reply_r, reply_w = os.pipe2(os.O_CLOEXEC)
         # init's namespaces but the PID namespace (made by the fork) and the cgroup namespace
         # (made by init once it is in its cgroup, so that its cgroup is its "/").
         flags = NAMESPACES & ~(CloneFlags.CLONE_NEWCGROUP | CloneFlags.CLONE_NEWPID)
         if netns_fd >= 0:
             flags &= ~CloneFlags.CLONE_NEWNET
         init_, control_w, reply_r = _fork_init(spec, rootfs, flags, capture and not log,
-                                                f"{bundle}/{LOG}" if log else None, netns_fd, cfg.timeout,
-                                                group, undo)
+                                                f"{bundle}/{LOG}" if log else None, netns_fd, cfg.timeout, undo)
+        marks_.append(("fork", time.perf_counter()))
+        # Its cgroup is made while init makes its namespaces (as crun does, after its clone): init
+        # waits for "go" before it takes a step of its own.
+        group = cgroups.group(group_name(cfg.name), owner=owner)
+        undo.callback(group.remove)
+        undo.callback(init_.kill)       # before the cgroup goes: its init is gone, and reaped
+        if cfg.limits:
+            group.limit(**cfg.limits)
+        devices.restrict(group.folders, group.version)
+        spec["cgroup2"] = group.version == 2
+        fault_point("container-cgroup")
+        marks_.append(("cgroup and device rules", time.perf_counter()))
+        init_.go(group)
         if start:
             # run(): the order to run every step goes in now, read by init as soon as it is in
             # its cgroup (no round trip through this process between the two).
