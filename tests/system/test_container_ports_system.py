@@ -121,3 +121,15 @@ def test_a_failed_start_in_the_supervisor_leaves_nothing(bb, uid):
     assert _census() == before
     with socket.socket() as again:
         again.bind(("127.0.0.1", port))
+
+
+def test_its_output_is_read_while_its_ports_are_served(bb, uid):
+    # The runtime is init's parent and reads its output itself: while run() carries the ports'
+    # connections, it must go on reading, or a container printing more than a pipe holds (64 kB)
+    # would wait for ever (here: until its timeout, exit 137).
+    before = _census()
+    result = container.run("busybox", ["sh", "-c", "head -c 300000 /dev/zero | tr '\\0' x; echo; echo done"],
+                           store=bb, name=f"loud-{uid}", publish=[f"{_free_port()}:80"], timeout=30)
+    assert result.exit_code == 0 and not result.timed_out, result
+    assert result.output.count("x") == 300000 and result.output.endswith("done\n")
+    assert _census() == before

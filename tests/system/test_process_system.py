@@ -26,6 +26,59 @@ def test_unshare_uts_in_child_leaves_host_alone():
     assert socket.gethostname() == before
 
 
+def _pid_for_children(where: str = "thread-self") -> str:
+    return os.readlink(f"/proc/{where}/ns/pid_for_children")
+
+
+def test_fork_first_process_the_child_is_pid_1_and_only_this_thread_chose_its_namespace():
+    import threading
+    own = os.readlink("/proc/thread-self/ns/pid")
+    assert _pid_for_children() == own
+    # Another thread of this process, as a Jupyter kernel has: its namespace for children is its
+    # own, before, during (the kernel keeps namespaces per thread) and after.
+    seen, stop = [], threading.Event()
+
+    def other():
+        while not stop.is_set():
+            seen.append(_pid_for_children(f"self/task/{threading.get_native_id()}"))
+            time.sleep(0.0005)
+    watcher = threading.Thread(target=other)
+    watcher.start()
+    try:
+        said_r, said_w = os.pipe()
+        pid = process.fork_first_process()
+        if pid == 0:
+            os.write(said_w, f"{os.getpid()} {os.getppid()} {os.readlink('/proc/self/ns/pid')}".encode())
+            os._exit(0)
+        os.close(said_w)
+        child_pid, child_ppid, child_ns = os.read(said_r, 200).decode().split()
+        os.close(said_r)
+        assert os.waitpid(pid, 0)[1] == 0
+    finally:
+        stop.set()
+        watcher.join()
+    assert (child_pid, child_ppid) == ("1", "0")        # PID 1 there, its parent outside
+    assert child_ns != own
+    assert _pid_for_children() == own                   # this thread's next child is born here again
+    assert seen and set(seen) == {own}
+
+
+def test_fork_first_process_takes_the_namespace_back_when_the_fork_fails(monkeypatch):
+    own = os.readlink("/proc/thread-self/ns/pid")
+
+    def no_fork():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+    monkeypatch.setattr(os, "fork", no_fork)
+    with pytest.raises(BlockingIOError):
+        process.fork_first_process()
+    monkeypatch.undo()
+    assert _pid_for_children() == own
+    pid = os.fork()                                     # and a plain fork is born in this namespace
+    if pid == 0:
+        os._exit(0 if os.getpid() != 1 else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+
+
 def _private_mount(target):
     from labhelper import syscalls
     syscalls.mount(None, "/", None, MountFlags.MS_REC | MountFlags.MS_PRIVATE)  # no propagation back
