@@ -183,7 +183,8 @@ class _Init:
     def take(self, fd: int) -> None:
         """Read what ``fd`` (one of fds()) has. The error pipe ends (EOF) when init executes the
         command (O_CLOEXEC) or dies: the timeout counts from then, not while a notebook goes
-        step by step."""
+        step by step (from wait(), for a container stepped to its execve: that is when the
+        runtime reads again)."""
         data = os.read(fd, 65536)
         if fd == self._err:
             self._error += data

@@ -444,17 +444,17 @@ def container_diagram(name: str, image: str, pid: int, layers: int, limits: dict
     what the process is given, and the runtime's processes that made it."""
     lim = ", ".join(f"{k} {v}" for k, v in (limits or {}).items()) or "no limits"
     nodes = {
-        "kernel": {"label": "the notebook's Python (runtime)\ncontainer.create / run", **_OS},
-        "child": {"label": "its child: unshare(mnt, uts, ipc, net, pid)\nwaits, collects the output", **_OS},
-        "init": {"label": f"PID 1 in the container\n(pid {pid} on the host)\nsetup steps, then execve",
-                 "fillcolor": "#dafbe1"},
+        "kernel": {"label": "the notebook's Python (runtime)\ncontainer.create / run\nmakes the cgroup, collects the output",
+                   **_OS},
+        "init": {"label": f"PID 1 in the container\n(pid {pid} on the host)\nunshare(mnt, uts, ipc, net),\n"
+                          "setup steps, then execve", "fillcolor": "#dafbe1"},
         "ns": {"label": "namespaces: mnt uts ipc net pid cgroup\n(chapters 03, 04)", **_HV},
         "cg": {"label": f"cgroup ct-{name}\n{lim}; device rules\n(chapter 05)", **_HV},
         "root": {"label": f"root: an overlay of {image}'s {layers} layer{'s' if layers != 1 else ''}\n"
                           "+ a writable upper (chapter 06), pivot_root", **_HV},
         "sec": {"label": "14 capabilities, no_new_privs,\na seccomp filter", **_HV},
     }
-    edges = [("kernel", "child", {"label": "fork"}), ("child", "init", {"label": "fork"}),
+    edges = [("kernel", "init", {"label": "fork into a new\nPID namespace"}),
              ("init", "ns", {"label": "lives in"}), ("init", "cg", {"label": "limited by"}),
              ("init", "root", {"label": "sees as /"}), ("init", "sec", {"label": "keeps"})]
     return digraph(f"container {name}", nodes, edges, rankdir="LR")
