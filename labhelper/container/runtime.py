@@ -172,8 +172,19 @@ class _Init:
     def go(self, group: cgroups.Group) -> None:
         """Move init into ``group`` (in every hierarchy on v1), then let it go on: it says "1"
         or "2", the cgroup version it is in (its /sys shows its own cgroup on v2)."""
-        group.add(self.pid)
-        os.write(self._go, str(group.version).encode())
+        try:
+            group.add(self.pid)
+            os.write(self._go, str(group.version).encode())
+        except (Refused, BrokenPipeError):
+            # It is gone already: it failed to make its namespaces, and said why on its error pipe.
+            said = self._error
+            if select.select([self._err], [], [], 0)[0]:
+                said += os.read(self._err, 65536)
+            if said:
+                failed = json.loads(said)
+                raise LabError(f"the container's init did not start: {failed['step']}: {failed['error']}",
+                               hint="nothing was left behind") from None
+            raise
         self._close("_go")
 
     def fds(self) -> list[int]:
@@ -556,26 +567,26 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
         init_, control_w, reply_r = _fork_init(spec, rootfs, flags, capture and not log,
                                                 f"{bundle}/{LOG}" if log else None, netns_fd, cfg.timeout, undo)
         marks_.append(("fork", time.perf_counter()))
-        # Its cgroup is made while init makes its namespaces (as crun does, after its clone): init
-        # waits for "go" before it takes a step of its own.
-        group = cgroups.group(group_name(cfg.name), owner=owner)
-        undo.callback(group.remove)
-        undo.callback(init_.kill)       # before the cgroup goes: its init is gone, and reaped
-        if cfg.limits:
-            group.limit(**cfg.limits)
-        devices.restrict(group.folders, group.version)
-        spec["cgroup2"] = group.version == 2
-        fault_point("container-cgroup")
-        marks_.append(("cgroup and device rules", time.perf_counter()))
-        init_.go(group)
-        if start:
-            # run(): the order to run every step goes in now, read by init as soon as it is in
-            # its cgroup (no round trip through this process between the two).
-            os.write(control_w, b"start\n")
         try:
+            # Its cgroup is made while init makes its namespaces (as crun does, after its clone):
+            # init waits for "go" before it takes a step of its own.
+            group = cgroups.group(group_name(cfg.name), owner=owner)
+            undo.callback(group.remove)
+            undo.callback(init_.kill)       # before the cgroup goes: its init is gone, and reaped
+            if cfg.limits:
+                group.limit(**cfg.limits)
+            devices.restrict(group.folders, group.version)
+            spec["cgroup2"] = group.version == 2
+            fault_point("container-cgroup")
+            marks_.append(("cgroup and device rules", time.perf_counter()))
+            init_.go(group)
+            if start:
+                # run(): the order to run every step goes in now, read by init as soon as it is
+                # in its cgroup (no round trip through this process between the two).
+                os.write(control_w, b"start\n")
             box = Container(cfg, spec, rootfs, group, init_, control_w, reply_r, started, marks_)
         except BaseException:
-            os.close(control_w)
+            os.close(control_w)             # the Container owns them once made, not before
             os.close(reply_r)
             raise
         if start:

@@ -391,3 +391,36 @@ def test_r23_a_container_at_half_a_cpu_uses_at_most_0_55_and_r24_its_timeout(bb)
     assert 2.5 < wall < 15, wall
     assert 0.2 < used / wall <= 0.55, f"{used:.2f} s of CPU in {wall:.2f} s"
     assert _census() == before
+
+
+@pytest.mark.parametrize("step", ["container-cgroup", "container-rootfs"])
+def test_a_failed_start_leaves_no_file_descriptor_and_no_child_here(bb, uid, step, monkeypatch):
+    # In this process: init is forked before its cgroup is made, and the pipes to it are the
+    # runtime's; a failure at either side of the fork closes them all and reaps init.
+    before, fds, kids = _census(), sorted(os.listdir("/proc/self/fd")), procfs.children()
+    monkeypatch.setenv("LABHELPER_FAULT", f"{step}:raise")
+    from labhelper.errors import FaultInjected
+    with pytest.raises(FaultInjected):
+        run(bb, "true", name=f"fail-{uid}")
+    assert sorted(os.listdir("/proc/self/fd")) == fds
+    assert procfs.children() == kids
+    assert _census() == before
+
+
+def test_init_failing_to_make_its_namespaces_says_so_and_leaves_nothing(bb, uid, monkeypatch):
+    # init (a fork of this process) makes its mount, UTS, IPC and network namespaces itself,
+    # while the runtime makes its cgroup: a refusal there is the error, whichever side notices.
+    from labhelper import syscalls
+    real, here = syscalls.unshare, os.getpid()
+
+    def refused_in_init(flags):
+        if os.getpid() != here:
+            raise OSError(1, "Operation not permitted (injected)")
+        return real(flags)
+    monkeypatch.setattr(syscalls, "unshare", refused_in_init)
+    before, fds, kids = _census(), sorted(os.listdir("/proc/self/fd")), procfs.children()
+    with pytest.raises(LabError, match="did not start: namespaces: .*injected"):
+        run(bb, "true", name=f"nons-{uid}")
+    assert sorted(os.listdir("/proc/self/fd")) == fds
+    assert procfs.children() == kids
+    assert _census() == before
