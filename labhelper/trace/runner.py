@@ -203,7 +203,7 @@ def strace_path(strace: str | None = None) -> str:
 
 
 def strace_argv(strace: str, output: str, strsize: int = 80, follow: bool = True,
-                only: str | None = None) -> list[str]:
+                only: str | None = None, also: tuple[str, ...] = ()) -> list[str]:
     """The strace command line, each flag chosen for what the course shows:
 
     -f        follow forks: children and threads are traced too (each line starts with its pid)
@@ -224,7 +224,9 @@ def strace_argv(strace: str, output: str, strsize: int = 80, follow: bool = True
             raise Refused(f"only= must be one of {', '.join(CATEGORY_SYSCALLS)}, not {only!r}")
         # Our categories, not strace's classes (its %desc would count mmap as "file"). The '?'
         # before each name: skip names this architecture lacks (aarch64 has no open or mkdir).
-        argv += ["-e", "trace=" + ",".join("?" + n for n in CATEGORY_SYSCALLS[only])]
+        # ``also``: calls traced besides (trace_call's gate and markers), left out afterwards.
+        names = CATEGORY_SYSCALLS[only] + tuple(n for n in also if n not in CATEGORY_SYSCALLS[only])
+        argv += ["-e", "trace=" + ",".join("?" + n for n in names)]
     return argv
 
 
@@ -482,21 +484,25 @@ def _between_markers(records: Sequence[Record], token: str) -> list[Record]:
     return kept
 
 
-def _wait_attached(pid: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    """Wait until strace (``proc``) is the ptrace tracer of ``pid`` (TracerPid in its status)."""
+def _wait_attached(pid: int, proc: subprocess.Popen, output: str, timeout: float = 10.0) -> None:
+    """Wait until strace (``proc``) traces the system calls of ``pid``: until it has written the
+    first of them to ``output``. Not TracerPid in its status: that is set when strace seizes the
+    process (PTRACE_SEIZE), a moment before it stops it and asks for its system calls
+    (PTRACE_SYSCALL); a child let go in between would run untraced. The child waits in read(2)
+    at its gate, and strace writes that call (resumed) as soon as it traces it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return  # strace gave up: the caller reports its messages
         try:
-            with open(f"/proc/{pid}/status") as fh:
-                for line in fh:
-                    if line.startswith("TracerPid:") and int(line.split()[1]) == proc.pid:
-                        return
+            if os.path.getsize(output) > 0:
+                return
         except FileNotFoundError:
+            pass
+        if not os.path.exists(f"/proc/{pid}"):
             return
         time.sleep(0.002)
-    raise TraceError(f"strace did not attach to pid {pid} within {timeout:g} s",
+    raise TraceError(f"strace did not start tracing pid {pid} within {timeout:g} s",
                      hint="is the machine very busy? try again")
 
 
@@ -527,10 +533,12 @@ def trace_call(fn: Callable, *args, timeout: float = 30.0, strsize: int = 80,
         output = _temp_output()
         group = _own_cgroup()       # the child joins it first thing, so all it starts is born inside
         child = spawn(_call_between_markers, token, fn, args, kwargs, gate=True, cgroup=group)
-        full = strace_argv(exe, output, strsize, only=only) + ["-p", str(child.pid)]
+        # The gate's read(2) and the markers' access(2) are traced whatever ``only`` says: the
+        # first tells when strace traces the child (_wait_attached), the others where fn runs.
+        full = strace_argv(exe, output, strsize, only=only, also=("read", "access")) + ["-p", str(child.pid)]
         proc = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
-        _wait_attached(child.pid, proc)
+        _wait_attached(child.pid, proc, output)
         if proc.poll() is not None:
             messages = proc.stderr.read().decode("utf-8", "backslashreplace")
             _strace_failed([], messages, full, f"{name}() in pid {child.pid}")
@@ -554,6 +562,8 @@ def trace_call(fn: Callable, *args, timeout: float = 30.0, strsize: int = 80,
         result = _make_trace(command, output, 0 if error is None else 1,
                              printed.getvalue().encode(), err, started, full, value, error)
         records = _between_markers(result.records, token)
+        if only:
+            records = [r for r in records if not r.is_call or r.syscall in CATEGORY_SYSCALLS[only]]
         result = dataclasses.replace(result, records=tuple(records))
     except BaseException:
         if child is not None:

@@ -142,6 +142,21 @@ def test_trace_a_python_function():
     assert t.command == ("python", "test_trace_a_python_function.<locals>.read_hostname()")
 
 
+def test_a_python_function_traced_for_one_category():
+    # The gate's read and the markers' access are traced besides the category (so that the
+    # child is let go only once strace traces it), and left out of what comes back.
+    def look():
+        with open("/etc/hostname") as fh:
+            fh.read()
+        return os.getppid()
+
+    t = T.trace(look, only="process")
+    assert t.ok and t.value == os.getpid()
+    assert "getppid" in t.syscalls
+    assert {r.category for r in t.calls} == {"process"}
+    assert not [r for r in t.records if "lh-trace-" in r.args_text]
+
+
 def test_a_function_that_raises_is_still_traced():
     t = T.trace(open, "/nonexistent/for-sure")
     assert t.exit == "raised FileNotFoundError" and isinstance(t.error, FileNotFoundError)

@@ -3,10 +3,16 @@
 would start. Tracing for real is tested in tests/system/test_trace_system.py. No root needed."""
 from __future__ import annotations
 
+import os
+import threading
+import time
+
 import pytest
 
 from labhelper import trace as T
 from labhelper.errors import Refused, RequirementError
+from labhelper.trace import runner
+from labhelper.trace import TraceError
 
 from strace_data import load
 
@@ -74,6 +80,42 @@ def test_strace_argv_flags():
     with pytest.raises(ValueError, match="only= must be one of") as info:
         T.strace_argv("s", "o", only="disk")
     assert isinstance(info.value, Refused)
+
+
+def test_strace_argv_also_traces_the_calls_asked_besides_a_category():
+    argv = T.strace_argv("s", "o", only="process", also=("read", "access", "clone"))
+    names = argv[-1].removeprefix("trace=").split(",")
+    assert "?read" in names and "?access" in names and names.count("?clone") == 1 and "?execve" in names
+
+
+class _Strace:
+    """Stands in for strace's Popen: running until told."""
+    def __init__(self):
+        self.code = None
+
+    def poll(self):
+        return self.code
+
+
+def test_a_traced_function_is_let_go_only_once_strace_has_written_its_first_call(tmp_path):
+    # TracerPid is set by PTRACE_SEIZE, before strace asks for the system calls: waiting for it
+    # let a child run untraced now and then. The first line strace writes is the sure sign.
+    output = tmp_path / "trace.out"
+    output.write_text("")
+    strace, started = _Strace(), time.monotonic()
+    writer = threading.Timer(0.3, lambda: output.write_text("123 1.0 read(3<pipe:[1]>, "))
+    writer.start()
+    try:
+        runner._wait_attached(os.getpid(), strace, str(output), timeout=10)
+    finally:
+        writer.cancel()
+    assert time.monotonic() - started >= 0.29
+    with pytest.raises(TraceError, match="did not start tracing"):
+        runner._wait_attached(os.getpid(), _Strace(), str(tmp_path / "empty"), timeout=0.2)
+    strace.code = 1                     # strace gave up: no wait, the caller reports it
+    started = time.monotonic()
+    runner._wait_attached(os.getpid(), strace, str(tmp_path / "empty"), timeout=10)
+    assert time.monotonic() - started < 1
 
 
 def test_an_empty_command_is_refused_before_anything_runs():
