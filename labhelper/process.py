@@ -369,10 +369,11 @@ def spawn(fn, *args, unshare: CloneFlags | int = 0, keep_fds: tuple[int, ...] = 
     return Child(pid, read_fd, gate_w, name)
 
 
-def fork_first_process() -> int:
-    """os.fork(), the child being the first process, PID 1, of a new PID namespace; 0 in the
-    child, its pid (here) in the parent. What runc and crun do with clone(CLONE_NEWPID), in one
-    fork instead of spawn()'s two (a fork of a large Python process is dear: a millisecond or more).
+def fork_first_process(child, *args) -> int:
+    """Fork a child that is the first process, PID 1, of a new PID namespace, and runs
+    ``child(*args)`` there (it never returns here: the child ends with os._exit); its pid here.
+    What runc and crun do with clone(CLONE_NEWPID), in one fork: a fork of a large Python
+    process is dear (a millisecond or more), and a child in between would cost a second one.
 
     The one namespace change made in the calling process, and why it is safe in a threaded
     Jupyter kernel: unshare(CLONE_NEWPID) does not move the caller. It only sets the PID
@@ -380,25 +381,39 @@ def fork_first_process() -> int:
     for the calling thread: the kernel keeps namespaces per thread, so the kernel's other threads
     are untouched. Right after the fork, setns() sets this thread's back to its own namespace,
     which the kernel allows (it is the caller's own, not a parent's), whatever happened meanwhile.
+    SIGINT (a notebook's interrupt) is held back meanwhile, so that a KeyboardInterrupt can
+    never make the child return into the caller's code.
     """
     own = os.open("/proc/thread-self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     pid = -1
     try:
         syscalls.unshare(CloneFlags.CLONE_NEWPID)
-        sys.stdout.flush()
-        sys.stderr.flush()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)     # as in spawn()
             pid = os.fork()
-    finally:
-        if pid != 0:
-            # The parent, or a failed fork: this thread's next children are born here again.
+        if pid == 0:
             try:
+                os.close(own)       # it is in the new namespace (its parent's is not its to enter)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                child(*args)
+            finally:
+                os._exit(125)
+    finally:
+        try:
+            try:
+                # The parent, or a failed fork: this thread's next children are born here again.
                 syscalls.setns(own, CloneFlags.CLONE_NEWPID)
             finally:
                 os.close(own)
-    if pid == 0:
-        os.close(own)       # the child: it is in the new namespace (its parent's is not its to enter)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)    # a SIGINT held back comes now
+        except BaseException:
+            if pid > 0:             # a child made in vain: it goes, and nothing waits for it
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            raise
     return pid
 
 

@@ -11,7 +11,7 @@
       6  move init into the cgroup, say "go" -----> waits for that, then
                                                     unshare cgroup, setsid, mounts, ...
       7  collect its output; waitpid: its status    ... execve(command)
-      8  undo 4 to 2 (kill init, and so its PID namespace; what the cgroup still holds; ...)
+      8  undo 6 to 2 (kill init, and so its PID namespace; what the cgroup still holds; ...)
 
 One fork, as runc and crun do it with clone(CLONE_NEWPID): a fork of a large Python process is
 dear (a millisecond or more), and a child in between would cost a second one. The runtime stays
@@ -170,22 +170,35 @@ class _Init:
         self._status: int | None = None
 
     def go(self, group: cgroups.Group) -> None:
-        """Move init into ``group`` (in every hierarchy on v1), then let it go on: it says "1"
-        or "2", the cgroup version it is in (its /sys shows its own cgroup on v2)."""
+        """Move init into ``group`` (in every hierarchy on v1), then let it go on: the runtime
+        says "1" or "2", the cgroup version it is in (its /sys shows its own cgroup on v2)."""
         try:
             group.add(self.pid)
             os.write(self._go, str(group.version).encode())
-        except (Refused, BrokenPipeError):
+        except (Refused, BrokenPipeError) as exc:
             # It is gone already: it failed to make its namespaces, and said why on its error pipe.
-            said = self._error
-            if select.select([self._err], [], [], 0)[0]:
-                said += os.read(self._err, 65536)
-            if said:
-                failed = json.loads(said)
-                raise LabError(f"the container's init did not start: {failed['step']}: {failed['error']}",
-                               hint="nothing was left behind") from None
-            raise
+            said = self._error + self._ready(self._err)
+            failed = json.loads(said) if said else {"step": "start", "error": f"it ended before it was told to go ({exc})"}
+            raise LabError(f"the container's init did not start: {failed['step']}: {failed['error']}",
+                           hint="nothing was left behind") from None
         self._close("_go")
+
+    @staticmethod
+    def _ready(fd: int) -> bytes:
+        """What ``fd`` holds now, without waiting (b"" if nothing, or at its end)."""
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return os.read(fd, 65536) if fd >= 0 and poller.poll(0) else b""
+
+    def begin(self) -> None:
+        """Its timeout counts from now, if it did not already (told to run its last steps, or
+        to execve, while nothing reads its error pipe: a container stepped by hand)."""
+        if self._deadline is None:
+            self._deadline = time.monotonic() + self._timeout
+
+    @property
+    def ended(self) -> bool:
+        return self._status is not None
 
     def fds(self) -> list[int]:
         """The pipes still open, to poll with the rest (a port proxy's sockets)."""
@@ -201,7 +214,7 @@ class _Init:
             self._error += data
             if not data:
                 self._close("_err")
-                self._deadline = time.monotonic() + self._timeout
+                self.begin()
         elif not data:
             self._close("_out")
         else:
@@ -222,14 +235,16 @@ class _Init:
                 signal.pidfd_send_signal(self.pidfd, sig)
 
     def collect(self, deadline: float | None) -> dict:
-        """Its output until the namespace's last process is gone, then its exit status.
-        ``deadline`` (time.monotonic()): then it is killed and ChildTimeout raised."""
+        """Its output until it has exited, then its exit status. ``deadline``
+        (time.monotonic()): then it is killed and ChildTimeout raised."""
+        if self._status is not None:
+            raise LabError(f"the container's init (pid {self.pid}) was killed already", hint="remove() it")
         poller_fds = None
         while True:
             fds = self.fds()
             if poller_fds != fds:
                 poller = select.poll()
-                for fd in fds or [self.pidfd]:
+                for fd in fds + [self.pidfd]:
                     poller.register(fd, select.POLLIN)
                 poller_fds = fds
             wait = self.patience()
@@ -240,14 +255,24 @@ class _Init:
                     raise ChildTimeout(f"the container's init (pid {self.pid}) did not end in time; it was killed",
                                        hint="pass a larger timeout=")
                 wait = min(wait, left)
-            ready = poller.poll(max(1, int(wait * 1000)))
-            if not fds:
-                if ready:       # the pidfd: it has exited (the output ended a moment before)
-                    break
-                continue
-            for fd, _ in ready:
-                self.take(fd)
-        _, status = os.waitpid(self.pid, 0)
+            ready = {fd for fd, _ in poller.poll(max(1, int(wait * 1000)))}
+            for fd in fds:
+                if fd in ready:
+                    self.take(fd)
+            if self.pidfd in ready:
+                # It has exited, and with PID 1 every process of its namespace: what they wrote
+                # is in the pipes. Read it without waiting for their ends (a copy of a write end
+                # in some other process of this kernel's must not keep us here).
+                for fd in self.fds():
+                    now = select.poll()
+                    now.register(fd, select.POLLIN)
+                    while fd in self.fds() and now.poll(0):
+                        self.take(fd)
+                break
+        try:
+            _, status = os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            status = 0
         self._status = status
         self._close("pidfd")
         output = b"".join(self._chunks).decode(errors="replace")
@@ -262,19 +287,22 @@ class _Init:
             os.close(fd)
             setattr(self, attr, -1)
 
-    def kill(self) -> None:
-        """SIGKILL init, and so every process of its PID namespace, and reap it (idempotent)."""
+    def kill(self, patience: float = 30.0) -> None:
+        """SIGKILL init, and so every process of its PID namespace, and reap it (idempotent).
+        It is waited for ``patience`` seconds at most: a process of its namespace stuck in the
+        kernel (state D), or frozen in a v1 freezer cgroup, holds PID 1's end back; it is then
+        left to the cgroup's kill and the next cleanup, and not waited for here."""
         if self._status is None:
             self.signal(signal.SIGKILL)
-            while True:
-                try:
-                    self._status = os.waitpid(self.pid, 0)[1]
-                    break
-                except ChildProcessError:
-                    self._status = 0
-                    break
-                except InterruptedError:
-                    continue
+            if self.pidfd >= 0:
+                gone = select.poll()
+                gone.register(self.pidfd, select.POLLIN)
+                if not gone.poll(int(patience * 1000)):
+                    return
+            try:
+                self._status = os.waitpid(self.pid, 0)[1]
+            except ChildProcessError:
+                self._status = 0
         for attr in ("_go", "_err", "_out", "pidfd"):
             self._close(attr)
 
@@ -300,6 +328,12 @@ def remove_folder(path: str) -> None:
     whichever container made that one, the last to go removes it."""
     mounts.remove_dir(marks.Obj("dir", path, where=(path,)), registry.ledger())
     mounts.rmdir_empty([config.CONTAINERS])
+
+
+def _order(control_w: int, order: bytes) -> None:
+    """Tell init an order ("step", "start"). If it has ended already, wait() reads why."""
+    with contextlib.suppress(BrokenPipeError):
+        os.write(control_w, order)
 
 
 def _read_line(fd: int, timeout: float) -> bytes:
@@ -329,9 +363,7 @@ def _fork_init(spec: dict, rootfs: str, flags: CloneFlags, capture: bool, log: s
                 continue
             pipes[f"{name}_r"], pipes[f"{name}_w"] = os.pipe2(os.O_CLOEXEC)
             mine += [pipes[f"{name}_r"], pipes[f"{name}_w"]]
-        pid = process.fork_first_process()
-        if pid == 0:
-            _init_side(spec, rootfs, pipes, flags, log, netns_fd)       # never returns
+        pid = process.fork_first_process(_init_side, spec, rootfs, pipes, flags, log, netns_fd)
         try:
             init_ = _Init(pid, pipes["go_w"], pipes["err_r"], pipes["out_r"], timeout)
         except BaseException:
@@ -367,7 +399,9 @@ class Container:
         self.done: list[str] = []
         self.result: Result | None = None
         self.pid: int = init_.pid
-        hello = json.loads(_read_line(reply_r, 30) or b'{"error": "it ended"}')
+        # The first line only: with start=True a failed step's line may come right behind it
+        # (that failure is then read from the error pipe, by wait()).
+        hello = json.loads(_read_line(reply_r, 30).split(b"\n")[0] or b'{"error": "it ended"}')
         if "error" in hello:
             raise LabError(f"the container's init did not start: {hello.get('step', 'start')}: {hello['error']}",
                            hint="nothing was left behind")
@@ -382,19 +416,22 @@ class Container:
         container is then gone: call remove())."""
         if self.next is None or self._control < 0:
             raise Refused(f"{self.name} has no step left: wait() for it")
-        os.write(self._control, b"step\n")
+        _order(self._control, b"step\n")
         answer = json.loads(_read_line(self._reply, 60) or b'{"error": "init ended"}')
         if "error" in answer:
             raise LabError(f"step {answer.get('step', self.next)!r} failed: {answer['error']}")
         self.done.append(answer["step"])
         if answer["step"] == "exec":
+            self._init.begin()
             self._close_control()
         return answer["step"]
 
     def start(self) -> None:
-        """Run every step left and the command (``runc start``)."""
+        """Run every step left and the command (``runc start``). Its timeout counts from now;
+        what it prints waits in a pipe (64 kB) until :meth:`wait` reads it."""
         if self._control >= 0:
-            os.write(self._control, b"start\n")
+            self._init.begin()
+            _order(self._control, b"start\n")
             self._close_control()
             self.done = list(self.steps)
 
@@ -419,7 +456,7 @@ class Container:
             ended = self._init.collect(deadline)
         except BaseException:
             # Ctrl-C (a notebook interrupt), or no end in time: it is killed, nothing waits on.
-            self._init.kill()
+            self._end()
             raise
         error = ended["error"]
         if error is not None and ended["exit_code"] == init.EXIT_RUNTIME:
@@ -454,15 +491,20 @@ class Container:
         if keep_folder and self._keep is not None:
             self._keep["folder"] = True
         if self.result is None:
-            # Its PID 1 first (the kernel then kills the rest of its PID namespace), reaped here, its
-            # parent; then whatever the cgroup still holds.
-            self._init.kill()
-            with contextlib.suppress(ProcessLookupError):
-                self.group.kill()
+            self._end()
         if self._undo is not None:
             self._undo.close()
             self._undo = None
             self._marks.append(("remove", time.perf_counter()))
+
+    def _end(self) -> None:
+        """Kill its PID 1 (the kernel then kills the rest of its PID namespace) and whatever its
+        cgroup still holds (the group's kill thaws a frozen v1 group first, where a SIGKILL
+        waits), then reap its init: the runtime is its parent."""
+        self._init.signal(signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            self.group.kill()
+        self._init.kill()
 
     def __enter__(self) -> "Container":
         return self
@@ -566,8 +608,11 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
             flags &= ~CloneFlags.CLONE_NEWNET
         init_, control_w, reply_r = _fork_init(spec, rootfs, flags, capture and not log,
                                                 f"{bundle}/{LOG}" if log else None, netns_fd, cfg.timeout, undo)
-        marks_.append(("fork", time.perf_counter()))
+        # run() with published ports on its own loopback (--net none): they reach it through its
+        # network namespace, opened below while init still waits; so "start" waits until then.
+        early = start and (not cfg.publish or cfg.net == "bridge")
         try:
+            marks_.append(("fork", time.perf_counter()))
             # Its cgroup is made while init makes its namespaces (as crun does, after its clone):
             # init waits for "go" before it takes a step of its own.
             group = cgroups.group(group_name(cfg.name), owner=owner)
@@ -580,16 +625,18 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
             fault_point("container-cgroup")
             marks_.append(("cgroup and device rules", time.perf_counter()))
             init_.go(group)
-            if start:
+            if early:
                 # run(): the order to run every step goes in now, read by init as soon as it is
                 # in its cgroup (no round trip through this process between the two).
-                os.write(control_w, b"start\n")
+                init_.begin()
+                _order(control_w, b"start\n")
             box = Container(cfg, spec, rootfs, group, init_, control_w, reply_r, started, marks_)
         except BaseException:
             os.close(control_w)             # the Container owns them once made, not before
             os.close(reply_r)
             raise
-        if start:
+        undo.callback(box._close_control)   # idempotent: wait() and remove() close them too
+        if early:
             box._close_control()
             box.done = list(box.steps)
         box.address = address
@@ -604,6 +651,8 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
             box.ports = ports
         box._undo = undo.pop_all()
         box._keep = keep
+    if start and not early:
+        box.start()
     return box
 
 

@@ -219,6 +219,16 @@ class _Helper:
         ours.settimeout(self.ANSWER_TIMEOUT)
         self.conn, self.pid = ours, os.getpid()
 
+    def forget(self) -> None:
+        """In a forked child: the helper and its connection are the parent's. The child's
+        socket object still names the parent's fd number, which the child may close (spawn's
+        close_fds) and then reuse for another file; closing that object later (a new helper
+        replacing it, or the garbage collector) would close that other file. So the number is
+        detached, never closed, and a helper of the child's own starts when it is needed."""
+        if self.conn is not None:
+            self.conn.detach()
+        self.conn, self.child, self.pid = None, None, None
+
     def _gone(self, why: str) -> LabError:
         # Close our end and reap the helper: the next call starts a new one.
         if self.conn is not None:
@@ -233,7 +243,9 @@ class _Helper:
         called if the request succeeded but an interrupt arrived meanwhile; then the interrupt
         is raised."""
         with self.lock, _interrupts_deferred() as pending:
-            if self.pid != os.getpid() or self.conn is None:
+            if self.pid != os.getpid():
+                self.forget()               # a fork's copy (at-fork did it already, as a rule)
+            if self.conn is None:
                 self._start()
             self.seq += 1
             seq = self.seq
@@ -265,6 +277,7 @@ class _Helper:
 
 
 _helper = _Helper()
+os.register_at_fork(after_in_child=_helper.forget)
 
 
 # --- the public side -------------------------------------------------------------------------------

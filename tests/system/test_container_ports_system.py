@@ -133,3 +133,14 @@ def test_its_output_is_read_while_its_ports_are_served(bb, uid):
     assert result.exit_code == 0 and not result.timed_out, result
     assert result.output.count("x") == 300000 and result.output.endswith("done\n")
     assert _census() == before
+
+
+def test_a_short_command_with_ports_on_its_own_loopback(bb, uid):
+    # --net none: the ports reach it through its network namespace, opened while its init waits;
+    # a command that ends at once must not have taken that namespace away before.
+    before = _census()
+    for i in range(5):
+        result = container.run("busybox", ["true"], store=bb, name=f"brief-{uid}-{i}",
+                               publish=[f"{_free_port()}:80"], timeout=30)
+        assert result.exit_code == 0, result
+    assert _census() == before

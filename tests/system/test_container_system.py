@@ -424,3 +424,35 @@ def test_init_failing_to_make_its_namespaces_says_so_and_leaves_nothing(bb, uid,
     assert sorted(os.listdir("/proc/self/fd")) == fds
     assert procfs.children() == kids
     assert _census() == before
+
+
+def test_removing_a_frozen_container_ends_it(bb, uid):
+    # A SIGKILL waits while its group is frozen: remove() kills through the group, which thaws
+    # it, and comes back (it used to be waited for without end).
+    before = _census()
+    box = container.create("busybox", ["sleep", "60"], store=bb, name=f"frozen-{uid}")
+    try:
+        box.start()
+        deadline = time.monotonic() + 10
+        while not box.group.procs() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        box.group.freeze()
+        started = time.monotonic()
+    finally:
+        box.remove()
+    assert time.monotonic() - started < 20
+    assert _census() == before
+
+
+def test_a_stepped_container_s_timeout_counts_from_its_start(bb, uid):
+    # Nothing reads its error pipe between start() and wait(): its timeout counts from start().
+    box = container.create("busybox", ["sleep", "60"], store=bb, name=f"late-{uid}", timeout=1)
+    try:
+        box.start()
+        time.sleep(1.5)
+        started = time.monotonic()
+        result = box.wait()
+    finally:
+        box.remove()
+    assert result.timed_out and result.exit_code == 137, result
+    assert time.monotonic() - started < 1.0

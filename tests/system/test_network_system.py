@@ -473,3 +473,34 @@ def _held_sockets(ns: str) -> int:
         finally:
             os.close(nsfd)
     return count
+
+
+def _helper_in_a_fork(number: int) -> str:
+    # The parent's helper connection had fd ``number``; spawn's close_fds closed it here. Another
+    # file takes that number, then this child's own helper starts: the file must stay open.
+    from labhelper.network import netns
+    null = os.open("/dev/null", os.O_RDONLY)
+    if null != number:
+        os.dup2(null, number)
+        os.close(null)
+    own = os.open("/proc/self/ns/net", os.O_RDONLY)
+    netns.socket_at(own).close()
+    os.close(own)
+    return os.readlink(f"/proc/self/fd/{number}")
+
+
+def test_a_forked_child_never_closes_what_took_the_number_of_the_parents_helper_socket():
+    from labhelper import process
+    from labhelper.network import netns
+    own = os.open("/proc/self/ns/net", os.O_RDONLY)
+    try:
+        netns.socket_at(own).close()        # the helper of this process, started
+    finally:
+        os.close(own)
+    number = netns._helper.conn.fileno()
+    assert process.run_in_child(_helper_in_a_fork, number) == "/dev/null"
+    own = os.open("/proc/self/ns/net", os.O_RDONLY)
+    try:
+        netns.socket_at(own).close()        # and ours still works
+    finally:
+        os.close(own)

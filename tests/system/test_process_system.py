@@ -46,10 +46,11 @@ def test_fork_first_process_the_child_is_pid_1_and_only_this_thread_chose_its_na
     watcher.start()
     try:
         said_r, said_w = os.pipe()
-        pid = process.fork_first_process()
-        if pid == 0:
+
+        def say():
             os.write(said_w, f"{os.getpid()} {os.getppid()} {os.readlink('/proc/self/ns/pid')}".encode())
             os._exit(0)
+        pid = process.fork_first_process(say)
         os.close(said_w)
         child_pid, child_ppid, child_ns = os.read(said_r, 200).decode().split()
         os.close(said_r)
@@ -70,13 +71,21 @@ def test_fork_first_process_takes_the_namespace_back_when_the_fork_fails(monkeyp
         raise BlockingIOError(11, "Resource temporarily unavailable")
     monkeypatch.setattr(os, "fork", no_fork)
     with pytest.raises(BlockingIOError):
-        process.fork_first_process()
+        process.fork_first_process(os._exit, 0)
     monkeypatch.undo()
     assert _pid_for_children() == own
     pid = os.fork()                                     # and a plain fork is born in this namespace
     if pid == 0:
         os._exit(0 if os.getpid() != 1 else 1)
     assert os.waitpid(pid, 0)[1] == 0
+
+
+def test_fork_first_process_a_child_that_returns_or_raises_ends_there():
+    # Whatever the function does, the child never comes back into the caller's code (a copy of
+    # a notebook kernel running on would undo the caller's work): it ends with status 125.
+    for fn in (lambda: None, lambda: 1 / 0):
+        pid = process.fork_first_process(fn)
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 125
 
 
 def _private_mount(target):
