@@ -185,20 +185,16 @@ class _Init:
 
     @staticmethod
     def _ready(fd: int) -> bytes:
-        """What ``fd`` holds now, without waiting (b"" if nothing, or at its end)."""
+        """What the open ``fd`` holds now, without waiting (b"" if nothing, or at its end)."""
         poller = select.poll()
         poller.register(fd, select.POLLIN)
-        return os.read(fd, 65536) if fd >= 0 and poller.poll(0) else b""
+        return os.read(fd, 65536) if poller.poll(0) else b""
 
     def begin(self) -> None:
         """Its timeout counts from now, if it did not already (told to run its last steps, or
         to execve, while nothing reads its error pipe: a container stepped by hand)."""
         if self._deadline is None:
             self._deadline = time.monotonic() + self._timeout
-
-    @property
-    def ended(self) -> bool:
-        return self._status is not None
 
     def fds(self) -> list[int]:
         """The pipes still open, to poll with the rest (a port proxy's sockets)."""
