@@ -20,6 +20,8 @@ What the child prints is captured and printed again by the parent, so it shows i
 """
 from __future__ import annotations
 
+import array
+import contextlib
 import gc
 import io
 import math
@@ -27,6 +29,7 @@ import os
 import pickle
 import select
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -37,7 +40,7 @@ from . import marks, procfs, syscalls
 from .errors import ChildError, ChildTimeout
 from .flags import CloneFlags, Prctl
 
-__all__ = ["run_in_child", "spawn", "fork_first_process", "Child", "is_same_process", "RemoteTraceback", "close_fds", "lifetime_pid", "own_lifetime",
+__all__ = ["run_in_child", "spawn", "ForkServer", "FirstProcess", "fork_server", "stop_fork_server", "Child", "is_same_process", "RemoteTraceback", "close_fds", "lifetime_pid", "own_lifetime",
            "find_processes", "remove_process"]
 
 # In a child made by spawn(): the pid of the process whose life the child's work belongs to (the
@@ -369,52 +372,267 @@ def spawn(fn, *args, unshare: CloneFlags | int = 0, keep_fds: tuple[int, ...] = 
     return Child(pid, read_fd, gate_w, name)
 
 
-def fork_first_process(child, *args) -> int:
-    """Fork a child that is the first process, PID 1, of a new PID namespace, and runs
-    ``child(*args)`` there (it never returns here: the child ends with os._exit); its pid here.
-    What runc and crun do with clone(CLONE_NEWPID), in one fork: a fork of a large Python
-    process is dear (a millisecond or more), and a child in between would cost a second one.
+class ForkServer:
+    """A copy of this process that makes the first process of each new PID namespace for it:
+    what a container's start needs (runtime.py), without this process forking at all.
 
-    The one namespace change made in the calling process, and why it is safe in a threaded
-    Jupyter kernel: unshare(CLONE_NEWPID) does not move the caller. It only sets the PID
-    namespace its *next children* are born in (/proc/thread-self/ns/pid_for_children), and only
-    for the calling thread: the kernel keeps namespaces per thread, so the kernel's other threads
-    are untouched. Right after the fork, setns() sets this thread's back to its own namespace,
-    which the kernel allows (it is the caller's own, not a parent's), whatever happened meanwhile.
-    SIGINT (a notebook's interrupt) is held back meanwhile, so that a KeyboardInterrupt can
-    never make the child return into the caller's code.
+    Why not fork here? After fork(2) every page of this process is shared copy-on-write with the
+    child, and the first write to each one here costs a page fault and a copy (about 2 µs under
+    kvm_pvm): a container's start then paid for some 650 of them in the runtime, a millisecond
+    and a half, besides the fork's own millisecond. The server is forked once; from then on it
+    forks, and the faults are its own (a few: it only waits and answers), while this process
+    carries on at once (a runtime makes the container's cgroup meanwhile).
+
+        this process                          the server (forked once)
+        start_first(fn, args, fds) ---------> clone(CLONE_NEWPID | CLONE_PARENT) --> fn(fds, *args)
+          (the fds travel with SCM_RIGHTS)      PID 1 of a new PID namespace, whose parent is
+        ... other work ...                      *this* process (CLONE_PARENT): it is reaped,
+        pid() <------------------------------   signalled and read here, as if forked here
+                                                  (pidfd, waitpid, SIGCHLD, PR_SET_PDEATHSIG)
+
+    runc and crun make their init with clone(CLONE_NEWPID) too; a Python process can only do it
+    in a single-threaded process (syscalls.clone), which the server is and a Jupyter kernel is
+    not. So nothing in the notebook kernel changes namespace, not even for its next child.
+
+    What the child gets from the server rather than from this process: the server's memory, as
+    it was when the server was forked (the code it runs is that code: a module changed here
+    later is not seen there), its current folder and its limits. Its fds 0, 1 and 2 are this
+    process's, sent with each request. The server dies with this process (PR_SET_PDEATHSIG: with
+    the thread that started it, as spawn()'s children do), ends when its socket closes, or is
+    ended by :meth:`close`; a forked child of this process forgets it (an at-fork hook) and
+    starts its own when it needs one.
     """
-    own = os.open("/proc/thread-self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    pid = -1
-    try:
-        syscalls.unshare(CloneFlags.CLONE_NEWPID)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)     # as in spawn()
-            pid = os.fork()
-        if pid == 0:
-            try:
-                os.close(own)       # it is in the new namespace (its parent's is not its to enter)
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                child(*args)
-            finally:
-                os._exit(125)
-    finally:
+
+    def __init__(self) -> None:
+        here, there = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        parent, lifetime = os.getpid(), lifetime_pid()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)     # as in spawn()
+                pid = os.fork()
+            if pid == 0:
+                try:
+                    _serve(there.detach(), parent, lifetime, mask)
+                finally:
+                    os._exit(0)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        there.close()
+        self.pid, self.owner, self._sock = pid, parent, here
+
+    def start_first(self, fn, args: tuple, fds: dict[str, int]) -> "FirstProcess":
+        """Ask for the first process of a new PID namespace, running ``fn(fds_there, *args)``
+        (``fds_there``: ``fds`` by the same names, as numbers in the child; it must pickle by
+        reference: a module-level function). Returns at once: :meth:`FirstProcess.pid` waits
+        for the answer. The caller may close its own copies of ``fds`` once this returns."""
+        names = list(fds)
+        std = [fd for fd in (0, 1, 2) if _is_open(fd)]
+        payload = pickle.dumps((fn, args, names, std))
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            socket.send_fds(self._sock, [payload], [fds[n] for n in names] + std)
+        except OSError as exc:
+            self.close()
+            raise ChildError(f"the fork server (pid {self.pid}) is gone: {exc}",
+                             hint="it died with the thread that started it; the next request starts another") from None
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        return FirstProcess(self)
+
+    def _answer(self, timeout: float) -> tuple[str, object]:
+        ready = select.poll()
+        ready.register(self._sock, select.POLLIN)
+        if not ready.poll(int(timeout * 1000)):
+            raise ChildTimeout(f"the fork server (pid {self.pid}) did not answer within {timeout:g} s")
+        said = self._sock.recv(4096)
+        if not said:
+            raise ChildError(f"the fork server (pid {self.pid}) ended without answering")
+        return pickle.loads(said)
+
+    def alive(self) -> bool:
+        """Whether it still serves this process (not if it died, or this is a forked child)."""
+        if self._sock.fileno() < 0 or os.getpid() != self.owner:
+            return False
+        try:
+            ended = os.waitpid(self.pid, os.WNOHANG)[0]
+        except ChildProcessError:
+            ended = self.pid
+        if ended:
+            self._sock.close()
+            return False
+        return True
+
+    def close(self) -> None:
+        """End the server and reap it (idempotent). It holds nothing of its own, so it is
+        killed rather than asked: close() never waits on a server that does not answer."""
+        if self._sock.fileno() >= 0:
+            self._sock.close()
+            if os.getpid() == self.owner:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.pid, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(self.pid, 0)
+
+
+class FirstProcess:
+    """A request to the fork server: :meth:`pid` is its answer; :meth:`abandon` kills and reaps
+    what it made unless :meth:`pid` was taken (an undo: idempotent)."""
+
+    def __init__(self, server: ForkServer) -> None:
+        self._server, self._pid, self._taken, self._error = server, None, False, None
+
+    def pid(self, timeout: float = 30.0) -> int:
+        """The child's pid (it is this process's child); a failure to make it is raised here."""
+        if self._error is not None:
+            raise self._error
+        if self._pid is None:
+            mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             try:
-                # The parent, or a failed fork: this thread's next children are born here again.
-                syscalls.setns(own, CloneFlags.CLONE_NEWPID)
+                kind, value = self._server._answer(timeout)
+            except BaseException:
+                # Its answer is lost or late: a later request must not read it as its own.
+                self._server.close()
+                raise
             finally:
-                os.close(own)
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)    # a SIGINT held back comes now
-        except BaseException:
-            if pid > 0:             # a child made in vain: it goes, and nothing waits for it
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            raise
-    return pid
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            if kind == "err":
+                self._taken, self._error = True, value
+                raise value
+            self._pid = value
+        self._taken = True
+        return self._pid
+
+    def abandon(self) -> None:
+        if self._taken:
+            return
+        self._taken = True
+        try:
+            pid = self.pid()
+        except Exception:          # noqa: BLE001 - nothing was made, or the server is gone
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+def _serve(sock: int, parent: int, lifetime: int, mask) -> None:
+    """The fork server's life (never returns): one request, one clone, one answer."""
+    global _lifetime_pid
+    _lifetime_pid = lifetime
+    # A terminal's Ctrl-C reaches the whole process group: the process it serves decides. Then
+    # SIGINT is unblocked again (a signal mask survives execve: a container's command must not
+    # inherit one blocked).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    syscalls.prctl(Prctl.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        return
+    close_fds({sock})
+    for fd in (0, 1, 2):
+        # Never a number below 3 free: a received fd would land there, and the child's dup2()
+        # onto 0, 1 and 2 would overwrite it. (open() takes the lowest free number: this one.)
+        if not _is_open(fd):
+            os.open(os.devnull, os.O_RDWR)
+    # Its heap, as forked, out of the collector's sight: a collection would touch every page.
+    gc.freeze()
+    conn = socket.socket(fileno=sock)
+    while True:
+        try:
+            payload, fds = _receive(conn)
+        except OSError:
+            return
+        if not payload:
+            return                          # the process it served closed its end, or ended
+        pid = -1
+        try:
+            fn, args, names, std = pickle.loads(payload)
+            pid = syscalls.clone(CloneFlags.CLONE_NEWPID | CloneFlags.CLONE_PARENT)
+            if pid == 0:
+                try:
+                    conn.detach()
+                    os.close(sock)
+                    for want, fd in zip(std, fds[len(names):]):
+                        os.dup2(fd, want)
+                        os.close(fd)
+                    signal.signal(signal.SIGINT, signal.default_int_handler)
+                    fn(dict(zip(names, fds)), *args)
+                finally:
+                    os._exit(125)
+            answer = ("ok", pid)
+        except BaseException as exc:     # noqa: BLE001 - told to the caller, who raises it
+            answer = ("err", exc if _pickles(exc) else ChildError(f"{type(exc).__name__}: {exc}"))
+        for fd in fds:
+            os.close(fd)
+        try:
+            conn.send(pickle.dumps(answer))
+        except OSError:
+            return
+
+
+def _receive(conn: socket.socket) -> tuple[bytes, list[int]]:
+    """A request and its fds, each O_CLOEXEC as on the pipes they came from (an error pipe
+    tells its reader that the child executed its command by closing at execve). Not with
+    socket.recv_fds: it drops its flags argument (Python 3.11 and 3.12)."""
+    fds = array.array("i")
+    payload, ancillary, _, _ = conn.recvmsg(1 << 20, socket.CMSG_LEN(64 * fds.itemsize), socket.MSG_CMSG_CLOEXEC)
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+    return payload, list(fds)
+
+
+def _pickles(value) -> bool:
+    try:
+        pickle.dumps(value)
+        return True
+    except Exception:          # noqa: BLE001
+        return False
+
+
+_server: ForkServer | None = None
+
+
+def fork_server() -> ForkServer:
+    """This process's fork server, started on first use (and again if it died)."""
+    global _server
+    if _server is None or not _server.alive():
+        if _server is not None:
+            _server.close()
+        _server = ForkServer()
+    return _server
+
+
+def stop_fork_server() -> None:
+    """End this process's fork server, if it has one (a supervisor, once its container runs)."""
+    global _server
+    if _server is not None and _server.alive():
+        _server.close()
+    _server = None
+
+
+def _forget_server_in_child() -> None:
+    # A forked child shares the parent's server socket: it closes its copy now, while that fd
+    # number still is that socket (later it may name another file), and starts its own server.
+    global _server
+    if _server is not None:
+        with contextlib.suppress(OSError):
+            _server._sock.close()
+        _server = None
+
+
+os.register_at_fork(after_in_child=_forget_server_in_child)
 
 
 def run_in_child(fn, *args, unshare: CloneFlags | int = 0, timeout: float | None = 30.0,

@@ -16,13 +16,14 @@ import ctypes.util
 import os
 from functools import partial
 import platform
+import signal
 import sys
 
 from .errors import Shown, SyscallError
 from .flags import CloneFlags, FsconfigCmd, MountAttr, MountFlags, Prctl, UmountFlags
 
 __all__ = [
-    "SYSCALL_NUMBERS", "syscall_number", "raw_syscall", "unshare", "setns", "mount", "umount2",
+    "SYSCALL_NUMBERS", "syscall_number", "raw_syscall", "clone", "unshare", "setns", "mount", "umount2",
     "msgget", "msgctl_rmid", "IPC_CREAT", "IPC_PRIVATE",
     "pivot_root", "sethostname", "prctl", "ioctl", "ioctl_noarg", "address_of", "check", "error",
     "fsopen", "fsconfig", "fsmount", "move_mount", "MOVE_MOUNT_F_EMPTY_PATH", "MOVE_MOUNT_T_EMPTY_PATH",
@@ -45,14 +46,14 @@ for _name in ("syscall", "unshare", "setns", "mount", "umount2", "sethostname", 
 SYSCALL_NUMBERS: dict[str, dict[str, int]] = {
     "x86_64": {
         "read": 0, "write": 1, "close": 3, "getpid": 39, "uname": 63, "getppid": 110,
-        "gettid": 186, "mount": 165, "umount2": 166, "pivot_root": 155, "sethostname": 170,
+        "gettid": 186, "clone": 56, "mount": 165, "umount2": 166, "pivot_root": 155, "sethostname": 170,
         "unshare": 272, "setns": 308, "clock_gettime": 228, "pidfd_open": 434,
         "pidfd_send_signal": 424, "ioctl": 16, "openat": 257, "mkdir": 83, "mkdirat": 258,
         "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "openat2": 437,
     },
     "aarch64": {
         "read": 63, "write": 64, "close": 57, "getpid": 172, "uname": 160, "getppid": 173,
-        "gettid": 178, "mount": 40, "umount2": 39, "pivot_root": 41, "sethostname": 161,
+        "gettid": 178, "clone": 220, "mount": 40, "umount2": 39, "pivot_root": 41, "sethostname": 161,
         "unshare": 97, "setns": 268, "clock_gettime": 113, "pidfd_open": 434,
         "pidfd_send_signal": 424, "ioctl": 29, "openat": 56, "mkdirat": 34,
         "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "openat2": 437,
@@ -136,6 +137,38 @@ def raw_syscall(name: str, *args: int | bytes | None) -> int:
         shown = {(names[i] if i < len(names) else f"arg{i}"): _show(a) for i, a in enumerate(args)}
         check(result, name, shown)
     return result
+
+
+# The same libc, called with the GIL held (a PyDLL): clone() must run as os.fork() runs fork(2),
+# with no other Python thread able to run between Python's bookkeeping before and after it.
+_libc_gil_held = ctypes.PyDLL(_libc._name, use_errno=True)
+_libc_gil_held.syscall.restype = ctypes.c_long
+
+
+def clone(flags: CloneFlags | int) -> int:
+    """fork(2) with flags: clone(2) with ``flags`` and SIGCHLD, made as os.fork() makes fork(2),
+    Python's bookkeeping around it included (PyOS_BeforeFork, PyOS_AfterFork_Child/_Parent: the
+    import lock, the at-fork hooks, the child's thread state). 0 in the child, its pid here.
+
+    What os.fork() cannot say: CLONE_NEWPID (the child is PID 1 of a new PID namespace) and
+    CLONE_PARENT (its parent is this process's parent, not this process). No stack is given, so
+    the child goes on from here on a copy of this one, as after fork. Call it only in a
+    single-threaded process: libc's own fork bookkeeping (its locks, its cached thread id) is
+    not done; a single-threaded caller holds none of those locks.
+    """
+    flags = CloneFlags(flags)
+    api = ctypes.pythonapi
+    api.PyOS_BeforeFork()
+    pid = _libc_gil_held.syscall(ctypes.c_long(syscall_number("clone")), ctypes.c_ulong(int(flags) | signal.SIGCHLD),
+                                 None, None, None, None)     # SIGCHLD: what its end sends its parent
+    err = ctypes.get_errno()
+    if pid == 0:
+        api.PyOS_AfterFork_Child()
+        return 0
+    api.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise error("clone", {"flags": flags}, err)
+    return pid
 
 
 def unshare(flags: CloneFlags | int) -> None:

@@ -3,7 +3,7 @@ runtime such as runc or crun composes them.
 
 * ``config``   the request, checked whole before anything is made (names, limits, paths, volumes);
 * ``runtime``  the outside: a folder, an overlay root of the image's layers, a cgroup with limits
-               and device rules, the fork into new namespaces, the wait, the undo;
+               and device rules, init cloned into new namespaces (by its fork server), the wait, the undo;
 * ``init``     the inside, PID 1 of the container: volumes, /proc, /dev, /sys, masked paths,
                pivot_root, hostname, capabilities, seccomp, then execve;
 * ``supervisor`` detached containers (``docker run -d``): a daemon per container that reaps it

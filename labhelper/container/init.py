@@ -1,9 +1,10 @@
 """The container's side of the fork: from a copy of Python to the container's first program.
 
 This runs in the process that becomes PID 1 of the container's PID namespace (runc calls it the
-container's init). It is already in the container's cgroup and in its new namespaces but one (it
-made them right after its fork, while the runtime made the cgroup and then moved it there:
-runtime.py); the cgroup namespace comes first here, so that it starts at the container's own cgroup. Each step below is one or two system calls, in the
+container's init), cloned by the runtime's fork server. It is already in the container's cgroup
+and in its new namespaces but one (it made them right after its clone, while the runtime made
+the cgroup and then moved it there: runtime.py); the cgroup namespace comes first here, so that
+it starts at the container's own cgroup. Each step below is one or two system calls, in the
 order a runtime must make them; a failed step ends the process with exit status 125 and says
 which step failed, through a pipe closed on exec (so an exec that succeeds says nothing):
 

@@ -1,22 +1,27 @@
 """The runtime's side of the fork: what `docker run` does outside the container.
 
-    the runtime (the notebook kernel)
+    the runtime (the notebook kernel)            its fork server (process.ForkServer)
       1  check everything (config.check): nothing is made for a bad request
       2  a folder for the container              /var/lib/labhelper/containers/NAME   (recorded)
       3  its root: an overlay of the image's layers, upper and work in that folder
-      4  fork init, PID 1 of a new PID namespace ---> init (init.py), a copy of this Python:
-         (process.fork_first_process)               unshare mnt, uts, ipc, net
-      5  meanwhile, a cgroup with its limits and    make every mount private
-         its device rules (cgroups.devices)
-      6  move init into the cgroup, say "go" -----> waits for that, then
-                                                    unshare cgroup, setsid, mounts, ...
-      7  collect its output; waitpid: its status    ... execve(command)
+      4  ask for init ------------------------> clone(CLONE_NEWPID | CLONE_PARENT) --> init (init.py):
+                                                                             PID 1, the runtime's child
+      5  meanwhile, a cgroup with its limits and                            unshare mnt, uts, ipc, net
+         its device rules (cgroups.devices)                                 make every mount private
+      6  move init into the cgroup, say "go" ------------------------------> waits for that, then
+                                                                             unshare cgroup, setsid, mounts, ...
+      7  collect its output; waitpid: its status                            ... execve(command)
       8  undo 6 to 2 (kill init, and so its PID namespace; what the cgroup still holds; ...)
 
-One fork, as runc and crun do it with clone(CLONE_NEWPID): a fork of a large Python process is
-dear (a millisecond or more), and a child in between would cost a second one. The runtime stays
-the container's parent, outside its cgroup, so that the OOM killer never picks it. The cgroup is
-made while init makes its namespaces (crun too makes it after its clone): both at once.
+One clone, as runc and crun make their init with clone(CLONE_NEWPID), by a fork server: a copy
+of this process, forked once, that forks for it from then on. It is single-threaded, as a raw
+clone from Python needs (libc's fork does its bookkeeping of locks other threads may hold; a
+raw clone does not), and a Jupyter kernel is not. A fork here would cost this process a page fault
+on every page it writes afterwards (some 650 per start, 1.5 ms under kvm_pvm), besides the fork;
+the server's clone costs it nothing, and runs while it makes the cgroup. With CLONE_PARENT init
+is the runtime's own child: the runtime reaps it and reads its status, and stays outside its
+cgroup, so that the OOM killer never picks it. The cgroup is made while init makes its
+namespaces (crun too makes it after its clone): both at once.
 
 Each step's undo is registered as soon as the step is done, so a failure (or Ctrl-C) anywhere
 leaves nothing; a kill of the whole kernel leaves records, and ``labhelper cleanup`` removes what
@@ -102,10 +107,12 @@ def settings(cfg: config.Config, img: images.Image | None) -> dict:
                         for v in cfg.volumes]}
 
 
-def _init_side(spec: dict, rootfs: str, pipes: dict, unshare: CloneFlags, log: str | None, netns_fd: int) -> None:
-    """In the child (fork_first_process): PID 1 of the new PID namespace, still a copy of this
-    Python. It makes the other namespaces, then waits until the runtime has moved it into the
-    container's cgroup, then becomes the container (init.main). Never returns."""
+def _init_side(pipes: dict[str, int], spec: dict, rootfs: str, unshare: CloneFlags, log: str | None) -> None:
+    """In the child (process.ForkServer): PID 1 of the new PID namespace, a copy of the fork
+    server's Python, the runtime's child. It makes the other namespaces, then waits until the
+    runtime has moved it into the container's cgroup, then becomes the container (init.main).
+    ``pipes``: its fds by name (go_r, err_w, control_r, reply_w; out_w when its output is
+    captured; netns for --net bridge). Never returns."""
     try:
         # Nothing of the parent's heap is collected here: a collection would touch, and so copy
         # page by page, everything fork shares copy-on-write.
@@ -114,9 +121,8 @@ def _init_side(spec: dict, rootfs: str, pipes: dict, unshare: CloneFlags, log: s
         if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
             signal.signal(signal.SIGINT, signal.default_int_handler)
         # Only the pipes cross: the notebook kernel's ZeroMQ sockets, /dev/kvm and the rest do not.
-        process.close_fds({fd for fd in (pipes["go_r"], pipes["err_w"], pipes["out_w"], pipes["control_r"],
-                                          pipes["reply_w"], netns_fd) if fd >= 0})
-        if pipes["out_w"] >= 0:
+        process.close_fds(set(pipes.values()))
+        if "out_w" in pipes:
             os.dup2(pipes["out_w"], 1)
             os.dup2(pipes["out_w"], 2)
             os.close(pipes["out_w"])
@@ -130,11 +136,11 @@ def _init_side(spec: dict, rootfs: str, pipes: dict, unshare: CloneFlags, log: s
         syscalls.unshare(unshare)
         # Every mount this namespace makes stays in it, and nothing the host mounts later appears.
         syscalls.mount(None, "/", None, MountFlags.MS_REC | MountFlags.MS_PRIVATE)
-        if netns_fd >= 0:
+        if "netns" in pipes:
             # --net bridge: the network namespace was made and wired to the bridge first (a veth,
             # an address, a route), as CNI does for Kubernetes: join it instead of a new one.
-            syscalls.setns(netns_fd, CloneFlags.CLONE_NEWNET)
-            os.close(netns_fd)
+            syscalls.setns(pipes["netns"], CloneFlags.CLONE_NEWNET)
+            os.close(pipes["netns"])
         # The runtime says "1" or "2" (the cgroup version) once this process is in its cgroup; an
         # end of file means it failed, or died (PR_SET_PDEATHSIG cannot tell it if it died before
         # that was set).
@@ -346,34 +352,64 @@ def _read_line(fd: int, timeout: float) -> bytes:
     return data
 
 
-def _fork_init(spec: dict, rootfs: str, flags: CloneFlags, capture: bool, log: str | None, netns_fd: int,
-               timeout: float, undo: contextlib.ExitStack) -> tuple[_Init, int, int]:
-    """Fork the container's init, PID 1 of a new PID namespace; its kill is registered in
-    ``undo`` at once. It waits for :meth:`_Init.go`. Returns it, and the runtime's ends of the
-    control pipe (orders: "step", "start") and of the reply pipe."""
-    pipes, mine = {}, []
-    try:
-        for name in ("go", "err", "out", "control", "reply"):
-            if name == "out" and not capture:
-                pipes["out_r"] = pipes["out_w"] = -1
-                continue
-            pipes[f"{name}_r"], pipes[f"{name}_w"] = os.pipe2(os.O_CLOEXEC)
-            mine += [pipes[f"{name}_r"], pipes[f"{name}_w"]]
-        pid = process.fork_first_process(_init_side, spec, rootfs, pipes, flags, log, netns_fd)
+class _Asked:
+    """The container's init, asked of this process's fork server and not yet answered: the
+    request, and the runtime's ends of init's pipes, held until :meth:`init` hands them over."""
+
+    def __init__(self, request: process.FirstProcess, ends: dict[str, int]):
+        self.request, self.ends = request, ends
+
+    def init(self, timeout: float) -> tuple[_Init, int, int]:
+        """The answer: init, this process's child; and the runtime's ends of the control pipe
+        (orders: "step", "start") and of the reply pipe, the caller's from now on."""
+        pid = self.request.pid()
         try:
-            init_ = _Init(pid, pipes["go_w"], pipes["err_r"], pipes["out_r"], timeout)
+            init_ = _Init(pid, self.ends["go_w"], self.ends["err_r"], self.ends.get("out_r", -1), timeout)
         except BaseException:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             raise
-        undo.callback(init_.kill)           # last in, first out: before the cgroup and the mount go
-        for name in ("go_w", "err_r", "out_r", "control_w", "reply_r"):
-            if pipes[name] >= 0:
-                mine.remove(pipes[name])    # kept: init_'s (closed by its kill), and the two returned
-        return init_, pipes["control_w"], pipes["reply_r"]
-    finally:
-        for fd in mine:                     # init's ends (it has its copies), or all on a failure
+        for name in ("go_w", "err_r", "out_r"):
+            self.ends.pop(name, None)       # init_'s now (its kill closes them)
+        return init_, self.ends.pop("control_w"), self.ends.pop("reply_r")
+
+    def abandon(self) -> None:
+        """Undo (idempotent): kill and reap init unless :meth:`init` took it; close the ends."""
+        self.request.abandon()
+        for fd in self.ends.values():
             os.close(fd)
+        self.ends.clear()
+
+
+def _ask_for_init(spec: dict, rootfs: str, flags: CloneFlags, capture: bool, log: str | None, netns_fd: int,
+                  undo: contextlib.ExitStack) -> _Asked:
+    """Ask this process's fork server for the container's init, PID 1 of a new PID namespace
+    (it makes the namespaces in ``flags``, then waits for :meth:`_Init.go`), and return at once:
+    the server forks while the runtime makes the cgroup. Its undo is registered in ``undo``."""
+    pipes, ends = {}, {}
+    try:
+        for name in ("go", "err", "out", "control", "reply"):
+            if name == "out" and not capture:
+                continue
+            read, write = os.pipe2(os.O_CLOEXEC)
+            if name in ("go", "control"):       # init reads these
+                pipes[f"{name}_r"], ends[f"{name}_w"] = read, write
+            else:                               # and writes those
+                pipes[f"{name}_w"], ends[f"{name}_r"] = write, read
+        if netns_fd >= 0:
+            pipes["netns"] = netns_fd
+        request = process.fork_server().start_first(_init_side, (spec, rootfs, flags, log), pipes)
+    except BaseException:
+        for fd in ends.values():
+            os.close(fd)
+        raise
+    finally:
+        for name, fd in pipes.items():      # init's ends: the server has its copies
+            if name != "netns":
+                os.close(fd)
+    asked = _Asked(request, ends)
+    undo.callback(asked.abandon)
+    return asked
 
 
 class Container:
@@ -602,24 +638,26 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
         flags = NAMESPACES & ~(CloneFlags.CLONE_NEWCGROUP | CloneFlags.CLONE_NEWPID)
         if netns_fd >= 0:
             flags &= ~CloneFlags.CLONE_NEWNET
-        init_, control_w, reply_r = _fork_init(spec, rootfs, flags, capture and not log,
-                                                f"{bundle}/{LOG}" if log else None, netns_fd, cfg.timeout, undo)
+        asked = _ask_for_init(spec, rootfs, flags, capture and not log, f"{bundle}/{LOG}" if log else None,
+                              netns_fd, undo)
+        marks_.append(("init asked of the fork server", time.perf_counter()))
         # run() with published ports on its own loopback (--net none): they reach it through its
         # network namespace, opened below while init still waits; so "start" waits until then.
         early = start and (not cfg.publish or cfg.net == "bridge")
+        control_w = reply_r = -1
         try:
-            marks_.append(("fork", time.perf_counter()))
-            # Its cgroup is made while init makes its namespaces (as crun does, after its clone):
-            # init waits for "go" before it takes a step of its own.
+            # Its cgroup is made while the server forks init and init makes its namespaces (as
+            # crun makes it after its clone): init waits for "go" before it takes a step of its own.
             group = cgroups.group(group_name(cfg.name), owner=owner)
             undo.callback(group.remove)
-            undo.callback(init_.kill)       # before the cgroup goes: its init is gone, and reaped
             if cfg.limits:
                 group.limit(**cfg.limits)
             devices.restrict(group.folders, group.version)
             spec["cgroup2"] = group.version == 2
             fault_point("container-cgroup")
             marks_.append(("cgroup and device rules", time.perf_counter()))
+            init_, control_w, reply_r = asked.init(cfg.timeout)
+            undo.callback(init_.kill)       # before the cgroup goes: its init is gone, and reaped
             init_.go(group)
             if early:
                 # run(): the order to run every step goes in now, read by init as soon as it is
@@ -628,8 +666,9 @@ def create(image: str, command=None, *, store: images.Store | None = None, owner
                 _order(control_w, b"start\n")
             box = Container(cfg, spec, rootfs, group, init_, control_w, reply_r, started, marks_)
         except BaseException:
-            os.close(control_w)             # the Container owns them once made, not before
-            os.close(reply_r)
+            for fd in (control_w, reply_r):     # the Container owns them once made, not before
+                if fd >= 0:
+                    os.close(fd)
             raise
         undo.callback(box._close_control)   # idempotent: wait() and remove() close them too
         if early:

@@ -102,6 +102,7 @@ def _supervise(write_fd: int, image: str, command, store_root: str, owner: str |
         cgroups.group(_supervisor_group(name), owner=owner).add(os.getpid())
         box = runtime.create(image, command, store=images.Store(store_root), owner=owner, log=True,
                              listening=listening, **options)
+        process.stop_fork_server()        # one container: its fork server is not kept waiting
     except BaseException as exc:          # noqa: BLE001 - told to the caller, who raises it
         said = {"error": f"{type(exc).__name__}: {exc}"}
         if isinstance(exc, Refused):

@@ -446,6 +446,7 @@ def container_diagram(name: str, image: str, pid: int, layers: int, limits: dict
     nodes = {
         "kernel": {"label": "the notebook's Python (runtime)\ncontainer.create / run\nmakes the cgroup, collects the output",
                    **_OS},
+        "server": {"label": "its fork server\n(a copy of it, forked once)", **_OS},
         "init": {"label": f"PID 1 in the container\n(pid {pid} on the host)\nunshare(mnt, uts, ipc, net),\n"
                           "setup steps, then execve", "fillcolor": "#dafbe1"},
         "ns": {"label": "namespaces: mnt uts ipc net pid cgroup\n(chapters 03, 04)", **_HV},
@@ -454,7 +455,9 @@ def container_diagram(name: str, image: str, pid: int, layers: int, limits: dict
                           "+ a writable upper (chapter 06), pivot_root", **_HV},
         "sec": {"label": "14 capabilities, no_new_privs,\na seccomp filter", **_HV},
     }
-    edges = [("kernel", "init", {"label": "fork into a new\nPID namespace"}),
+    edges = [("kernel", "server", {"label": "forks once"}),
+             ("server", "init", {"label": "clone(CLONE_NEWPID\n| CLONE_PARENT)"}),
+             ("kernel", "init", {"label": "its parent: go,\noutput, exit status", "style": "dashed"}),
              ("init", "ns", {"label": "lives in"}), ("init", "cg", {"label": "limited by"}),
              ("init", "root", {"label": "sees as /"}), ("init", "sec", {"label": "keeps"})]
     return digraph(f"container {name}", nodes, edges, rankdir="LR")

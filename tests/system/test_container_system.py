@@ -17,7 +17,7 @@ import pytest
 
 import capabilities
 from labhelper import capabilities as caps
-from labhelper import cgroups, cleanup, container, images, mounts, procfs, registry
+from labhelper import cgroups, cleanup, container, images, mounts, process, procfs, registry
 from labhelper.errors import LabError, Refused
 
 @pytest.fixture(autouse=True)
@@ -233,6 +233,33 @@ def test_r1_a_kill_at_each_step_of_run_then_cleanup_leaves_nothing(bb, uid, step
         network.delete_link(bridge)
 
 
+def test_r4_a_runtime_killed_while_its_container_runs_leaves_no_process(bb, uid):
+    # Only the runtime is killed, as a Jupyter restart kills the kernel: its fork server and the
+    # container's init (the runtime's child, though the server cloned it) die with it
+    # (PR_SET_PDEATHSIG), and PID 1 takes its namespace along; cleanup removes the rest.
+    before = _census()
+    code = (f"from labhelper import container, images, process; "
+            f"box = container.create('busybox', ['sleep', '60'], store=images.Store({bb.root!r}), "
+            f"name='r4-{uid}', owner='systest-{uid}-r4'); box.start(); "
+            f"print(process.fork_server().pid, box.pid, flush=True); box.wait()")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        server, init_pid = map(int, p.stdout.readline().split())
+        inside = set(cgroups.existing(f"ct-r4-{uid}").procs())
+        assert init_pid in inside
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{pid}") for pid in inside | {server}) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not [pid for pid in inside | {server} if os.path.exists(f"/proc/{pid}")]
+    result = cleanup.cleanup(owner=f"systest-{uid}-r4")
+    assert result.ok, result.failures
+    assert _census() == before
+
+
 def test_a_root_filesystem_from_the_hosts_own_programs_when_busybox_is_missing(store):
     from labhelper import rootfs
     seen = []
@@ -395,8 +422,9 @@ def test_r23_a_container_at_half_a_cpu_uses_at_most_0_55_and_r24_its_timeout(bb)
 
 @pytest.mark.parametrize("step", ["container-cgroup", "container-rootfs"])
 def test_a_failed_start_leaves_no_file_descriptor_and_no_child_here(bb, uid, step, monkeypatch):
-    # In this process: init is forked before its cgroup is made, and the pipes to it are the
-    # runtime's; a failure at either side of the fork closes them all and reaps init.
+    # In this process: init is asked of the fork server before its cgroup is made, and the
+    # pipes to it are the runtime's; a failure on either side closes them all and reaps init.
+    process.fork_server()       # this process's, which stays: started before the count
     before, fds, kids = _census(), sorted(os.listdir("/proc/self/fd")), procfs.children()
     monkeypatch.setenv("LABHELPER_FAULT", f"{step}:raise")
     from labhelper.errors import FaultInjected
@@ -408,8 +436,9 @@ def test_a_failed_start_leaves_no_file_descriptor_and_no_child_here(bb, uid, ste
 
 
 def test_init_failing_to_make_its_namespaces_says_so_and_leaves_nothing(bb, uid, monkeypatch):
-    # init (a fork of this process) makes its mount, UTS, IPC and network namespaces itself,
-    # while the runtime makes its cgroup: a refusal there is the error, whichever side notices.
+    # init (a clone of the fork server) makes its mount, UTS, IPC and network namespaces
+    # itself, while the runtime makes its cgroup: a refusal there is the error, whichever side
+    # notices. The server is a copy of this process as it was: one started after the patch.
     from labhelper import syscalls
     real, here = syscalls.unshare, os.getpid()
 
@@ -418,12 +447,17 @@ def test_init_failing_to_make_its_namespaces_says_so_and_leaves_nothing(bb, uid,
             raise OSError(1, "Operation not permitted (injected)")
         return real(flags)
     monkeypatch.setattr(syscalls, "unshare", refused_in_init)
-    before, fds, kids = _census(), sorted(os.listdir("/proc/self/fd")), procfs.children()
-    with pytest.raises(LabError, match="did not start: namespaces: .*injected"):
-        run(bb, "true", name=f"nons-{uid}")
-    assert sorted(os.listdir("/proc/self/fd")) == fds
-    assert procfs.children() == kids
-    assert _census() == before
+    process.stop_fork_server()
+    try:
+        process.fork_server()
+        before, fds, kids = _census(), sorted(os.listdir("/proc/self/fd")), procfs.children()
+        with pytest.raises(LabError, match="did not start: namespaces: .*injected"):
+            run(bb, "true", name=f"nons-{uid}")
+        assert sorted(os.listdir("/proc/self/fd")) == fds
+        assert procfs.children() == kids
+        assert _census() == before
+    finally:
+        process.stop_fork_server()      # none with the patch is left for the next tests
 
 
 def test_removing_a_frozen_container_ends_it(bb, uid):

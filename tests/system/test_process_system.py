@@ -26,66 +26,139 @@ def test_unshare_uts_in_child_leaves_host_alone():
     assert socket.gethostname() == before
 
 
+def _say_who(fds, *_):
+    os.write(fds["said"], f"{os.getpid()} {os.getppid()} {os.readlink('/proc/self/ns/pid')}".encode())
+    os._exit(0)
+
+
+def _returns(fds):
+    return None
+
+
+def _raises(fds):
+    return 1 / 0
+
+
+def _writes_to_stdout(fds, text):
+    os.write(1, text.encode())
+    os._exit(0)
+
+
 def _pid_for_children(where: str = "thread-self") -> str:
     return os.readlink(f"/proc/{where}/ns/pid_for_children")
 
 
-def test_fork_first_process_the_child_is_pid_1_and_only_this_thread_chose_its_namespace():
-    import threading
-    own = os.readlink("/proc/thread-self/ns/pid")
-    assert _pid_for_children() == own
-    # Another thread of this process, as a Jupyter kernel has: its namespace for children is its
-    # own, before, during (the kernel keeps namespaces per thread) and after.
-    seen, stop = [], threading.Event()
+@pytest.fixture
+def fresh_server():
+    # A fork server is a copy of this process as it was when it started: a test that patches
+    # what the child runs needs one started after its patch, and leaves none with it.
+    process.stop_fork_server()
+    yield
+    process.stop_fork_server()
 
-    def other():
-        while not stop.is_set():
-            seen.append(_pid_for_children(f"self/task/{threading.get_native_id()}"))
-            time.sleep(0.0005)
-    watcher = threading.Thread(target=other)
-    watcher.start()
+
+def test_the_fork_server_makes_pid_1_of_a_new_namespace_a_child_of_this_process():
+    own = os.readlink("/proc/self/ns/pid")
+    server = process.fork_server()
+    assert server.pid in procfs.children()
+    said_r, said_w = os.pipe()
     try:
-        said_r, said_w = os.pipe()
-
-        def say():
-            os.write(said_w, f"{os.getpid()} {os.getppid()} {os.readlink('/proc/self/ns/pid')}".encode())
-            os._exit(0)
-        pid = process.fork_first_process(say)
+        pid = server.start_first(_say_who, (), {"said": said_w}).pid()
         os.close(said_w)
+        said_w = -1
         child_pid, child_ppid, child_ns = os.read(said_r, 200).decode().split()
-        os.close(said_r)
+        # CLONE_PARENT: this process is its parent (it reaps it), though the server made it.
         assert os.waitpid(pid, 0)[1] == 0
     finally:
-        stop.set()
-        watcher.join()
+        os.close(said_r)
+        if said_w >= 0:
+            os.close(said_w)
     assert (child_pid, child_ppid) == ("1", "0")        # PID 1 there, its parent outside
     assert child_ns != own
-    assert _pid_for_children() == own                   # this thread's next child is born here again
-    assert seen and set(seen) == {own}
+    assert _pid_for_children() == own                   # nothing here changed namespace
+    assert process.fork_server() is server              # the same server serves again
 
 
-def test_fork_first_process_takes_the_namespace_back_when_the_fork_fails(monkeypatch):
-    own = os.readlink("/proc/thread-self/ns/pid")
-
-    def no_fork():
-        raise BlockingIOError(11, "Resource temporarily unavailable")
-    monkeypatch.setattr(os, "fork", no_fork)
-    with pytest.raises(BlockingIOError):
-        process.fork_first_process(os._exit, 0)
-    monkeypatch.undo()
-    assert _pid_for_children() == own
-    pid = os.fork()                                     # and a plain fork is born in this namespace
-    if pid == 0:
-        os._exit(0 if os.getpid() != 1 else 1)
-    assert os.waitpid(pid, 0)[1] == 0
-
-
-def test_fork_first_process_a_child_that_returns_or_raises_ends_there():
-    # Whatever the function does, the child never comes back into the caller's code (a copy of
-    # a notebook kernel running on would undo the caller's work): it ends with status 125.
-    for fn in (lambda: None, lambda: 1 / 0):
-        pid = process.fork_first_process(fn)
+def test_a_child_of_the_fork_server_that_returns_or_raises_ends_there():
+    # Whatever the function does, the child never comes back into the server's loop: it ends
+    # with status 125.
+    for fn in (_returns, _raises):
+        pid = process.fork_server().start_first(fn, (), {}).pid()
         assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 125
+
+
+def test_the_child_writes_to_this_process_s_stdout_as_it_is_now(tmp_path):
+    # The server keeps the fds 0-2 it was forked with; each request sends the current ones (as
+    # pytest's capture, or a notebook, moves them).
+    process.fork_server()
+    saved = os.dup(1)
+    out = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.dup2(out, 1)
+        pid = process.fork_server().start_first(_writes_to_stdout, ("to the current fd 1",), {}).pid()
+        assert os.waitpid(pid, 0)[1] == 0
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(out)
+    assert (tmp_path / "out").read_text() == "to the current fd 1"
+
+
+def test_a_failed_clone_is_raised_here_and_leaves_no_child(fresh_server, monkeypatch):
+    from labhelper import syscalls
+    from labhelper.errors import SyscallError
+
+    def no_clone(flags):
+        raise syscalls.error("clone", {"flags": flags}, 11)      # EAGAIN: no process left to make
+    monkeypatch.setattr(syscalls, "clone", no_clone)
+    kids = procfs.children()                    # the server (started for this test) among them
+    server = process.fork_server()
+    with pytest.raises(SyscallError, match="clone.*EAGAIN"):
+        server.start_first(_returns, (), {}).pid()
+    assert set(procfs.children()) - set(kids) == {server.pid}   # nothing but the server
+    assert server.alive()                       # and it serves on
+
+
+def test_an_abandoned_request_leaves_no_child_and_the_server_serves_on():
+    server = process.fork_server()
+    kids = procfs.children()
+    request = server.start_first(_say_who, (), {"said": 1})
+    request.abandon()
+    request.abandon()                           # an undo: idempotent
+    assert procfs.children() == kids
+    pid = server.start_first(_returns, (), {}).pid()
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 125
+
+
+def test_a_dead_fork_server_is_replaced(fresh_server):
+    first = process.fork_server()
+    os.kill(first.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while first.pid in procfs.children() and procfs.status(first.pid).get("State", "").startswith(("R", "S")) \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = process.fork_server()
+    assert second.pid != first.pid
+    assert first.pid not in procfs.children()   # reaped
+    pid = second.start_first(_returns, (), {}).pid()
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 125
+
+
+def _server_of_a_forked_child(parent_server: int) -> tuple[int, int]:
+    mine = process.fork_server()
+    pid = mine.start_first(_returns, (), {}).pid()
+    return mine.pid, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_a_forked_child_of_this_process_uses_a_server_of_its_own():
+    # The child shares this process's socket to the server at its birth: it must forget it
+    # (its children would be this process's), and this process's server must serve on.
+    server = process.fork_server()
+    theirs, status = process.run_in_child(_server_of_a_forked_child, server.pid)
+    assert theirs != server.pid and status == 125
+    assert process.fork_server() is server and server.alive()
+    pid = server.start_first(_returns, (), {}).pid()
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 125
 
 
 def _private_mount(target):
