@@ -396,7 +396,8 @@ class ForkServer:
 
     What the child gets from the server rather than from this process: the server's memory, as
     it was when the server was forked (the code it runs is that code: a module changed here
-    later is not seen there), its current folder and its limits. Its fds 0, 1 and 2 are this
+    later is not seen there) less its shared mappings (a VM's memory: the server unmaps them),
+    its current folder and its limits. Its fds 0, 1 and 2 are this
     process's, sent with each request. The server dies with this process (PR_SET_PDEATHSIG: with
     the thread that started it, as spawn()'s children do), ends when its socket closes, or is
     ended by :meth:`close`; a forked child of this process forgets it (an at-fork hook) and
@@ -540,6 +541,7 @@ def _serve(sock: int, parent: int, lifetime: int, mask) -> None:
     if os.getppid() != parent:
         return
     close_fds({sock})
+    _unmap_shared()
     for fd in (0, 1, 2):
         # Never a number below 3 free: a received fd would land there, and the child's dup2()
         # onto 0, 1 and 2 would overwrite it. (open() takes the lowest free number: this one.)
@@ -579,6 +581,18 @@ def _serve(sock: int, parent: int, lifetime: int, mask) -> None:
             conn.send(pickle.dumps(answer))
         except OSError:
             return
+
+
+def _unmap_shared() -> None:
+    """Unmap every shared mapping inherited from the process served: the memory and kvm_run
+    pages of its VMs (chapter 02), shared memory. A long-lived copy holding them would keep a
+    VM the notebook closed alive, and its memory in use; the server and its children never use
+    them (Python's own memory is private)."""
+    with open("/proc/self/maps") as maps:
+        shared = [line.split()[0] for line in maps if line.split()[1].endswith("s")]
+    for span in shared:
+        start, end = (int(x, 16) for x in span.split("-"))
+        syscalls.munmap(start, end - start)
 
 
 def _receive(conn: socket.socket) -> tuple[bytes, list[int]]:

@@ -27,7 +27,7 @@ __all__ = [
     "msgget", "msgctl_rmid", "IPC_CREAT", "IPC_PRIVATE",
     "pivot_root", "sethostname", "prctl", "ioctl", "ioctl_noarg", "address_of", "check", "error",
     "fsopen", "fsconfig", "fsmount", "move_mount", "MOVE_MOUNT_F_EMPTY_PATH", "MOVE_MOUNT_T_EMPTY_PATH",
-    "openat2", "RESOLVE_NO_MAGICLINKS", "RESOLVE_NO_SYMLINKS", "RESOLVE_BENEATH", "RESOLVE_IN_ROOT", "syncfs",
+    "openat2", "RESOLVE_NO_MAGICLINKS", "RESOLVE_NO_SYMLINKS", "RESOLVE_BENEATH", "RESOLVE_IN_ROOT", "syncfs", "munmap",
     "seccomp_filter", "statx_mount_root", "statx_mount_id", "bpf",
 ]
 
@@ -312,6 +312,13 @@ def syncfs(fd: int) -> None:
     """syncfs(2): write out everything of the filesystem that holds ``fd`` (one flush for many
     files, where fsync(2) flushes one; Python's os has sync() for every filesystem, not this)."""
     check(_libc.syncfs(ctypes.c_int(fd)), "syncfs", {"fd": fd})
+
+
+def munmap(address: int, length: int) -> None:
+    """munmap(2): remove the mapping at ``address`` (Python's mmap objects unmap their own; this
+    is for a mapping whose object this process must not use, such as one a fork inherited)."""
+    check(_libc.munmap(ctypes.c_void_p(address), ctypes.c_size_t(length)), "munmap",
+          {"address": Shown(hex(address)), "length": length})
 
 
 _AT_EMPTY_PATH = 0x1000          # include/uapi/linux/fcntl.h

@@ -144,6 +144,25 @@ def test_a_dead_fork_server_is_replaced(fresh_server):
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 125
 
 
+def test_the_fork_server_keeps_no_shared_mapping_of_this_process(fresh_server):
+    # A VM's memory and kvm_run pages are shared mappings (chapter 02): a server holding copies
+    # would keep a VM the notebook closed alive. One such mapping here, then a new server.
+    import mmap
+    vm_like = mmap.mmap(-1, 17 * 4096, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+    try:
+        server = process.fork_server()
+        pid = server.start_first(_returns, (), {}).pid()     # answered: the server is set up
+        os.waitpid(pid, 0)
+
+        def shared(where):
+            with open(f"/proc/{where}/maps") as maps:
+                return [line for line in maps if line.split()[1].endswith("s")]
+        assert shared("self")
+        assert shared(server.pid) == []
+    finally:
+        vm_like.close()
+
+
 def _server_of_a_forked_child(parent_server: int) -> tuple[int, int]:
     mine = process.fork_server()
     pid = mine.start_first(_returns, (), {}).pid()
