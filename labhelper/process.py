@@ -396,8 +396,8 @@ class ForkServer:
 
     What the child gets from the server rather than from this process: the server's memory, as
     it was when the server was forked (the code it runs is that code: a module changed here
-    later is not seen there) less its shared mappings (a VM's memory: the server unmaps them),
-    its current folder and its limits. Its fds 0, 1 and 2 are this
+    later is not seen there) less its shared mappings (the server unmaps them), its current
+    folder and its limits. Its fds 0, 1 and 2 are this
     process's, sent with each request. The server dies with this process (PR_SET_PDEATHSIG: with
     the thread that started it, as spawn()'s children do), ends when its socket closes, or is
     ended by :meth:`close`; a forked child of this process forgets it (an at-fork hook) and
@@ -483,7 +483,7 @@ class FirstProcess:
     what it made unless :meth:`pid` was taken (an undo: idempotent)."""
 
     def __init__(self, server: ForkServer) -> None:
-        self._server, self._pid, self._taken, self._error = server, None, False, None
+        self._server, self._pid, self._error = server, None, None
 
     def pid(self, timeout: float = 30.0) -> int:
         """The child's pid (it is this process's child); a failure to make it is raised here."""
@@ -500,16 +500,14 @@ class FirstProcess:
             finally:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             if kind == "err":
-                self._taken, self._error = True, value
+                self._error = value
                 raise value
             self._pid = value
-        self._taken = True
         return self._pid
 
     def abandon(self) -> None:
-        if self._taken:
-            return
-        self._taken = True
+        if self._pid is not None or self._error is not None:
+            return                  # taken by the caller, or nothing was made
         try:
             pid = self.pid()
         except Exception:          # noqa: BLE001 - nothing was made, or the server is gone
@@ -557,7 +555,6 @@ def _serve(sock: int, parent: int, lifetime: int, mask) -> None:
             return
         if not payload:
             return                          # the process it served closed its end, or ended
-        pid = -1
         try:
             fn, args, names, std = pickle.loads(payload)
             pid = syscalls.clone(CloneFlags.CLONE_NEWPID | CloneFlags.CLONE_PARENT)
@@ -584,10 +581,10 @@ def _serve(sock: int, parent: int, lifetime: int, mask) -> None:
 
 
 def _unmap_shared() -> None:
-    """Unmap every shared mapping inherited from the process served: the memory and kvm_run
-    pages of its VMs (chapter 02), shared memory. A long-lived copy holding them would keep a
-    VM the notebook closed alive, and its memory in use; the server and its children never use
-    them (Python's own memory is private)."""
+    """Unmap every shared mapping inherited from the process served. Its VMs' memory and
+    kvm_run pages are gone already (kvm.fds closes them in every forked child); this is for the
+    rest, such as shared memory a notebook mapped, which a long-lived copy would otherwise keep
+    in use. The server and its children never use them (Python's own memory is private)."""
     with open("/proc/self/maps") as maps:
         shared = [line.split()[0] for line in maps if line.split()[1].endswith("s")]
     for span in shared:

@@ -145,10 +145,10 @@ def test_a_dead_fork_server_is_replaced(fresh_server):
 
 
 def test_the_fork_server_keeps_no_shared_mapping_of_this_process(fresh_server):
-    # A VM's memory and kvm_run pages are shared mappings (chapter 02): a server holding copies
-    # would keep a VM the notebook closed alive. One such mapping here, then a new server.
+    # Shared memory a notebook mapped (a VM's own mappings are closed in every forked child by
+    # kvm.fds): a long-lived server holding a copy would keep it in use. One here, then a server.
     import mmap
-    vm_like = mmap.mmap(-1, 17 * 4096, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+    shared_memory = mmap.mmap(-1, 17 * 4096, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
     try:
         server = process.fork_server()
         pid = server.start_first(_returns, (), {}).pid()     # answered: the server is set up
@@ -160,7 +160,7 @@ def test_the_fork_server_keeps_no_shared_mapping_of_this_process(fresh_server):
         assert shared("self")
         assert shared(server.pid) == []
     finally:
-        vm_like.close()
+        shared_memory.close()
 
 
 def _server_of_a_forked_child(parent_server: int) -> tuple[int, int]:
