@@ -177,32 +177,32 @@ def unshare(flags: CloneFlags | int) -> None:
     Call it only in a single-threaded process: the kernel refuses CLONE_NEWUSER (EINVAL) in a
     threaded one, and a Jupyter kernel is threaded. labhelper calls it in a forked child.
     """
-    flags = CloneFlags(flags)
-    check(_libc.unshare(ctypes.c_int(int(flags))), "unshare", {"flags": flags})
+    if _libc.unshare(ctypes.c_int(int(flags))) == -1:
+        check(-1, "unshare", {"flags": CloneFlags(flags)})
 
 
 def setns(fd: int, nstype: CloneFlags | int = 0) -> None:
     """Join the namespace that ``fd`` (an open /proc/PID/ns/* file or a pidfd) refers to."""
-    nstype = CloneFlags(nstype)
-    check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(int(nstype))), "setns", {"fd": fd, "nstype": nstype})
+    if _libc.setns(ctypes.c_int(fd), ctypes.c_int(int(nstype))) == -1:
+        check(-1, "setns", {"fd": fd, "nstype": CloneFlags(nstype)})
 
 
 def mount(source: str | None, target: str | os.PathLike, fstype: str | None = None,
           flags: MountFlags | int = 0, data: str | None = None) -> None:
     """mount(2). ``source`` and ``fstype`` may be None for bind mounts and propagation changes."""
-    flags = MountFlags(flags)
-    args = {"source": source, "target": os.fspath(target), "fstype": fstype, "flags": flags}
-    if data is not None:
-        args["data"] = data
-    check(_libc.mount(_path(source), _path(target), _path(fstype), ctypes.c_ulong(int(flags)),
-                      _path(data)), "mount", args)
+    # Plain ints on the way in, names only on error (as prctl): a container's init makes some
+    # 25 mounts in a fresh copy of this process, where each flag enum made is paid again.
+    if _libc.mount(_path(source), _path(target), _path(fstype), ctypes.c_ulong(int(flags)), _path(data)) == -1:
+        args = {"source": source, "target": os.fspath(target), "fstype": fstype, "flags": MountFlags(flags)}
+        if data is not None:
+            args["data"] = data
+        check(-1, "mount", args)
 
 
 def umount2(target: str | os.PathLike, flags: UmountFlags | int = 0) -> None:
     """umount2(2): unmount ``target``; MNT_DETACH makes it lazy (gone now, freed when unused)."""
-    flags = UmountFlags(flags)
-    check(_libc.umount2(_path(target), ctypes.c_int(int(flags))), "umount2",
-          {"target": os.fspath(target), "flags": flags})
+    if _libc.umount2(_path(target), ctypes.c_int(int(flags))) == -1:
+        check(-1, "umount2", {"target": os.fspath(target), "flags": UmountFlags(flags)})
 
 
 # --- the new mount API (Linux 5.2): a mount built step by step, on file descriptors ---------------

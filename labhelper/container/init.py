@@ -56,7 +56,17 @@ MASKED = ("/proc/asound", "/proc/acpi", "/proc/interrupts", "/proc/kcore", "/pro
 # ...and its read-only ones: kernel settings shared by the whole machine.
 READ_ONLY = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
+# Each mount's flags, combined here once. Combining two flags makes a new enum member the first
+# time (tens of microseconds), and each container's init is a fresh copy of the runtime's
+# Python: one made there, at import, is made for all of them.
 _NOSUID_NODEV_NOEXEC = MountFlags.MS_NOSUID | MountFlags.MS_NODEV | MountFlags.MS_NOEXEC
+_READ_ONLY = MountFlags.MS_RDONLY | _NOSUID_NODEV_NOEXEC                   # sysfs, masked folders
+_BIND_REC = MountFlags.MS_BIND | MountFlags.MS_REC                           # a folder and what is mounted below it
+PRIVATE_REC = MountFlags.MS_REC | MountFlags.MS_PRIVATE                     # no propagation either way
+_REMOUNT_BIND_RO = MountFlags.MS_REMOUNT | MountFlags.MS_BIND | MountFlags.MS_RDONLY
+_REMOUNT_BIND_RO_NOSUID_NODEV_NOEXEC = _REMOUNT_BIND_RO | _NOSUID_NODEV_NOEXEC
+_DEV = MountFlags.MS_NOSUID | MountFlags.MS_NODEV | MountFlags.MS_STRICTATIME
+_DEVPTS = MountFlags.MS_NOSUID | MountFlags.MS_NOEXEC
 _IN_ROOT = syscalls.RESOLVE_IN_ROOT | syscalls.RESOLVE_NO_MAGICLINKS
 
 
@@ -109,24 +119,22 @@ def _volume(root_fd: int, volume: dict) -> None:
     try:
         target = open_in_root(root_fd, volume["destination"], create=True)
         try:
-            syscalls.mount(f"/proc/self/fd/{source}", f"/proc/self/fd/{target}", None,
-                           MountFlags.MS_BIND | MountFlags.MS_REC)
+            syscalls.mount(f"/proc/self/fd/{source}", f"/proc/self/fd/{target}", None, _BIND_REC)
         finally:
             os.close(target)
         if volume["read_only"]:
-            _remount_read_only(root_fd, volume["destination"], 0)
+            _remount_read_only(root_fd, volume["destination"], _REMOUNT_BIND_RO)
     finally:
         os.close(source)
 
 
 def _remount_read_only(root_fd: int, path: str, flags) -> None:
-    """A bind mount takes its flags from a second call (MS_REMOUNT | MS_BIND), made on the new
-    mount: the folder is opened again, since an fd opened before the bind still names the
-    folder below it."""
+    """A bind mount takes its flags from a second call (``flags``: MS_REMOUNT | MS_BIND |
+    MS_RDONLY, and maybe more), made on the new mount: the folder is opened again, since an fd
+    opened before the bind still names the folder below it."""
     fd = open_in_root(root_fd, path, directory=False)
     try:
-        syscalls.mount(None, f"/proc/self/fd/{fd}", None,
-                       MountFlags.MS_REMOUNT | MountFlags.MS_BIND | MountFlags.MS_RDONLY | flags)
+        syscalls.mount(None, f"/proc/self/fd/{fd}", None, flags)
     finally:
         os.close(fd)
 
@@ -142,8 +150,7 @@ def _mount_at(root_fd: int, path: str, fstype: str, flags, data: str | None = No
 def _dev(root_fd: int) -> None:
     # nodev on the tmpfs: a node made here with mknod (CAP_MKNOD is in the default set) cannot be
     # opened; the bind-mounted host nodes keep the flags of the host's /dev, where they work.
-    _mount_at(root_fd, "/dev", "tmpfs", MountFlags.MS_NOSUID | MountFlags.MS_NODEV | MountFlags.MS_STRICTATIME,
-              "mode=755,size=65536k")
+    _mount_at(root_fd, "/dev", "tmpfs", _DEV, "mode=755,size=65536k")
     dev = open_in_root(root_fd, "/dev", no_symlinks=True)
     try:
         for name in DEVICES:
@@ -157,8 +164,7 @@ def _dev(root_fd: int) -> None:
     finally:
         os.close(dev)
     # newinstance: the container's terminals are its own, numbered from 0, not the host's.
-    _mount_at(root_fd, "/dev/pts", "devpts", MountFlags.MS_NOSUID | MountFlags.MS_NOEXEC,
-              "newinstance,ptmxmode=0666,mode=0620,gid=5")
+    _mount_at(root_fd, "/dev/pts", "devpts", _DEVPTS, "newinstance,ptmxmode=0666,mode=0620,gid=5")
     _mount_at(root_fd, "/dev/shm", "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k")
     _mount_at(root_fd, "/dev/mqueue", "mqueue", _NOSUID_NODEV_NOEXEC)
 
@@ -172,7 +178,7 @@ def _mask(root_fd: int) -> None:
         try:
             where = f"/proc/self/fd/{fd}"
             if os.path.isdir(where):
-                syscalls.mount("tmpfs", where, "tmpfs", MountFlags.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
+                syscalls.mount("tmpfs", where, "tmpfs", _READ_ONLY)
             else:
                 syscalls.mount("/dev/null", where, None, MountFlags.MS_BIND)
         finally:
@@ -184,10 +190,10 @@ def _mask(root_fd: int) -> None:
             continue
         try:
             where = f"/proc/self/fd/{fd}"
-            syscalls.mount(where, where, None, MountFlags.MS_BIND | MountFlags.MS_REC)
+            syscalls.mount(where, where, None, _BIND_REC)
         finally:
             os.close(fd)
-        _remount_read_only(root_fd, path, _NOSUID_NODEV_NOEXEC)
+        _remount_read_only(root_fd, path, _REMOUNT_BIND_RO_NOSUID_NODEV_NOEXEC)
 
 
 def _pivot(rootfs: str) -> None:
@@ -196,7 +202,7 @@ def _pivot(rootfs: str) -> None:
     fd = os.open(rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         if not syscalls.statx_mount_root(fd):
-            syscalls.mount(rootfs, rootfs, None, MountFlags.MS_BIND | MountFlags.MS_REC)
+            syscalls.mount(rootfs, rootfs, None, _BIND_REC)
     finally:
         os.close(fd)
     os.chdir(rootfs)
@@ -255,10 +261,10 @@ def steps(spec: dict, rootfs: str) -> list[Step]:
             _step(f"volume {volume['source']}:{volume['destination']}", _volume, root(), volume)
 
     def sys_():
-        _mount_at(root(), "/sys", "sysfs", MountFlags.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
+        _mount_at(root(), "/sys", "sysfs", _READ_ONLY)
         if spec.get("cgroup2"):
             # Its own cgroup, read-only, as Docker shows it on v2 (the namespace makes it the root).
-            _mount_at(root(), "/sys/fs/cgroup", "cgroup2", MountFlags.MS_RDONLY | _NOSUID_NODEV_NOEXEC)
+            _mount_at(root(), "/sys/fs/cgroup", "cgroup2", _READ_ONLY)
 
     def pivot():
         fd = state.pop("root", None)

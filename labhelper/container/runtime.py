@@ -46,7 +46,7 @@ from dataclasses import dataclass, field, replace
 from .. import capabilities, cgroups, images, marks, mounts, network, overlay, process, procfs, registry, seccomp, syscalls
 from ..cgroups import devices
 from ..errors import ChildTimeout, LabError, Refused
-from ..flags import CloneFlags, MountFlags, Prctl
+from ..flags import CloneFlags, Prctl
 from ..registry import fault_point
 from . import config, init
 
@@ -135,7 +135,7 @@ def _init_side(pipes: dict[str, int], spec: dict, rootfs: str, unshare: CloneFla
         # Its other namespaces, made while the runtime writes it into the cgroup (the two at once).
         syscalls.unshare(unshare)
         # Every mount this namespace makes stays in it, and nothing the host mounts later appears.
-        syscalls.mount(None, "/", None, MountFlags.MS_REC | MountFlags.MS_PRIVATE)
+        syscalls.mount(None, "/", None, init.PRIVATE_REC)
         if "netns" in pipes:
             # --net bridge: the network namespace was made and wired to the bridge first (a veth,
             # an address, a route), as CNI does for Kubernetes: join it instead of a new one.
