@@ -372,6 +372,10 @@ def spawn(fn, *args, unshare: CloneFlags | int = 0, keep_fds: tuple[int, ...] = 
     return Child(pid, read_fd, gate_w, name)
 
 
+# The first process of a new PID namespace (its PID 1), and a child of the server's parent.
+_FIRST_PROCESS = CloneFlags.CLONE_NEWPID | CloneFlags.CLONE_PARENT
+
+
 class ForkServer:
     """A copy of this process that makes the first process of each new PID namespace for it:
     what a container's start needs (runtime.py), without this process forking at all.
@@ -557,7 +561,9 @@ def _serve(sock: int, parent: int, lifetime: int, mask) -> None:
             return                          # the process it served closed its end, or ended
         try:
             fn, args, names, std = pickle.loads(payload)
-            pid = syscalls.clone(CloneFlags.CLONE_NEWPID | CloneFlags.CLONE_PARENT)
+            # No Python bookkeeping around this clone: this process is single-threaded, and the
+            # child only prepares a program and executes it (syscalls.clone says what it spares).
+            pid = syscalls.clone(_FIRST_PROCESS, bookkeeping=False)
             if pid == 0:
                 try:
                     conn.detach()

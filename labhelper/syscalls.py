@@ -145,7 +145,7 @@ _libc_gil_held = ctypes.PyDLL(_libc._name, use_errno=True)
 _libc_gil_held.syscall.restype = ctypes.c_long
 
 
-def clone(flags: CloneFlags | int) -> int:
+def clone(flags: CloneFlags | int, *, bookkeeping: bool = True) -> int:
     """fork(2) with flags: clone(2) with ``flags`` and SIGCHLD, made as os.fork() makes fork(2),
     Python's bookkeeping around it included (PyOS_BeforeFork, PyOS_AfterFork_Child/_Parent: the
     import lock, the at-fork hooks, the child's thread state). 0 in the child, its pid here.
@@ -155,19 +155,29 @@ def clone(flags: CloneFlags | int) -> int:
     the child goes on from here on a copy of this one, as after fork. Call it only in a
     single-threaded process: libc's own fork bookkeeping (its locks, its cached thread id) is
     not done; a single-threaded caller holds none of those locks.
+
+    ``bookkeeping=False``: the system call alone, for a child that only prepares a program and
+    executes it (the fork server's container init). What PyOS_AfterFork_Child repairs is what
+    *other* threads left behind (locks they held, their thread states): a single-threaded
+    caller has none, and its child's thread is the caller's, with the same thread id. The
+    at-fork hooks (threading's, random's, labhelper's) are for a child that lives on as a
+    Python program. Skipped, they spare each such child about 90 copy-on-write page faults.
     """
-    flags = CloneFlags(flags)
+    flags = int(flags)
     api = ctypes.pythonapi
-    api.PyOS_BeforeFork()
-    pid = _libc_gil_held.syscall(ctypes.c_long(syscall_number("clone")), ctypes.c_ulong(int(flags) | signal.SIGCHLD),
+    if bookkeeping:
+        api.PyOS_BeforeFork()
+    pid = _libc_gil_held.syscall(ctypes.c_long(syscall_number("clone")), ctypes.c_ulong(flags | signal.SIGCHLD),
                                  None, None, None, None)     # SIGCHLD: what its end sends its parent
     err = ctypes.get_errno()
     if pid == 0:
-        api.PyOS_AfterFork_Child()
+        if bookkeeping:
+            api.PyOS_AfterFork_Child()
         return 0
-    api.PyOS_AfterFork_Parent()
+    if bookkeeping:
+        api.PyOS_AfterFork_Parent()
     if pid < 0:
-        raise error("clone", {"flags": flags}, err)
+        raise error("clone", {"flags": CloneFlags(flags)}, err)
     return pid
 
 

@@ -108,7 +108,7 @@ def test_a_failed_clone_is_raised_here_and_leaves_no_child(fresh_server, monkeyp
     from labhelper import syscalls
     from labhelper.errors import SyscallError
 
-    def no_clone(flags):
+    def no_clone(flags, **_):
         raise syscalls.error("clone", {"flags": flags}, 11)      # EAGAIN: no process left to make
     monkeypatch.setattr(syscalls, "clone", no_clone)
     kids = procfs.children()                    # the server (started for this test) among them
