@@ -118,8 +118,6 @@ def _init_side(pipes: dict[str, int], spec: dict, rootfs: str, unshare: CloneFla
         # page by page, everything fork shares copy-on-write.
         gc.freeze()
         syscalls.prctl(Prctl.PR_SET_PDEATHSIG, signal.SIGKILL)    # the runtime gone: the container too
-        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
         # Only the pipes cross: the notebook kernel's ZeroMQ sockets, /dev/kvm and the rest do not.
         process.close_fds(set(pipes.values()))
         if "out_w" in pipes:
