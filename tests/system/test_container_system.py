@@ -460,6 +460,31 @@ def test_init_failing_to_make_its_namespaces_says_so_and_leaves_nothing(bb, uid,
         process.stop_fork_server()      # none with the patch is left for the next tests
 
 
+def test_init_makes_no_flag_combination_of_its_own(bb, owner, uid, monkeypatch):
+    # Each container's init is a fresh copy of the fork server: a flag combination made there
+    # (a new enum member, tens of microseconds) is made again by every container, so init's
+    # mount flags are combined once, at import (init.py). This fails if a step combines some
+    # itself: enum makes a combination it has not seen in _missing_, refused here in init.
+    import enum
+    real = enum.Flag._missing_.__func__
+
+    def none_made_in_init(cls, value):
+        if os.getpid() == 1:                # a container's init: PID 1 of its PID namespace
+            raise RuntimeError(f"{cls.__name__}({value:#x}) was combined in the container's init")
+        return real(cls, value)
+    monkeypatch.setattr(enum.Flag, "_missing_", classmethod(none_made_in_init))
+    vol = mounts.make_dir(f"/var/lib/labhelper/test-vol-{uid}", owner=owner)
+    process.stop_fork_server()
+    try:
+        process.fork_server()               # a copy of this process with the patch
+        # Every step but the cgroup2 mount (the guest stage's v2 takes that path too): a
+        # read-only volume, /proc, /dev, /sys, the masked and read-only paths, pivot_root.
+        r = sh(bb, "echo ok", name=f"flags-{uid}", volumes=[f"{vol}:/data:ro"])
+        assert r.exit_code == 0 and r.output == "ok\n" and not r.error, r
+    finally:
+        process.stop_fork_server()      # none with the patch is left for the next tests
+
+
 def test_removing_a_frozen_container_ends_it(bb, uid):
     # A SIGKILL waits while its group is frozen: remove() kills through the group, which thaws
     # it, and comes back (it used to be waited for without end).
