@@ -161,7 +161,7 @@ def clone(flags: CloneFlags | int, *, bookkeeping: bool = True) -> int:
     *other* threads left behind (locks they held, their thread states): a single-threaded
     caller has none, and its child's thread is the caller's, with the same thread id. The
     at-fork hooks (threading's, random's, labhelper's) are for a child that lives on as a
-    Python program. Skipped, they spare each such child about 90 copy-on-write page faults.
+    Python program. Skipped, they spare each such child about 80 copy-on-write page faults.
     """
     flags = int(flags)
     api = ctypes.pythonapi

@@ -460,6 +460,7 @@ def test_init_failing_to_make_its_namespaces_says_so_and_leaves_nothing(bb, uid,
         process.stop_fork_server()      # none with the patch is left for the next tests
 
 
+@pytest.mark.cgroups
 def test_init_makes_no_flag_combination_of_its_own(bb, owner, uid, monkeypatch):
     # Each container's init is a fresh copy of the fork server: a flag combination made there
     # (a new enum member, tens of microseconds) is made again by every container, so init's
@@ -477,8 +478,8 @@ def test_init_makes_no_flag_combination_of_its_own(bb, owner, uid, monkeypatch):
     process.stop_fork_server()
     try:
         process.fork_server()               # a copy of this process with the patch
-        # Every step but the cgroup2 mount (the guest stage's v2 takes that path too): a
-        # read-only volume, /proc, /dev, /sys, the masked and read-only paths, pivot_root.
+        # Every step: a read-only volume, /proc, /dev, /sys (and, on cgroup v2, the cgroup2
+        # mount: the guest stage), the masked and read-only paths, pivot_root.
         r = sh(bb, "echo ok", name=f"flags-{uid}", volumes=[f"{vol}:/data:ro"])
         assert r.exit_code == 0 and r.output == "ok\n" and not r.error, r
     finally:
